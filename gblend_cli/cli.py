@@ -1,0 +1,153 @@
+"""The `gblend` command line: thin Typer wrappers over the stage modules.
+
+Heavy imports (torch, torchvision, PyAV, OpenCV) happen inside the commands so `gblend --help`
+stays fast. Every user error is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import UserError
+from .ui import console
+
+app = typer.Typer(
+    name="gblend",
+    help="Reproduce 'What Makes Training Multi-Modal Classification Networks Hard?' (Wang, Tran, "
+         "Feiszli, CVPR 2020): uni-modal, naive late-fusion and Gradient-Blending training, OGR, and the "
+         "paper's tables.\n\nQuick start: gblend reproduce",
+    no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _sigterm_to_interrupt(signum, frame):  # pragma: no cover - exercised by subprocess tests
+    raise KeyboardInterrupt
+
+
+def command(fn):
+    """Run a command with the project's error contract: UserError -> one line, exit 2;
+    Ctrl-C / SIGTERM -> how to resume, exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            console.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/yellow]: every file written so far is complete; run the same "
+                          "command again (with --resume for train commands) to continue", soft_wrap=True)
+            raise typer.Exit(130) from None
+        except OSError as e:
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            console.print(f"[red]error:[/red] {where}{e.strerror or e}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _overrides(**dotted) -> dict:
+    """CLI options -> recipe keys (None = not given). Keys use '__' for '.'."""
+    return {k.replace("__", "."): v for k, v in dotted.items() if v is not None}
+
+
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe TOML (default: recipes/demo.toml), or a bundled name like kinetics400.")
+SetOpt = typer.Option(None, "--set", help="Override any recipe key: --set train.lr=0.1 (repeatable).")
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command("prepare-data", epilog="Examples:\n\n  gblend prepare-data --dataset demo --out data/demo\n\n"
+             "  gblend prepare-data --dataset kinetics400 --root /data/k400 --annotations train.csv "
+             "--annotations validate.csv --out data/k400 --workers 16 --flow tvl1")
+@command
+def prepare_data(
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="demo|kinetics400|kinetics600|kinetics700|kinetics-sounds|audioset|epic-kitchens|cremad|csv|folder"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder (default: data/<dataset>)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder of media files."),
+    annotations: Optional[List[Path]] = typer.Option(None, "--annotations", "-a", help="Annotation CSV (repeatable: train and validate)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Parallel decoding processes."),
+    flow: Optional[str] = typer.Option(None, "--flow", help="Optical flow: dis (fast) | tvl1 (paper) | none."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate frames are resampled to."),
+    short_side: Optional[int] = typer.Option(None, "--short-side", help="Resize frames to this short side (px)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Demo only: seed of the generated videos."),
+    label_field: Optional[str] = typer.Option(None, "--label-field", help="EPIC-Kitchens: verb|noun|action."),
+    allow_outside_root: Optional[bool] = typer.Option(None, "--allow-outside-root", help="Accept manifest paths outside --root."),
+    recipe: Optional[Path] = RecipeOpt,
+    sets: Optional[List[str]] = SetOpt,
+):
+    """Decode media into RGB frames, 16 kHz log-mel audio and optical flow, ready for training."""
+    from .config import RECIPES_DIR, data_dir, load_config
+    from .prepare import prepare_dataset
+
+    if recipe is None and dataset and (RECIPES_DIR / f"{dataset}.toml").exists():
+        recipe = RECIPES_DIR / f"{dataset}.toml"
+    cfg = load_config(recipe, _overrides(
+        dataset__name=dataset, dataset__root=str(root) if root else None,
+        dataset__annotations=[str(a) for a in annotations] if annotations else None,
+        prepare__workers=workers, prepare__flow=flow, prepare__fps=fps, prepare__short_side=short_side,
+        dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root), sets)
+    if seed is not None:
+        cfg["_demo_seed"] = seed
+    out = out or data_dir(cfg)
+    report = prepare_dataset(cfg, out)
+    console.print(f"prepared {report['ok']} clips ({report['no_audio']} without audio), "
+                  f"{len(report['failed'])} failed -> {out}/prepare_report.json")
+    for f in report["failed"][:10]:
+        console.print(f"  skipped {f['clip']}: {f['reason']}", soft_wrap=True)
+    if len(report["failed"]) > 10:
+        console.print(f"  ... and {len(report['failed']) - 10} more (see prepare_report.json)")
+
+
+def _not_implemented(name: str):
+    raise UserError(f"`gblend {name}` is not implemented yet")
+
+
+@app.command("train-unimodal", epilog="Example:\n\n  gblend train-unimodal --modality audio --epochs 30 --seed 0")
+@command
+def train_unimodal(modality: str = typer.Option("rgb", "--modality", "-m", help="audio|rgb|flow")):
+    """Train one modality's backbone with its own linear head (Table 1's uni-modal rows)."""
+    _not_implemented("train-unimodal")
+
+
+@app.command("train-naive", epilog="Example:\n\n  gblend train-naive --modalities audio,rgb")
+@command
+def train_naive(modalities: str = typer.Option("audio,rgb", "--modalities", help="audio,rgb[,flow]")):
+    """Naive late fusion: all backbones trained through the fused head's loss only."""
+    _not_implemented("train-naive")
+
+
+@app.command("train-gblend", epilog="Example:\n\n  gblend train-gblend --modalities audio,rgb,flow --mode online")
+@command
+def train_gblend(modalities: str = typer.Option("audio,rgb", "--modalities", help="audio,rgb[,flow]")):
+    """Gradient-Blending: per-head losses weighted by estimated w_k = ΔG_k/ΔO_k² / Z."""
+    _not_implemented("train-gblend")
+
+
+@app.command("measure-ogr", epilog="Example:\n\n  gblend measure-ogr results/demo/unimodal-audio-s0 --format table")
+@command
+def measure_ogr(runs: List[Path] = typer.Argument(..., help="Run folders.")):
+    """Overfitting-to-Generalization Ratio |ΔO/ΔG| between epochs, per head."""
+    _not_implemented("measure-ogr")
+
+
+@app.command("report", epilog="Example:\n\n  gblend report --table 4")
+@command
+def report(table: str = typer.Option("all", "--table", help="1|4|overfit|all")):
+    """The paper's Tables 1 and 4 and the overfitting comparison, from run folders only."""
+    _not_implemented("report")
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

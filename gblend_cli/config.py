@@ -1,0 +1,271 @@
+"""Recipes: one TOML file describes a whole experiment; every CLI option overrides one key.
+
+`DEFAULTS` is the schema: every key a recipe may set, with its type (taken from the default) and
+default. Unknown keys and wrong types are rejected with one line naming the file and key."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPES_DIR = REPO_ROOT / "recipes"
+DEFAULT_RECIPE = RECIPES_DIR / "demo.toml"
+
+HEADS = ("audio", "rgb", "flow", "fused")
+MODALITIES = ("audio", "rgb", "flow")
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "dataset": {
+        "name": "demo",  # demo|kinetics400|kinetics600|kinetics700|kinetics-sounds|audioset|epic-kitchens|cremad|csv|folder
+        "root": "",  # folder of media files
+        "annotations": [],  # annotation CSV files
+        "data_dir": "",  # prepared dataset; "" -> data/<name>
+        "results_dir": "",  # run folders; "" -> results/<name>
+        "label_field": "verb",  # EPIC-Kitchens: verb|noun|action
+        "allow_outside_root": False,  # accept manifest paths outside root
+    },
+    "prepare": {
+        "fps": 8.0,  # frames are resampled to this rate
+        "short_side": 32,  # frames resized so the short side has this many pixels
+        "max_seconds": 0.0,  # keep at most this much of each clip (0: all)
+        "flow": "dis",  # dis|tvl1|none
+        "workers": 1,
+        "threads": 1,  # OpenCV/torch threads per worker
+        "decode_timeout_s": 120.0,  # per file; a file that takes longer is reported and skipped
+    },
+    "demo": {  # the embedded demo dataset's generator (see gblend_cli/demo_data.py)
+        "classes": 8,
+        "train_videos": 400,
+        "test_videos": 500,
+        "seconds": 2.0,
+        "fps": 8,
+        "size": 32,
+        "blob_sigma": 3.6,  # px at `size`
+        "blob_speed": 3.0,  # px per frame at `size`
+        "blank_fraction": 0.25,  # videos with no moving object
+        "pixel_noise": 0.1,
+        "direction_jitter_deg": 5.0,
+        "audio_class_fraction": 0.5,  # videos whose audio carries the class tone
+        "audio_class_amp": 0.3,
+        "audio_memo_tones": 6,  # video-specific steady tones (memorisable, class-free)
+        "audio_memo_amp": 0.3,
+        "audio_noise": 0.05,
+    },
+    "clip": {
+        "frames": 8,  # frames per visual clip
+        "crop": 32,  # square crop (random in training, centre in evaluation)
+        "flip": False,  # random horizontal flip in training (flow x is negated)
+        "eval_clips": 10,  # uniformly spaced clips per video for video-level accuracy
+        "audio_frames": 100,  # log-mel frames (10 ms each) centred on the visual clip
+    },
+    "model": {
+        "visual": "slim_r2plus1d",  # r2plus1d_18|r2plus1d_34|r3d_18|r3d_50|slim_r2plus1d|slim_r3d
+        "visual_widths": [16, 32, 64, 128],  # slim variants only
+        "visual_layers": [1, 1, 1, 1],  # slim variants only
+        "audio": "slim_resnet2d",  # resnet18|resnet34|resnet50|slim_resnet2d
+        "audio_widths": [16, 32, 64, 128],
+        "audio_layers": [1, 1, 1, 1],
+        "fusion_dropout": 0.5,
+    },
+    "train": {
+        "epochs": 30,
+        "batch_size": 32,
+        "optimizer": "sgd",  # sgd|adam|adagrad
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "schedule": "cosine",  # cosine|step|constant (per iteration, after warm-up)
+        "warmup_epochs": 0.0,
+        "milestones": [],  # epochs, for schedule = "step"
+        "gamma": 0.1,
+        "grad_clip": 0.0,  # max gradient norm; 0: off
+        "amp": "auto",  # auto|bf16|fp16|none (auto: bf16 on CUDA, none on CPU)
+        "channels_last": True,  # channels_last(_3d) memory format on CUDA
+        "compile": False,  # torch.compile the model (CUDA)
+        "workers": 0,  # DataLoader worker processes
+        "threads": 1,  # torch intra-op threads (CPU)
+        "holdout_fraction": 0.08,  # V: stratified share of train held out (G-Blend needs it)
+        "train_eval_size": 1000,  # T': fixed subset of T measured in eval mode each epoch
+        "eval_every": 1,  # epochs between evaluations (the last epoch is always evaluated)
+        "seed": 0,
+        "device": "auto",  # auto|cpu|cuda|cuda:N
+        "init_from": "",  # run folder whose uni-modal backbones initialise this model
+    },
+    "gblend": {
+        "mode": "offline",  # offline (Alg. 2) | online (Alg. 3) | fixed (hand-set / equal weights)
+        "metric": "loss",  # loss|accuracy: what G and O are measured with
+        "rule": "regularised",  # regularised|raw (see gblend_cli/blend.py)
+        "weights": "",  # fixed weights "rgb=.63,audio=.01,fused=.36"; "equal" = auxiliary-loss baseline
+        "estimate_epochs": 0,  # offline: estimation length; 0 = the whole run (as in the paper)
+        "warmup_super_epoch": 10,  # online: first super-epoch length
+        "super_epoch": 5,  # online: later super-epoch length
+        "min_weight": 0.05,  # regularised rule: floor of every head's weight
+        "fused_min_weight": 0.1,  # regularised rule: floor of the fused head's weight
+        "delta_o_floor": 0.01,  # regularised rule: ΔO² floored at this × the largest head's ΔO²
+    },
+}
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list"}[type(v)]
+
+
+def _check_value(where: str, key: str, default: Any, value: Any) -> Any:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(not isinstance(x, (dict, list)) for x in value)
+    else:  # pragma: no cover
+        ok = False
+    if not ok:
+        raise UserError(f"{where}: key '{key}' must be a {_type_name(default)}, got {value!r}")
+    return value
+
+
+def _merge(cfg: dict, updates: dict, where: str) -> None:
+    for section, values in updates.items():
+        if section not in DEFAULTS:
+            raise UserError(f"{where}: unknown section '{section}' (known: {', '.join(DEFAULTS)})")
+        if not isinstance(values, dict):
+            raise UserError(f"{where}: '{section}' must be a table of keys")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise UserError(f"{where}: unknown key '{section}.{key}'")
+            cfg[section][key] = _check_value(where, f"{section}.{key}", DEFAULTS[section][key], value)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'train.lr=0.1' -> ('train', 'lr', 0.1). The value is read as TOML, else as a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UserError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.1")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key, value
+
+
+def resolve_recipe_path(recipe: str | Path | None) -> Path | None:
+    if recipe is None or str(recipe) == "":
+        return DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None
+    p = Path(recipe)
+    if not p.exists() and not p.suffix and (RECIPES_DIR / f"{p}.toml").exists():
+        p = RECIPES_DIR / f"{p}.toml"  # `--recipe kinetics400` names a bundled recipe
+    if not p.exists():
+        raise UserError(f"{recipe}: no such recipe file")
+    return p
+
+
+def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                sets: list[str] | None = None) -> dict:
+    """Defaults <- recipe file <- `--set` overrides <- explicit CLI options (dotted keys)."""
+    cfg = copy.deepcopy(DEFAULTS)
+    path = resolve_recipe_path(recipe)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: not valid TOML ({e})") from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot read recipe ({e.strerror})") from None
+        _merge(cfg, data, str(path))
+    for text in sets or []:
+        section, key, value = parse_override(text)
+        _merge(cfg, {section: {key: value}}, f"--set {text}")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        _merge(cfg, {section: {key: value}}, f"option for {dotted}")
+    validate(cfg)
+    cfg["_recipe"] = str(path) if path else ""
+    return cfg
+
+
+def _choice(cfg: dict, dotted: str, choices: tuple[str, ...]) -> None:
+    section, key = dotted.split(".")
+    if cfg[section][key] not in choices:
+        raise UserError(f"recipe key '{dotted}' must be one of {', '.join(choices)}; got {cfg[section][key]!r}")
+
+
+def _positive(cfg: dict, dotted: str, allow_zero: bool = False) -> None:
+    section, key = dotted.split(".")
+    v = cfg[section][key]
+    if v < 0 or (v == 0 and not allow_zero):
+        raise UserError(f"recipe key '{dotted}' must be {'>= 0' if allow_zero else '> 0'}; got {v!r}")
+
+
+def validate(cfg: dict) -> None:
+    """Value checks beyond types; each failure names the key."""
+    _choice(cfg, "prepare.flow", ("dis", "tvl1", "none"))
+    _choice(cfg, "train.optimizer", ("sgd", "adam", "adagrad"))
+    _choice(cfg, "train.schedule", ("cosine", "step", "constant"))
+    _choice(cfg, "train.amp", ("auto", "bf16", "fp16", "none"))
+    _choice(cfg, "gblend.mode", ("offline", "online", "fixed"))
+    _choice(cfg, "gblend.metric", ("loss", "accuracy"))
+    _choice(cfg, "gblend.rule", ("regularised", "raw"))
+    _choice(cfg, "dataset.label_field", ("verb", "noun", "action"))
+    for k in ("train.epochs", "train.batch_size", "clip.frames", "clip.crop", "clip.eval_clips",
+              "clip.audio_frames", "prepare.fps", "prepare.short_side", "train.lr",
+              "gblend.super_epoch", "gblend.warmup_super_epoch", "demo.classes", "demo.fps", "demo.size"):
+        _positive(cfg, k)
+    for k in ("train.weight_decay", "train.warmup_epochs", "train.grad_clip", "train.workers",
+              "gblend.estimate_epochs", "prepare.workers", "gblend.min_weight", "gblend.fused_min_weight",
+              "demo.train_videos", "demo.test_videos", "train.eval_every", "train.train_eval_size"):
+        _positive(cfg, k, allow_zero=True)
+    if cfg["train"]["eval_every"] == 0:
+        raise UserError("recipe key 'train.eval_every' must be > 0; got 0")
+    if not 0 <= cfg["train"]["holdout_fraction"] < 1:
+        raise UserError(f"recipe key 'train.holdout_fraction' must be in [0, 1); got {cfg['train']['holdout_fraction']}")
+    if cfg["clip"]["crop"] > cfg["prepare"]["short_side"]:
+        raise UserError(f"recipe key 'clip.crop' ({cfg['clip']['crop']}) must not exceed 'prepare.short_side' "
+                        f"({cfg['prepare']['short_side']})")
+
+
+def data_dir(cfg: dict) -> Path:
+    return Path(cfg["dataset"]["data_dir"] or f"data/{cfg['dataset']['name']}")
+
+
+def results_dir(cfg: dict) -> Path:
+    return Path(cfg["dataset"]["results_dir"] or f"results/{cfg['dataset']['name']}")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v)} to TOML")
+
+
+def to_toml(cfg: dict) -> str:
+    """The resolved config as TOML (saved beside every output; `tomllib` reads it back)."""
+    lines = [f"# resolved gblend config (recipe: {cfg.get('_recipe') or 'built-in defaults'})"]
+    for section in DEFAULTS:
+        lines.append(f"\n[{section}]")
+        for key in DEFAULTS[section]:
+            lines.append(f"{key} = {_toml_value(cfg[section][key])}")
+    return "\n".join(lines) + "\n"
+
+
+def read_saved_config(path: Path) -> dict:
+    """Read a config.toml saved by `to_toml` (validated against the schema)."""
+    return load_config(path)

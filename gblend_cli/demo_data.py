@@ -1,0 +1,170 @@
+"""The embedded demo dataset: real H.264 + AAC mp4 files in the Kinetics-400 layout, with
+Kinetics-style CSVs, generated deterministically from a seed.
+
+Design (the paper's mechanism in miniature):
+- RGB: one blurred blob moves across a noisy frame; the class is its motion direction (C
+  directions). Learning it takes a few epochs, generalises, and flow sees the motion directly. In
+  `blank_fraction` of the videos there is no blob (an RGB ceiling below 100%).
+- Audio: every video has its own chord of steady tones at random mel bands (class-free, unique per
+  video: a network memorises it within a few epochs, like Kinetics audio), plus white noise; in
+  `audio_class_fraction` of the videos a pulsed tone at the class's own mel band carries a weak,
+  generalising class signal.
+So audio-only overfits (train >> val), RGB generalises, and naive joint training lets the audio
+memoriser drive the fused training loss to zero before the RGB pathway has learned motion.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .media import SAMPLE_RATE, mel_band_centres_hz
+
+DIRECTION_NAMES_8 = ["moving right", "moving up-right", "moving up", "moving up-left",
+                     "moving left", "moving down-left", "moving down", "moving down-right"]
+SPLIT_IDS = {"train": 1, "val": 2}
+CSV_NAMES = {"train": "train.csv", "val": "validate.csv"}
+
+
+def class_names(n: int) -> list[str]:
+    if n == 8:
+        return list(DIRECTION_NAMES_8)
+    return [f"moving {round(360 * i / n):03d}deg" for i in range(n)]
+
+
+def youtube_id(seed: int, split: str, index: int) -> str:
+    """11 characters, like a YouTube id."""
+    return f"d{seed % 100:02d}{split[0]}{index:07d}"
+
+
+def class_band(label: int, n_classes: int, n_mels: int = 40) -> int:
+    """Mel band of class `label`'s tone: spread evenly over the 40 bands (8 classes: 2, 7, ..., 37)."""
+    step = n_mels / n_classes
+    return int(step * label + step / 2 - 0.5) if n_classes > 1 else n_mels // 2
+
+
+def render_video(rng: np.random.Generator, label: int, p: dict) -> np.ndarray:
+    """(T, S, S, 3) uint8 frames of one demo video."""
+    n_frames, size = int(round(p["seconds"] * p["fps"])), p["size"]
+    theta = 2 * math.pi * label / p["classes"] + math.radians(rng.normal(0, p["direction_jitter_deg"]))
+    speed = p["blob_speed"] * rng.uniform(0.85, 1.15)
+    margin = 0.15 * size
+    cx, cy = rng.uniform(margin, size - margin, size=2)
+    colour = rng.uniform(0.6, 1.0, size=3)
+    blank = rng.random() < p["blank_fraction"]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    frames = np.empty((n_frames, size, size, 3), dtype=np.float32)
+    for t in range(n_frames):
+        img = 0.15 + rng.normal(0.0, p["pixel_noise"], size=(size, size, 1)).astype(np.float32)
+        img = np.repeat(img, 3, axis=2)
+        if not blank:
+            dt = t - (n_frames - 1) / 2  # trajectory centred at the middle frame
+            x, y = cx + speed * dt * math.cos(theta), cy - speed * dt * math.sin(theta)  # image y points down
+            blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * p["blob_sigma"] ** 2))
+            img = img + blob[..., None] * colour[None, None, :]
+        frames[t] = img
+    return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+
+
+def render_audio(rng: np.random.Generator, label: int, p: dict) -> np.ndarray:
+    """Mono 16 kHz float32 waveform of one demo video (see the module docstring)."""
+    n = int(round(p["seconds"] * SAMPLE_RATE))
+    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
+    centres = mel_band_centres_hz()
+    wave = rng.normal(0.0, p["audio_noise"], size=n)
+    memo_bands = rng.choice(len(centres), size=min(p["audio_memo_tones"], len(centres)), replace=False)
+    for b in memo_bands:  # the video's own steady chord: memorisable, says nothing about the class
+        amp = p["audio_memo_amp"] * rng.uniform(0.5, 1.5)
+        wave += amp * np.sin(2 * math.pi * centres[b] * t + rng.uniform(0, 2 * math.pi))
+    if rng.random() < p["audio_class_fraction"]:  # the class tone, pulsed 0.25 s on / 0.25 s off
+        f = centres[class_band(label, p["classes"], len(centres))]
+        gate = ((t + rng.uniform(0, 0.5)) % 0.5) < 0.25
+        wave += p["audio_class_amp"] * gate * np.sin(2 * math.pi * f * t)
+    peak = np.abs(wave).max()
+    if peak > 0.95:
+        wave *= 0.95 / peak
+    return wave.astype(np.float32)
+
+
+def encode_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int) -> None:
+    """H.264 (yuv420p) + AAC (16 kHz mono) mp4 via PyAV, written to a temp name then renamed."""
+    import os
+
+    import av
+
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(tmp), "w") as out:
+        vs = out.add_stream("libx264", rate=Fraction(fps))
+        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        vs.options = {"crf": "12", "preset": "veryfast", "threads": "1"}
+        aus = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+        aus.bit_rate = 64000
+        for img in frames:
+            for pkt in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(pkt)
+        for pkt in vs.encode():
+            out.mux(pkt)
+        frame_size = aus.codec_context.frame_size or 1024
+        pcm = wave.reshape(1, -1)
+        for i in range(0, pcm.shape[1], frame_size):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + frame_size]), format="flt", layout="mono")
+            af.sample_rate = SAMPLE_RATE
+            af.pts = i
+            for pkt in aus.encode(af):
+                out.mux(pkt)
+        for pkt in aus.encode():
+            out.mux(pkt)
+    os.replace(tmp, path)
+
+
+def video_jobs(out: Path, p: dict, seed: int) -> list[dict]:
+    """One job per demo video: where it goes and how to render it (labels balanced per split)."""
+    names = class_names(p["classes"])
+    secs = int(math.ceil(p["seconds"]))
+    jobs = []
+    for split, count in (("train", p["train_videos"]), ("val", p["test_videos"])):
+        for i in range(count):
+            label = i % p["classes"]
+            yid = youtube_id(seed, split, i)
+            start = 10 * (i % 7)
+            jobs.append({
+                "split": split, "index": i, "label": label, "label_name": names[label], "youtube_id": yid,
+                "time_start": start, "time_end": start + secs, "seed": seed,
+                "path": str(out / "videos" / split / names[label] / f"{yid}_{start:06d}_{start + secs:06d}.mp4"),
+            })
+    return jobs
+
+
+def render_job(job: dict, p: dict) -> str:
+    """Render and encode one demo video unless it is already there (resumable)."""
+    path = Path(job["path"])
+    if not path.exists():
+        rng = np.random.default_rng([job["seed"], SPLIT_IDS[job["split"]], job["index"]])
+        frames = render_video(rng, job["label"], p)
+        wave = render_audio(rng, job["label"], p)
+        encode_mp4(path, frames, wave, int(p["fps"]))
+    return job["path"]
+
+
+def write_annotations(out: Path, jobs: list[dict]) -> list[Path]:
+    """Kinetics-400 style CSVs (`label,youtube_id,time_start,time_end,split`)."""
+    from .storage import write_text_atomic
+
+    paths = []
+    for split in ("train", "val"):
+        rows = [j for j in jobs if j["split"] == split]
+        if not rows:
+            continue
+        lines = ["label,youtube_id,time_start,time_end,split"]
+        kin_split = "train" if split == "train" else "validate"
+        for j in rows:
+            lines.append(f"{j['label_name']},{j['youtube_id']},{j['time_start']},{j['time_end']},{kin_split}")
+        path = out / "annotations" / CSV_NAMES[split]
+        write_text_atomic(path, "\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
+

@@ -1,0 +1,321 @@
+"""`prepare-data`: media files -> the prepared dataset a data loader reads without decoding video.
+
+Layout of a prepared dataset DIR (one .npy per clip and modality, read memory-mapped so a
+training clip reads only its own frames):
+  DIR/dataset.json          classes, sampling settings, counts, format version
+  DIR/index.csv             one row per clip: clip_id, split, labels, seconds, frames, has_audio, status, reason
+  DIR/rgb/<clip>.npy        (T, H, W, 3) uint8, T = seconds * fps, short side = prepare.short_side
+  DIR/audio/<clip>.npy      (A, 40) float16 log-mel, A = 100 per second (silence when has_audio is false)
+  DIR/flow/<clip>.npy       (T, H, W, 2) uint8 quantised flow (frame t -> t+1)
+  DIR/prepare_report.json   {"ok", "no_audio", "failed": [{"clip", "reason"}], ...}
+  DIR/progress.jsonl        journal: one line per finished clip; a rerun skips those (resume)
+Every array is written to a temp file and renamed, so a killed run leaves no partial array.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing as mp
+import os
+import signal
+import time
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from . import FORMAT_VERSION
+from .config import data_dir, to_toml
+from .errors import UserError
+from .storage import (append_jsonl, folder_lock, read_jsonl, save_npy_atomic, write_json_atomic,
+                      write_text_atomic)
+from .ui import console, progress
+
+SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow")
+
+
+def prepare_one(spec: dict, settings: dict) -> dict:
+    """Decode one clip and write its modality arrays. Returns its journal record."""
+    import numpy as np
+
+    from .media import DecodeError, decode_clip, log_mel, optical_flow, silence_log_mel
+
+    rec = {"clip": spec["clip_id"], "split": spec["split"], "labels": list(spec["labels"]), "source": spec["path"]}
+    out = Path(settings["out"])
+    try:
+        if not os.access(spec["path"], os.R_OK):
+            raise DecodeError("file not readable (permissions)" if os.path.exists(spec["path"]) else "file not found")
+        clip = decode_clip(spec["path"], fps=settings["fps"], short_side=settings["short_side"],
+                           start=spec.get("start"), end=spec.get("end"), max_seconds=settings["max_seconds"])
+    except DecodeError as e:
+        return {**rec, "status": "failed", "reason": str(e)}
+    n_audio = int(round(clip.seconds * 100))
+    has_audio = clip.audio is not None
+    mel = log_mel(clip.audio) if has_audio else silence_log_mel(n_audio)
+    if len(mel) < n_audio:  # pad a short tail with the last frame
+        pad = silence_log_mel(n_audio - len(mel)) if len(mel) == 0 else np.repeat(mel[-1:], n_audio - len(mel), axis=0)
+        mel = np.concatenate([mel, pad])
+    mel = mel[:n_audio]
+    save_npy_atomic(out / "rgb" / f"{spec['clip_id']}.npy", clip.frames)
+    save_npy_atomic(out / "audio" / f"{spec['clip_id']}.npy", mel.astype(np.float16))
+    if settings["flow"] != "none":
+        save_npy_atomic(out / "flow" / f"{spec['clip_id']}.npy", optical_flow(clip.frames, settings["flow"]))
+    return {**rec, "status": "ok", "has_audio": has_audio, "seconds": round(clip.seconds, 4),
+            "frames": int(clip.frames.shape[0]), "height": int(clip.frames.shape[1]), "width": int(clip.frames.shape[2])}
+
+
+def _worker_main(conn, settings: dict, threads: int) -> None:
+    _quiet_worker()
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    except ImportError:  # pragma: no cover
+        pass
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        try:
+            rec = prepare_one(job, settings)
+        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
+            rec = {"clip": job["clip_id"], "split": job["split"], "labels": list(job["labels"]),
+                   "source": job["path"], "status": "failed", "reason": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
+        conn.send(rec)
+
+
+class _Pool:
+    """N worker processes fed one job at a time; a job running longer than `timeout` has its
+    worker killed and replaced, and is reported as failed (a hung decoder never hangs the run)."""
+
+    def __init__(self, n: int, settings: dict, threads: int, timeout: float):
+        self.ctx = mp.get_context("fork")
+        self.settings, self.threads, self.timeout = settings, threads, timeout
+        self.workers = [self._spawn() for _ in range(max(1, n))]
+
+    def _spawn(self) -> dict:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker_main, args=(child, self.settings, self.threads), daemon=True)
+        proc.start()
+        child.close()
+        return {"proc": proc, "conn": parent, "job": None, "since": 0.0}
+
+    def run(self, jobs: list[dict]):
+        pending = list(reversed(jobs))
+        while pending or any(w["job"] for w in self.workers):
+            for w in self.workers:
+                if w["job"] is None and pending:
+                    w["job"], w["since"] = pending.pop(), time.monotonic()
+                    w["conn"].send(w["job"])
+            busy = [w for w in self.workers if w["job"] is not None]
+            ready = wait([w["conn"] for w in busy], timeout=0.5)
+            for i, w in enumerate(self.workers):
+                if w["job"] is None:
+                    continue
+                if w["conn"] in ready:
+                    try:
+                        rec = w["conn"].recv()
+                    except EOFError:  # the worker died (e.g. a decoder crash)
+                        rec = self._failed(w["job"], "decoder process crashed")
+                        self._replace(i)
+                    w = self.workers[i]
+                    w["job"] = None
+                    yield rec
+                elif time.monotonic() - w["since"] > self.timeout or not w["proc"].is_alive():
+                    reason = (f"decode timeout after {self.timeout:g} s" if w["proc"].is_alive()
+                              else "decoder process crashed")
+                    job = w["job"]
+                    self._replace(i)
+                    yield self._failed(job, reason)
+
+    @staticmethod
+    def _failed(job: dict, reason: str) -> dict:
+        return {"clip": job["clip_id"], "split": job["split"], "labels": list(job["labels"]),
+                "source": job["path"], "status": "failed", "reason": reason}
+
+    def _replace(self, i: int) -> None:
+        w = self.workers[i]
+        w["proc"].kill()
+        w["proc"].join(5)
+        self.workers[i] = self._spawn()
+
+    def close(self) -> None:
+        for w in self.workers:
+            if w["proc"].is_alive():
+                if w["job"] is None:
+                    try:
+                        w["conn"].send(None)
+                    except (BrokenPipeError, OSError):
+                        pass
+                    w["proc"].join(2)
+                if w["proc"].is_alive():
+                    w["proc"].kill()
+                    w["proc"].join(2)
+
+
+def _check_settings(out: Path, cfg: dict) -> None:
+    """A resumed preparation must use the settings the folder was started with."""
+    import tomllib
+
+    saved = out / "prepare_config.toml"
+    if not saved.exists():
+        return
+    old = tomllib.loads(saved.read_text())
+    for key in SETTINGS_KEYS:
+        if old.get("prepare", {}).get(key) != cfg["prepare"][key]:
+            raise UserError(f"{out}: was prepared with prepare.{key}={old['prepare'].get(key)!r}, now "
+                            f"{cfg['prepare'][key]!r}; use the same settings to resume or another --out")
+    if old.get("dataset", {}).get("name") != cfg["dataset"]["name"]:
+        raise UserError(f"{out}: holds dataset {old['dataset'].get('name')!r}, not {cfg['dataset']['name']!r}")
+
+
+def _load_manifest(cfg: dict, out: Path):
+    from .manifests import ManifestError, read_manifest
+
+    ds = cfg["dataset"]
+    name = ds["name"]
+    if name == "demo":
+        root, annotations = generate_demo_media(cfg, out / "media")
+        name = "kinetics400"  # the demo goes through exactly the Kinetics reader
+    else:
+        if not ds["root"] and name not in ("csv",):
+            raise UserError(f"--root is required for --dataset {name} (the folder of media files)")
+        root = Path(ds["root"] or ".")
+        if not root.is_dir():
+            raise UserError(f"{root}: no such media folder (--root)")
+        annotations = [Path(a) for a in ds["annotations"]]
+        for a in annotations:
+            if not a.is_file():
+                raise UserError(f"{a}: no such annotation file (--annotations)")
+        if not annotations and name not in ("cremad", "folder"):
+            raise UserError(f"--annotations is required for --dataset {name}")
+    try:
+        return read_manifest(name, root, annotations, allow_outside_root=ds["allow_outside_root"],
+                             label_field=ds["label_field"])
+    except ManifestError as e:
+        raise UserError(str(e)) from None
+
+
+def generate_demo_media(cfg: dict, media: Path) -> tuple[Path, list[Path]]:
+    """Render the demo's mp4 files (resumable: existing files are kept) and its Kinetics CSVs."""
+    from . import demo_data
+
+    seed = cfg["train"]["seed"] if cfg.get("_demo_seed") is None else cfg["_demo_seed"]
+    p = cfg["demo"]
+    jobs = demo_data.video_jobs(media, p, seed)
+    todo = [j for j in jobs if not Path(j["path"]).exists()]
+    if todo:
+        workers = max(1, cfg["prepare"]["workers"])
+        with progress() as bar:
+            task = bar.add_task("render demo videos", total=len(todo), info="")
+            if workers == 1:
+                for j in todo:
+                    demo_data.render_job(j, p)
+                    bar.advance(task)
+            else:
+                with mp.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
+                    for _ in pool.imap_unordered(_render_demo_job, [(j, p) for j in todo], chunksize=4):
+                        bar.advance(task)
+    return media / "videos", demo_data.write_annotations(media, jobs)
+
+
+def _quiet_worker() -> None:
+    """Worker processes leave Ctrl-C to the parent and die quietly when the pool ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _render_demo_job(args):
+    from . import demo_data
+
+    return demo_data.render_job(*args)
+
+
+def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
+    """Prepare every clip of the recipe's dataset into `out`; resumable; returns the report."""
+    out = Path(out or data_dir(cfg))
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder (--out)")
+    with folder_lock(out, "prepare-data"):
+        _check_settings(out, cfg)
+        write_text_atomic(out / "prepare_config.toml", to_toml(cfg))
+        manifest = _load_manifest(cfg, out)
+        if not manifest.clips and not manifest.missing:
+            raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
+        journal = out / "progress.jsonl"
+        done = {r["clip"]: r for r in read_jsonl(journal)}
+        specs = [{"clip_id": c.clip_id, "path": str(c.path), "labels": list(c.labels), "split": c.split,
+                  "start": c.start, "end": c.end} for c in manifest.clips]
+        todo = [s for s in specs if s["clip_id"] not in done]
+        settings = {k: cfg["prepare"][k] for k in SETTINGS_KEYS} | {"out": str(out)}
+        if todo:
+            pool = _Pool(cfg["prepare"]["workers"], settings, cfg["prepare"]["threads"], cfg["prepare"]["decode_timeout_s"])
+            n_failed = 0
+            try:
+                with progress() as bar:
+                    task = bar.add_task("prepare clips", total=len(todo), info="")
+                    for rec in pool.run(todo):
+                        append_jsonl(journal, rec)
+                        done[rec["clip"]] = rec
+                        n_failed += rec["status"] != "ok"
+                        bar.update(task, advance=1, info=f"failed {n_failed}")
+            except KeyboardInterrupt:
+                pool.close()
+                raise UserError(f"interrupted: {len(done)} of {len(specs)} clips are prepared in {out}; "
+                                f"run the same command again to resume") from None
+            pool.close()
+        report = write_outputs(out, cfg, manifest, specs, done)
+    return report
+
+
+def write_outputs(out: Path, cfg: dict, manifest, specs: list[dict], done: dict) -> dict:
+    records = [done[s["clip_id"]] for s in specs if s["clip_id"] in done]
+    ok = [r for r in records if r["status"] == "ok"]
+    failed = [{"clip": r["clip"], "reason": r["reason"]} for r in records if r["status"] != "ok"]
+    failed += [{"clip": m["clip"], "reason": m["reason"]} for m in manifest.missing]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status", "reason", "source"])
+    for r in records:
+        w.writerow([r["clip"], r["split"], ";".join(map(str, r["labels"])), r.get("seconds", ""), r.get("frames", ""),
+                    str(r.get("has_audio", "")).lower(), r["status"], r.get("reason", ""), r["source"]])
+    write_text_atomic(out / "index.csv", buf.getvalue())
+    splits = sorted({r["split"] for r in ok})
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg["dataset"]["name"],
+        "classes": manifest.classes,
+        "multilabel": manifest.multilabel,
+        "fps": cfg["prepare"]["fps"],
+        "short_side": cfg["prepare"]["short_side"],
+        "sample_rate": 16000,
+        "audio_frames_per_second": 100,
+        "mel_bands": 40,
+        "flow": cfg["prepare"]["flow"],
+        "modalities": ["audio", "rgb"] + ([] if cfg["prepare"]["flow"] == "none" else ["flow"]),
+        "clips": {s: sum(r["split"] == s for r in ok) for s in splits},
+    }
+    write_json_atomic(out / "dataset.json", meta)
+    report = {
+        "ok": len(ok),
+        "no_audio": sum(not r.get("has_audio", True) for r in ok),
+        "failed": failed,
+        "missing_files": len(manifest.missing),
+        "total": len(specs) + len(manifest.missing),
+        "dataset": cfg["dataset"]["name"],
+        "bytes_per_clip": _bytes_per_clip(out, ok[:50]),
+    }
+    write_json_atomic(out / "prepare_report.json", report)
+    return report
+
+
+def _bytes_per_clip(out: Path, sample: list[dict]) -> dict:
+    sizes: dict[str, list[int]] = {}
+    for r in sample:
+        for m in ("rgb", "audio", "flow"):
+            p = out / m / f"{r['clip']}.npy"
+            if p.exists():
+                sizes.setdefault(m, []).append(p.stat().st_size)
+    return {m: int(sum(v) / len(v)) for m, v in sizes.items()}

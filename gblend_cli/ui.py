@@ -1,0 +1,18 @@
+"""Terminal output: one rich console on stderr (stdout stays clean for --format json) and one
+progress-bar style for every long command."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+console = Console(stderr=True, highlight=False)
+
+
+def progress(transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, transient=transient,
+    )
