@@ -106,29 +106,97 @@ def prepare_data(
         console.print(f"  ... and {len(report['failed']) - 10} more (see prepare_report.json)")
 
 
+def _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from, extra=None):
+    from .config import load_config
+
+    return load_config(recipe, _overrides(
+        train__epochs=epochs, train__seed=seed, train__batch_size=batch_size, train__lr=lr,
+        train__optimizer=optimizer, train__device=device, train__workers=workers, train__threads=threads,
+        train__init_from=str(init_from) if init_from else None, **(extra or {})), sets)
+
+
+DataOpt = typer.Option(None, "--data", help="Prepared dataset folder (default: the recipe's, e.g. data/demo; the demo is prepared on first use).")
+OutOpt = typer.Option(None, "--out", "-o", help="Run folder (default: results/<dataset>/<method>-<modalities>-s<seed>).")
+EpochsOpt = typer.Option(None, "--epochs", help="Training epochs (recipe: train.epochs).")
+SeedOpt = typer.Option(None, "--seed", help="Random seed (recipe: train.seed); CPU runs are deterministic given it.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt.")
+BatchOpt = typer.Option(None, "--batch-size", help="Clips per batch per process.")
+LrOpt = typer.Option(None, "--lr", help="Peak learning rate.")
+OptimOpt = typer.Option(None, "--optimizer", help="sgd|adam|adagrad (the paper's Table 3).")
+DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N.")
+WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads per process.")
+InitOpt = typer.Option(None, "--init-from", help="Run folder(s), comma-separated, whose uni-modal backbones initialise the model (the paper's pre-training baseline).")
+
+
+@app.command("train-unimodal", epilog="Examples:\n\n  gblend train-unimodal --modality audio\n\n"
+             "  gblend train-unimodal --data data/k400 --modality rgb --recipe kinetics400 --out results/k400/rgb")
+@command
+def train_unimodal(
+    modality: str = typer.Option(..., "--modality", "-m", help="audio|rgb|flow"),
+    data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
+    epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
+    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optional[str] = OptimOpt,
+    device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
+    sets: Optional[List[str]] = SetOpt,
+):
+    """Train one modality's backbone with its own linear head (the uni-modal rows of Tables 1 and 4)."""
+    from .runs import parse_modalities, train
+
+    mods = parse_modalities(modality)
+    if len(mods) != 1:
+        raise UserError("--modality takes one of audio, rgb, flow")
+    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, None)
+    train(cfg, "unimodal", mods, data=data, out=out, resume=resume)
+
+
+@app.command("train-naive", epilog="Examples:\n\n  gblend train-naive --modalities audio,rgb\n\n"
+             "  torchrun --nproc_per_node=8 -m gblend_cli train-naive --recipe kinetics400 --modalities audio,rgb,flow")
+@command
+def train_naive(
+    modalities: str = typer.Option(..., "--modalities", help="Two or three of audio,rgb,flow."),
+    data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
+    epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
+    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optional[str] = OptimOpt,
+    device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
+    init_from: Optional[str] = InitOpt, sets: Optional[List[str]] = SetOpt,
+):
+    """Naive late fusion: every backbone trained only through the fused head's loss (Table 1)."""
+    from .runs import parse_modalities, train
+
+    mods = parse_modalities(modalities, minimum=2)
+    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from)
+    train(cfg, "naive", mods, data=data, out=out, resume=resume)
+
+
+@app.command("train-gblend", epilog="Examples:\n\n  gblend train-gblend --modalities audio,rgb,flow\n\n"
+             "  gblend train-gblend --modalities audio,rgb --mode online\n\n"
+             "  gblend train-gblend --modalities audio,rgb --weights rgb=.630,audio=.014,fused=.356\n\n"
+             "  gblend train-gblend --modalities audio,rgb --weights equal   # auxiliary-loss baseline (Table 5)")
+@command
+def train_gblend(
+    modalities: str = typer.Option(..., "--modalities", help="Two or three of audio,rgb,flow."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="offline (Alg. 2: estimate once) | online (Alg. 3: every super-epoch)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Fixed weights instead of estimating: HEAD=W,... or 'equal'."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="loss|accuracy: what ΔG and ΔO are measured with."),
+    blend_rule: Optional[str] = typer.Option(None, "--blend-rule", help="regularised (default) | raw (the paper's formula, minimal guards)."),
+    data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
+    epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
+    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optional[str] = OptimOpt,
+    device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
+    init_from: Optional[str] = InitOpt, sets: Optional[List[str]] = SetOpt,
+):
+    """Gradient-Blending: L = sum_k w_k CE_k over every head, w_k = ΔG_k/ΔO_k² / Z estimated by Algorithm 1."""
+    from .runs import parse_modalities, train
+
+    mods = parse_modalities(modalities, minimum=2)
+    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from,
+                     {"gblend__mode": mode, "gblend__metric": metric, "gblend__rule": blend_rule})
+    train(cfg, "gblend", mods, data=data, out=out, resume=resume, mode=cfg["gblend"]["mode"], weights=weights)
+
+
 def _not_implemented(name: str):
     raise UserError(f"`gblend {name}` is not implemented yet")
-
-
-@app.command("train-unimodal", epilog="Example:\n\n  gblend train-unimodal --modality audio --epochs 30 --seed 0")
-@command
-def train_unimodal(modality: str = typer.Option("rgb", "--modality", "-m", help="audio|rgb|flow")):
-    """Train one modality's backbone with its own linear head (Table 1's uni-modal rows)."""
-    _not_implemented("train-unimodal")
-
-
-@app.command("train-naive", epilog="Example:\n\n  gblend train-naive --modalities audio,rgb")
-@command
-def train_naive(modalities: str = typer.Option("audio,rgb", "--modalities", help="audio,rgb[,flow]")):
-    """Naive late fusion: all backbones trained through the fused head's loss only."""
-    _not_implemented("train-naive")
-
-
-@app.command("train-gblend", epilog="Example:\n\n  gblend train-gblend --modalities audio,rgb,flow --mode online")
-@command
-def train_gblend(modalities: str = typer.Option("audio,rgb", "--modalities", help="audio,rgb[,flow]")):
-    """Gradient-Blending: per-head losses weighted by estimated w_k = ΔG_k/ΔO_k² / Z."""
-    _not_implemented("train-gblend")
 
 
 @app.command("measure-ogr", epilog="Example:\n\n  gblend measure-ogr results/demo/unimodal-audio-s0 --format table")

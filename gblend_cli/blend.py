@@ -1,0 +1,213 @@
+"""Gradient-Blending (paper Sec. 3) and the Overfitting-to-Generalization Ratio (Sec. 2).
+
+Definitions (Eq. 3): O_N = L^V_N - L^T_N; between checkpoints N and N+n,
+ΔO = O_{N+n} - O_N, ΔG = L^V_N - L^V_{N+n}, OGR = |ΔO / ΔG|.
+Proposition 1 in practice: w_k = (1/Z) ΔG_k / ΔO_k² (Z: weights sum to 1).
+
+Algorithm 1 (`estimate_blend_weights`): from one checkpoint, train the k uni-modal networks and
+the naive fused network n epochs on T — all k+1 in one pass over the data (EstimatorEnsemble) —
+and measure L^T on T' and L^V on V before and after, each with a clean eval-mode pass, averaged per
+sample. Algorithm 2 (offline): estimate once at φ_0 over the whole run length (`estimate_epochs`
+= 0). Algorithm 3 (online): re-estimate at the start of every super-epoch.
+
+The paper leaves ΔG <= 0 and ΔO ≈ 0 open. Rules (`gblend.rule`):
+- raw: the formula with the minimal guards: ΔG clipped at 0, ΔO² floored at 1e-12; all-zero ->
+  equal weights. Winner-take-all in practice (a head with ΔO ≈ 0 takes everything).
+- regularised (default): ΔG clipped at 0; ΔO² floored at `delta_o_floor` × the largest head's ΔO²
+  (no head wins by a near-zero denominator); then every weight floored at `min_weight` and the
+  fused head at `fused_min_weight` (no head is dropped; the evaluated fused head keeps training);
+  all-zero -> equal weights. `w_raw` in blend_weights.jsonl is always the unguarded formula.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .storage import append_jsonl
+from .ui import console
+
+
+# --- the formula and its rules ------------------------------------------------------------------
+def gradient_blend_terms(LT_before: float, LV_before: float, LT_after: float, LV_after: float) -> dict:
+    """ΔO, ΔG and OGR of one head between two checkpoints (Eq. 3)."""
+    delta_o = (LV_after - LT_after) - (LV_before - LT_before)
+    delta_g = LV_before - LV_after
+    ogr = abs(delta_o / delta_g) if delta_g != 0 else math.inf
+    return {"delta_O": delta_o, "delta_G": delta_g, "ogr": ogr}
+
+
+def raw_weights(delta_g: dict[str, float], delta_o: dict[str, float]) -> dict[str, float | None]:
+    """The paper's w_k = (ΔG_k / ΔO_k²) / Z with no guard (None where undefined)."""
+    terms = {}
+    for h in delta_g:
+        terms[h] = delta_g[h] / delta_o[h] ** 2 if delta_o[h] != 0 else math.copysign(math.inf, delta_g[h] or 1)
+    z = sum(terms.values())
+    if not math.isfinite(z) or z == 0:
+        return {h: None for h in terms}
+    return {h: t / z for h, t in terms.items()}
+
+
+def _apply_floors(w: dict[str, float], floors: dict[str, float]) -> dict[str, float]:
+    """Raise weights to their floors, taking the mass proportionally from the heads above theirs."""
+    fixed: dict[str, float] = {}
+    for _ in range(len(w) + 1):
+        free = {h: v for h, v in w.items() if h not in fixed}
+        mass = 1.0 - sum(fixed.values())
+        total = sum(free.values())
+        scaled = {h: (v / total * mass if total > 0 else mass / len(free)) for h, v in free.items()}
+        low = {h for h, v in scaled.items() if v < floors.get(h, 0.0)}
+        if not low:
+            return {**fixed, **scaled}
+        fixed.update({h: floors.get(h, 0.0) for h in low})
+        if sum(fixed.values()) >= 1.0:  # floors alone fill the budget: share in proportion to floors
+            s = sum(fixed.values())
+            return {h: fixed.get(h, 0.0) / s for h in w}
+    return {**fixed, **scaled}  # pragma: no cover
+
+
+def blend_weights(delta_g: dict[str, float], delta_o: dict[str, float], rule: str = "regularised",
+                  min_weight: float = 0.05, fused_min_weight: float = 0.1, delta_o_floor: float = 0.01) -> dict[str, float]:
+    """Final weights under `rule` (see the module docstring). Always >= 0 and summing to 1."""
+    heads = list(delta_g)
+    g = {h: max(delta_g[h], 0.0) for h in heads}
+    o2 = {h: delta_o[h] ** 2 for h in heads}
+    if rule == "raw":
+        o2 = {h: max(v, 1e-12) for h, v in o2.items()}
+    else:
+        top = max(o2.values()) if o2 else 0.0
+        o2 = {h: max(v, delta_o_floor * top, 1e-12) for h, v in o2.items()}
+    score = {h: g[h] / o2[h] for h in heads}
+    z = sum(score.values())
+    w = {h: (s / z if z > 0 else 1.0 / len(heads)) for h, s in score.items()}
+    if rule == "regularised":
+        floors = {h: (fused_min_weight if h == "fused" else min_weight) for h in heads}
+        w = _apply_floors(w, floors)
+    return w
+
+
+# --- Algorithm 1 --------------------------------------------------------------------------------
+def _loss_like(metrics: dict, head: str, metric: str) -> float:
+    """L for G and O: the mean per-sample loss, or the error rate (1 - top-1) for --metric accuracy."""
+    m = metrics[head]
+    return m["loss"] if metric == "loss" else 1.0 - m["top1"] / 100.0
+
+
+def estimate_blend_weights(trainer, model, epoch: int, n_epochs: int, gcfg: dict) -> dict:
+    """Algorithm 1 at checkpoint φ_epoch for n epochs: returns the blend_weights.jsonl row
+    {"epoch", "n_epochs", "metric", "rule", "heads": {h: {LT/LV before/after, ΔO, ΔG, OGR, w_raw, w}}}.
+    The main model is not modified; the estimators' RNG is seeded by (seed, epoch)."""
+    from .models import EstimatorEnsemble
+    from .train import make_optimizer, make_scheduler, unwrap
+
+    base = unwrap(model)
+    ensemble = EstimatorEnsemble(base, trainer.cfg["model"]).to(trainer.device)
+    heads = ensemble.head_names
+    tcfg = trainer.tcfg
+    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+        torch.manual_seed(tcfg["seed"] * 1000 + epoch + 1)
+        before = {s: trainer.evaluate(ensemble, trainer.eval_sets[s], heads) for s in ("train", "holdout")}
+        opt = make_optimizer(ensemble.parameters(), tcfg)
+        sched = make_scheduler(opt, trainer.steps_per_epoch, tcfg, offset_epochs=epoch)
+        wrapped = trainer.wrap(ensemble)
+        ones = {h: 1.0 for h in heads}
+        for e in range(n_epochs):
+            stats = trainer.run_epoch(wrapped, opt, sched, ones, epoch + e, clip_groups=ensemble.clip_groups())
+            if trainer.env.is_main:
+                console.print(f"  G-Blend estimation {e + 1}/{n_epochs} (from epoch {epoch}): "
+                              + ", ".join(f"{h} {stats[h]:.3f}" for h in heads))
+        after = {s: trainer.evaluate(ensemble, trainer.eval_sets[s], heads) for s in ("train", "holdout")}
+    metric = gcfg["metric"]
+    rows: dict[str, dict] = {}
+    for h in heads:
+        lt_b, lv_b = _loss_like(before["train"], h, metric), _loss_like(before["holdout"], h, metric)
+        lt_a, lv_a = _loss_like(after["train"], h, metric), _loss_like(after["holdout"], h, metric)
+        rows[h] = {"LT_before": lt_b, "LV_before": lv_b, "LT_after": lt_a, "LV_after": lv_a,
+                   **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a)}
+    dg = {h: rows[h]["delta_G"] for h in heads}
+    do = {h: rows[h]["delta_O"] for h in heads}
+    w_raw = raw_weights(dg, do)
+    w = blend_weights(dg, do, gcfg["rule"], gcfg["min_weight"], gcfg["fused_min_weight"], gcfg["delta_o_floor"])
+    for h in heads:
+        rows[h]["w_raw"] = w_raw[h]
+        rows[h]["w"] = w[h]
+        rows[h]["ogr"] = rows[h]["ogr"] if math.isfinite(rows[h]["ogr"]) else None
+    return {"epoch": epoch, "n_epochs": n_epochs, "metric": metric, "rule": gcfg["rule"], "heads": rows}
+
+
+class GradientBlending:
+    """Loss-weight policy for the training core: offline (Alg. 2) estimates once at epoch 0;
+    online (Alg. 3) re-estimates at the start of every super-epoch."""
+
+    def __init__(self, gcfg: dict, epochs: int, heads: list[str]):
+        self.gcfg, self.epochs, self.heads = gcfg, epochs, heads
+        self.weights = {h: 1.0 / len(heads) for h in heads}
+        self.history: list[dict] = []
+
+    def schedule(self) -> dict[int, int]:
+        """{epoch: estimation length} of every estimation point."""
+        if self.gcfg["mode"] == "offline":
+            return {0: self.gcfg["estimate_epochs"] or self.epochs}
+        points, e, n = {}, 0, self.gcfg["warmup_super_epoch"]
+        while e < self.epochs:
+            points[e] = min(n, self.epochs - e)
+            e += n
+            n = self.gcfg["super_epoch"]
+        return points
+
+    def before_epoch(self, epoch: int, trainer) -> None:
+        n = self.schedule().get(epoch)
+        if n is None:
+            return
+        row = estimate_blend_weights(trainer, trainer.model, epoch, n, self.gcfg)
+        old = dict(self.weights)
+        self.weights = {h: row["heads"][h]["w"] for h in self.heads}
+        self.history.append({"epoch": epoch, "weights": dict(self.weights)})
+        if trainer.env.is_main:
+            append_jsonl(trainer.run_dir / "blend_weights.jsonl", row)
+            if old != self.weights:
+                show_weights_table(row)
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weights = dict(state["weights"])
+        self.history = list(state.get("history", []))
+
+
+def show_weights_table(row: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"G-Blend weights at epoch {row['epoch']} (estimated over {row['n_epochs']} epochs, "
+                    f"metric {row['metric']}, rule {row['rule']})")
+    for c in ("head", "L^T before", "L^V before", "L^T after", "L^V after", "ΔO", "ΔG", "OGR", "w raw", "w"):
+        t.add_column(c, justify="right")
+    for h, r in row["heads"].items():
+        t.add_row(h, *(f"{r[k]:.4f}" for k in ("LT_before", "LV_before", "LT_after", "LV_after", "delta_O", "delta_G")),
+                  "-" if r["ogr"] is None else f"{r['ogr']:.3f}", "-" if r["w_raw"] is None else f"{r['w_raw']:.3f}",
+                  f"{r['w']:.3f}")
+    console.print(t)
+
+
+# --- measure-ogr ---------------------------------------------------------------------------------
+def ogr_between(rows: list[dict], head: str, a: int, b: int, metric: str = "loss") -> dict | None:
+    """OGR of `head` between epochs a and b of one run's metrics.jsonl (T' as L^T, V as L^V;
+    runs without a held-out split use the evaluation split)."""
+    by_epoch = {r["epoch"]: r for r in rows}
+    ra, rb = by_epoch.get(a), by_epoch.get(b)
+    if not ra or not rb:
+        return None
+    vsplit = "holdout" if ra.get("holdout") and rb.get("holdout") else "val"
+    try:
+        vals = [_loss_like(r[s], head, metric) for r in (ra, rb) for s in ("train", vsplit)]
+    except KeyError:
+        return None
+    t = gradient_blend_terms(vals[0], vals[1], vals[2], vals[3])
+    return {"head": head, "from": a, "to": b, "held_out": vsplit, **t,
+            "ogr": t["ogr"] if math.isfinite(t["ogr"]) else None}
+
+
+def evaluated_epochs(rows: list[dict]) -> list[int]:
+    return [r["epoch"] for r in rows if r.get("train") and (r.get("holdout") or r.get("val"))]

@@ -1,0 +1,266 @@
+"""Reading a prepared dataset for training and evaluation.
+
+- Splits: the prepared "train" split is divided by the core into T (trained on) and the held-out
+  V (`train.holdout_fraction`, stratified, seeded): G-Blend's OGR needs V; T' is a fixed subset
+  of T measured in eval mode. The prepared "val" split is the evaluation set.
+- Training clips: random temporal position, random crop (and optional flip); evaluation clips:
+  `clip.eval_clips` uniformly spaced positions per video, centre crop.
+- A batch is assembled in one `__getitems__` call (uint8 frames, float16 log-mel), so a
+  DataLoader with workers moves whole batches, and the model normalises on the device.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import FORMAT_VERSION
+from .errors import UserError
+from .media import LOG_EPS
+
+SILENCE = float(np.log(LOG_EPS))
+
+
+@dataclass
+class Clip:
+    clip_id: str
+    split: str
+    labels: tuple[int, ...]
+    frames: int
+    has_audio: bool
+
+
+class PreparedDataset:
+    """The index and arrays of a folder written by `prepare-data`."""
+
+    def __init__(self, root: Path, cache_bytes: int = 4 << 30):
+        self.root = Path(root)
+        meta_path = self.root / "dataset.json"
+        if not meta_path.exists():
+            raise UserError(f"{self.root}: not a prepared dataset (no dataset.json); run `gblend prepare-data` first")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{meta_path}: not valid JSON") from None
+        if self.meta.get("format_version", 0) > FORMAT_VERSION:
+            raise UserError(f"{meta_path}: written by a newer gblend (format {self.meta['format_version']} > "
+                            f"{FORMAT_VERSION}); upgrade gblend")
+        self.classes: list[str] = self.meta["classes"]
+        self.multilabel: bool = self.meta["multilabel"]
+        self.fps: float = self.meta["fps"]
+        self.modalities: list[str] = self.meta["modalities"]
+        self.clips: list[Clip] = []
+        with open(self.root / "index.csv", newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if row["status"] != "ok":
+                    continue
+                self.clips.append(Clip(row["clip_id"], row["split"], tuple(int(x) for x in row["labels"].split(";") if x),
+                                       int(row["frames"]), row["has_audio"] == "true"))
+        self._cache: dict[tuple[str, str], np.ndarray] = {}
+        self._cache_ok = self._estimate_bytes() <= cache_bytes
+
+    def _estimate_bytes(self) -> int:
+        total = 0
+        for m in self.modalities:
+            sample = [self.root / m / f"{c.clip_id}.npy" for c in self.clips[:20]]
+            sizes = [p.stat().st_size for p in sample if p.exists()]
+            total += int(np.mean(sizes)) * len(self.clips) if sizes else 0
+        return total
+
+    def split_indices(self, split: str) -> list[int]:
+        return [i for i, c in enumerate(self.clips) if c.split == split]
+
+    def array(self, modality: str, i: int) -> np.ndarray:
+        """The whole clip's array (memory-mapped, or cached in RAM when the dataset is small)."""
+        key = (modality, self.clips[i].clip_id)
+        arr = self._cache.get(key)
+        if arr is None:
+            path = self.root / modality / f"{key[1]}.npy"
+            arr = np.load(path, mmap_mode=None if self._cache_ok else "r")
+            if self._cache_ok:
+                self._cache[key] = arr
+        return arr
+
+    def preload(self, indices, modalities) -> None:
+        """Fill the RAM cache before DataLoader workers fork (they share it copy-on-write)."""
+        if self._cache_ok:
+            for i in indices:
+                for m in modalities:
+                    self.array(m, i)
+
+    def check_modalities(self, modalities) -> None:
+        for m in modalities:
+            if m not in self.modalities:
+                raise UserError(f"{self.root}: modality '{m}' was not prepared (has: {', '.join(self.modalities)}); "
+                                f"prepare with --flow dis|tvl1 for flow")
+
+
+def split_holdout(ds: PreparedDataset, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified held-out split V of the training split (Sec. 3.3: V approximates the target
+    distribution). Per class, round(fraction * n) clips (at least 1 when fraction > 0 and the class
+    has >= 2 clips) go to V. Multi-label data stratifies on the first label."""
+    train = ds.split_indices("train")
+    if fraction <= 0:
+        return train, []
+    rng = np.random.default_rng([seed, 8])
+    by_class: dict[int, list[int]] = {}
+    for i in train:
+        by_class.setdefault(ds.clips[i].labels[0] if ds.clips[i].labels else -1, []).append(i)
+    t, v = [], []
+    for _, idx in sorted(by_class.items()):
+        idx = list(rng.permutation(idx))
+        k = int(round(fraction * len(idx)))
+        if k == 0 and len(idx) >= 2:
+            k = 1
+        v += idx[:k]
+        t += idx[k:]
+    return sorted(t), sorted(v)
+
+
+def subset(indices: list[int], size: int, seed: int) -> list[int]:
+    """A fixed random subset (T' of T)."""
+    if size <= 0 or size >= len(indices):
+        return list(indices)
+    rng = np.random.default_rng([seed, 7])
+    return sorted(rng.choice(indices, size=size, replace=False).tolist())
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Items are (clip index, start frame or -1 for random); `__getitems__` returns a batch dict:
+    {modality: tensor, "label": tensor, "video": tensor (row in `videos`)}."""
+
+    def __init__(self, ds: PreparedDataset, items: list[tuple[int, int]], modalities: list[str], clip_cfg: dict,
+                 train: bool, seed: int = 0):
+        self.ds, self.items, self.modalities, self.train, self.seed = ds, items, list(modalities), train, seed
+        self.frames, self.crop, self.flip = clip_cfg["frames"], clip_cfg["crop"], clip_cfg["flip"] and train
+        self.audio_frames = clip_cfg["audio_frames"]
+        self.epoch = 0
+        self.videos = sorted({i for i, _ in items})
+        self._video_row = {v: r for r, v in enumerate(self.videos)}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, k: int):  # pragma: no cover - batches go through __getitems__
+        return self.__getitems__([k])
+
+    def __getitems__(self, ks: list[int]) -> dict:
+        # augmentation randomness depends only on (seed, epoch, item), so a resumed run and any
+        # number of loader workers draw the same clips
+        rng = np.random.default_rng([self.seed, self.epoch, int(ks[0]), len(ks)]) if self.train else None
+        cols: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}
+        labels, videos = [], []
+        for k in ks:
+            i, start = self.items[k]
+            clip = self.ds.clips[i]
+            n = clip.frames
+            if start < 0:
+                start = int(rng.integers(0, max(1, n - self.frames + 1)))
+            t_idx = np.minimum(np.arange(start, start + self.frames), n - 1)
+            crop_box = None
+            flip = bool(self.flip and rng.random() < 0.5)
+            for m in self.modalities:
+                arr = self.ds.array(m, i)
+                if m == "audio":
+                    cols[m].append(self._audio_window(arr, (start + self.frames / 2) / self.ds.fps))
+                    continue
+                h, w = arr.shape[1:3]
+                if crop_box is None:
+                    c = min(self.crop, h, w)
+                    if self.train:
+                        y0, x0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+                    else:
+                        y0, x0 = (h - c) // 2, (w - c) // 2
+                    crop_box = (y0, x0, c)
+                y0, x0, c = crop_box
+                x = arr[t_idx, y0:y0 + c, x0:x0 + c]
+                if flip:
+                    x = x[:, :, ::-1]
+                    if m == "flow":  # mirrored motion: negate x displacement (quantised: 255 - q)
+                        x = x.copy()
+                        x[..., 0] = 255 - x[..., 0]
+                cols[m].append(np.ascontiguousarray(x))
+            labels.append(clip.labels)
+            videos.append(self._video_row[i])
+        batch = {m: torch.from_numpy(np.stack(v)) for m, v in cols.items()}
+        if self.ds.multilabel:
+            y = torch.zeros(len(ks), len(self.ds.classes))
+            for r, ls in enumerate(labels):
+                y[r, list(ls)] = 1.0
+        else:
+            y = torch.tensor([ls[0] for ls in labels], dtype=torch.long)
+        batch["label"] = y
+        batch["video"] = torch.tensor(videos, dtype=torch.long)
+        return batch
+
+    def _audio_window(self, mel: np.ndarray, centre_s: float) -> np.ndarray:
+        """`audio_frames` log-mel frames centred on the visual clip's centre (silence outside)."""
+        a = self.audio_frames
+        start = int(round(centre_s * 100 - a / 2))
+        start = max(0, min(start, len(mel) - a))
+        out = mel[start:start + a]
+        if len(out) < a:
+            out = np.concatenate([out, np.full((a - len(out), mel.shape[1]), SILENCE, dtype=mel.dtype)])
+        return out
+
+
+def eval_items(ds: PreparedDataset, indices: list[int], n_clips: int, frames: int) -> list[tuple[int, int]]:
+    """`n_clips` uniformly spaced clip starts per video (1 = the centre clip)."""
+    items = []
+    for i in indices:
+        last = max(0, ds.clips[i].frames - frames)
+        if n_clips == 1:
+            starts = [last // 2]
+        else:
+            starts = [int(round(j * last / (n_clips - 1))) for j in range(n_clips)]
+        items += [(i, s) for s in starts]
+    return items
+
+
+def _identity(batch):
+    return batch
+
+
+def make_loader(dataset: ClipDataset, batch_size: int, *, shuffle: bool, seed: int, workers: int,
+                rank: int = 0, world: int = 1, drop_last: bool = False, pin_memory: bool = False):
+    """DataLoader over whole batches; distributed runs shard with DistributedSampler."""
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
+                                                      seed=seed, drop_last=drop_last)
+    elif shuffle:
+        sampler = _EpochRandomSampler(dataset, seed)
+    else:
+        sampler = None
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers, collate_fn=_identity,
+        pin_memory=pin_memory, drop_last=drop_last, persistent_workers=False,
+        worker_init_fn=_worker_init if workers else None)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+class _EpochRandomSampler(torch.utils.data.Sampler):
+    """A permutation that depends only on (seed, epoch): resumable and reproducible."""
+
+    def __init__(self, dataset: ClipDataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
+
+    def __len__(self) -> int:
+        return len(self.dataset)

@@ -1,0 +1,90 @@
+"""Distributed setup read from the environment torchrun (or SLURM + a MASTER_ADDR) provides.
+
+One process per GPU (NCCL) or per CPU process (gloo); only rank 0 writes files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def _env_int(*names: str) -> int | None:
+    for n in names:
+        if os.environ.get(n, "").strip():
+            return int(os.environ[n])
+    return None
+
+
+def setup(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
+    """Pick the device and, when launched by torchrun/SLURM with several processes, join the group."""
+    world = _env_int("WORLD_SIZE") or (_env_int("SLURM_NTASKS") if os.environ.get("MASTER_ADDR") else None) or 1
+    rank = _env_int("RANK") or (_env_int("SLURM_PROCID") if world > 1 else None) or 0
+    local = _env_int("LOCAL_RANK") or (_env_int("SLURM_LOCALID") if world > 1 else None) or 0
+    env = DistEnv(rank, world, local)
+    if device_pref == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(device_pref)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"train.device = {device_pref!r} but no CUDA device is available")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device(f"cuda:{local}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if env.enabled and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return env, device
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_objects(obj) -> list:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def broadcast_object(obj):
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
