@@ -25,19 +25,12 @@ import math
 
 import torch
 
+from .ogr import gradient_blend_terms, loss_like
 from .storage import append_jsonl
 from .ui import console
 
 
 # --- the formula and its rules ------------------------------------------------------------------
-def gradient_blend_terms(LT_before: float, LV_before: float, LT_after: float, LV_after: float) -> dict:
-    """ΔO, ΔG and OGR of one head between two checkpoints (Eq. 3)."""
-    delta_o = (LV_after - LT_after) - (LV_before - LT_before)
-    delta_g = LV_before - LV_after
-    ogr = abs(delta_o / delta_g) if delta_g != 0 else math.inf
-    return {"delta_O": delta_o, "delta_G": delta_g, "ogr": ogr}
-
-
 def raw_weights(delta_g: dict[str, float], delta_o: dict[str, float]) -> dict[str, float | None]:
     """The paper's w_k = (ΔG_k / ΔO_k²) / Z with no guard (None where undefined)."""
     terms = {}
@@ -88,12 +81,6 @@ def blend_weights(delta_g: dict[str, float], delta_o: dict[str, float], rule: st
 
 
 # --- Algorithm 1 --------------------------------------------------------------------------------
-def _loss_like(metrics: dict, head: str, metric: str) -> float:
-    """L for G and O: the mean per-sample loss, or the error rate (1 - top-1) for --metric accuracy."""
-    m = metrics[head]
-    return m["loss"] if metric == "loss" else 1.0 - m["top1"] / 100.0
-
-
 def estimate_blend_weights(trainer, model, epoch: int, n_epochs: int, gcfg: dict) -> dict:
     """Algorithm 1 at checkpoint φ_epoch for n epochs: returns the blend_weights.jsonl row
     {"epoch", "n_epochs", "metric", "rule", "heads": {h: {LT/LV before/after, ΔO, ΔG, OGR, w_raw, w}}}.
@@ -121,8 +108,8 @@ def estimate_blend_weights(trainer, model, epoch: int, n_epochs: int, gcfg: dict
     metric = gcfg["metric"]
     rows: dict[str, dict] = {}
     for h in heads:
-        lt_b, lv_b = _loss_like(before["train"], h, metric), _loss_like(before["holdout"], h, metric)
-        lt_a, lv_a = _loss_like(after["train"], h, metric), _loss_like(after["holdout"], h, metric)
+        lt_b, lv_b = loss_like(before["train"], h, metric), loss_like(before["holdout"], h, metric)
+        lt_a, lv_a = loss_like(after["train"], h, metric), loss_like(after["holdout"], h, metric)
         rows[h] = {"LT_before": lt_b, "LV_before": lv_b, "LT_after": lt_a, "LV_after": lv_a,
                    **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a)}
     dg = {h: rows[h]["delta_G"] for h in heads}
@@ -180,34 +167,12 @@ class GradientBlending:
 def show_weights_table(row: dict) -> None:
     from rich.table import Table
 
-    t = Table(title=f"G-Blend weights at epoch {row['epoch']} (estimated over {row['n_epochs']} epochs, "
-                    f"metric {row['metric']}, rule {row['rule']})")
-    for c in ("head", "L^T before", "L^V before", "L^T after", "L^V after", "ΔO", "ΔG", "OGR", "w raw", "w"):
-        t.add_column(c, justify="right")
+    t = Table(title=f"G-Blend weights at epoch {row['epoch']} ({row['n_epochs']} estimation epochs, "
+                    f"metric {row['metric']}, rule {row['rule']}; ₀ before, ₁ after)")
+    for c in ("head", "L^T₀", "L^V₀", "L^T₁", "L^V₁", "ΔO", "ΔG", "OGR", "w raw", "w"):
+        t.add_column(c, justify="right", no_wrap=True)
     for h, r in row["heads"].items():
-        t.add_row(h, *(f"{r[k]:.4f}" for k in ("LT_before", "LV_before", "LT_after", "LV_after", "delta_O", "delta_G")),
+        t.add_row(h, *(f"{r[k]:.3f}" for k in ("LT_before", "LV_before", "LT_after", "LV_after", "delta_O", "delta_G")),
                   "-" if r["ogr"] is None else f"{r['ogr']:.3f}", "-" if r["w_raw"] is None else f"{r['w_raw']:.3f}",
                   f"{r['w']:.3f}")
     console.print(t)
-
-
-# --- measure-ogr ---------------------------------------------------------------------------------
-def ogr_between(rows: list[dict], head: str, a: int, b: int, metric: str = "loss") -> dict | None:
-    """OGR of `head` between epochs a and b of one run's metrics.jsonl (T' as L^T, V as L^V;
-    runs without a held-out split use the evaluation split)."""
-    by_epoch = {r["epoch"]: r for r in rows}
-    ra, rb = by_epoch.get(a), by_epoch.get(b)
-    if not ra or not rb:
-        return None
-    vsplit = "holdout" if ra.get("holdout") and rb.get("holdout") else "val"
-    try:
-        vals = [_loss_like(r[s], head, metric) for r in (ra, rb) for s in ("train", vsplit)]
-    except KeyError:
-        return None
-    t = gradient_blend_terms(vals[0], vals[1], vals[2], vals[3])
-    return {"head": head, "from": a, "to": b, "held_out": vsplit, **t,
-            "ogr": t["ogr"] if math.isfinite(t["ogr"]) else None}
-
-
-def evaluated_epochs(rows: list[dict]) -> list[int]:
-    return [r["epoch"] for r in rows if r.get("train") and (r.get("holdout") or r.get("val"))]

@@ -195,22 +195,99 @@ def train_gblend(
     train(cfg, "gblend", mods, data=data, out=out, resume=resume, mode=cfg["gblend"]["mode"], weights=weights)
 
 
-def _not_implemented(name: str):
-    raise UserError(f"`gblend {name}` is not implemented yet")
-
-
-@app.command("measure-ogr", epilog="Example:\n\n  gblend measure-ogr results/demo/unimodal-audio-s0 --format table")
+@app.command("measure-ogr", epilog="Examples:\n\n  gblend measure-ogr results/demo/unimodal-audio-s0 results/demo/unimodal-rgb-s0 "
+             "results/demo/naive-audio+rgb-s0\n\n  gblend measure-ogr results/demo/naive-audio+rgb-s0 --from 0 --to 10 --format json")
 @command
-def measure_ogr(runs: List[Path] = typer.Argument(..., help="Run folders.")):
-    """Overfitting-to-Generalization Ratio |ΔO/ΔG| between epochs, per head."""
-    _not_implemented("measure-ogr")
+def measure_ogr(
+    runs: List[Path] = typer.Argument(..., help="One or more run folders (with metrics.jsonl)."),
+    from_epoch: Optional[int] = typer.Option(None, "--from", help="Checkpoint N (default: the first evaluated epoch, 0)."),
+    to_epoch: Optional[int] = typer.Option(None, "--to", help="Checkpoint N+n (default: the last evaluated epoch)."),
+    metric: str = typer.Option("loss", "--metric", help="loss|accuracy (error rate) for O and G."),
+    fmt: str = typer.Option("table", "--format", help="table|csv|json"),
+):
+    """Overfitting-to-Generalization Ratio OGR = |ΔO/ΔG| between two epochs, per head, with O = L^V - L^T."""
+    from .ogr import measure, print_measure
+
+    if fmt not in ("table", "csv", "json"):
+        raise UserError(f"--format must be table, csv or json; got {fmt!r}")
+    if metric not in ("loss", "accuracy"):
+        raise UserError(f"--metric must be loss or accuracy; got {metric!r}")
+    rows = measure(runs, from_epoch, to_epoch, metric)
+    print_measure(rows, fmt)
 
 
-@app.command("report", epilog="Example:\n\n  gblend report --table 4")
+@app.command("report", epilog="Examples:\n\n  gblend report --table 4\n\n"
+             "  gblend report --results results/k400 --table all --format latex --out tables.tex")
 @command
-def report(table: str = typer.Option("all", "--table", help="1|4|overfit|all")):
-    """The paper's Tables 1 and 4 and the overfitting comparison, from run folders only."""
-    _not_implemented("report")
+def report(
+    table: str = typer.Option("all", "--table", "-t", help="1|4|overfit|all"),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default: the recipe's, results/demo)."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="markdown|csv|latex|json (default: tables on the terminal)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the formatted tables here."),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="Where to write the Fig. 4 PNG (default: RESULTS/report/overfitting.png)."),
+    recipe: Optional[Path] = RecipeOpt, sets: Optional[List[str]] = SetOpt,
+):
+    """The paper's Table 1, Table 4 and the overfitting comparison, from run folders only (paper numbers beside)."""
+    from .config import load_config, results_dir
+    from .report import build, overfit_figure, parse_tables, print_rich, render
+    from .storage import write_text_atomic
+
+    if fmt is not None and fmt not in ("markdown", "csv", "latex", "json"):
+        raise UserError(f"--format must be markdown, csv, latex or json; got {fmt!r}")
+    cfg = load_config(recipe, None, sets)
+    results = results or results_dir(cfg)
+    if not results.is_dir():
+        raise UserError(f"{results}: no such results folder (--results); run `gblend reproduce` or a train command first")
+    rep = build(results, parse_tables(table), cfg, str(recipe) if recipe else "")
+    if "overfit" in rep:
+        fig = overfit_figure(rep["_matrix"], figure or results / "report" / "overfitting.png")
+        if fig:
+            console.print(f"figure: {fig}")
+    if fmt is None and out is None:
+        print_rich(rep)
+        return
+    text = render(rep, fmt or "markdown")
+    if out:
+        write_text_atomic(out, text)
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("reproduce", epilog="Examples:\n\n  gblend reproduce                       # the embedded demo, CPU, minutes\n\n"
+             "  gblend reproduce --seeds 0             # one seed: faster\n\n"
+             "  gblend reproduce --recipe kinetics400  # the paper's setting (GPUs)")
+@command
+def reproduce_cmd(
+    recipe: Optional[Path] = RecipeOpt,
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of the main combination's rows, e.g. 0,1,2."),
+    table: str = typer.Option("all", "--table", "-t", help="1|4|all (which tables to print at the end)."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default: the recipe's, results/demo)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Runs in parallel (default: recipe reproduce.jobs)."),
+    sets: Optional[List[str]] = SetOpt,
+):
+    """Run a recipe's whole matrix (data, uni-modal, naive, G-Blend runs, OGR, report), resumably."""
+    from .config import load_config
+    from .report import parse_tables
+    from .reproduce import reproduce
+
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--seeds: expected comma-separated integers like 0,1,2; got {seeds!r}") from None
+        if not seed_list:
+            raise UserError("--seeds: give at least one seed")
+    tables = parse_tables(table) + (["overfit"] if table in ("1", "4") else [])
+    cfg = load_config(recipe, _overrides(reproduce__seeds=seed_list, reproduce__jobs=jobs,
+                                         dataset__results_dir=str(results) if results else None), sets)
+    if seed_list is not None:
+        cfg["reproduce"]["other_seeds"] = [s for s in cfg["reproduce"]["other_seeds"] if s in seed_list] or seed_list[:1]
+    from .config import resolve_recipe_path
+
+    reproduce(cfg, resolve_recipe_path(recipe), sets or [], results, sorted(set(tables), key=tables.index),
+              str(recipe) if recipe else "")
 
 
 def main() -> None:  # console-script entry point

@@ -51,9 +51,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "pixel_noise": 0.1,
         "direction_jitter_deg": 5.0,
         "audio_class_fraction": 0.5,  # videos whose audio carries the class tone
-        "audio_class_amp": 0.3,
-        "audio_memo_tones": 6,  # video-specific steady tones (memorisable, class-free)
-        "audio_memo_amp": 0.3,
+        "audio_class_amp": 0.6,
+        "audio_memo_tones": 8,  # video-specific steady tones (memorisable, class-free)
+        "audio_memo_amp": 0.6,
         "audio_noise": 0.05,
     },
     "clip": {
@@ -107,6 +107,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "min_weight": 0.05,  # regularised rule: floor of every head's weight
         "fused_min_weight": 0.1,  # regularised rule: floor of the fused head's weight
         "delta_o_floor": 0.01,  # regularised rule: ΔO² floored at this × the largest head's ΔO²
+    },
+    "reproduce": {  # the matrix `gblend reproduce` runs and `gblend report` expects
+        "seeds": [0, 1, 2],  # seeds of the main combination's rows
+        "main": "audio+rgb",
+        "other_combos": ["rgb+flow", "audio+flow", "audio+rgb+flow"],
+        "other_seeds": [0],
+        "gblend_modes": ["offline", "online"],  # for the main combination
+        "other_gblend_modes": ["offline"],
+        "jobs": 2,  # runs in parallel (one thread each)
     },
 }
 

@@ -75,8 +75,10 @@ def render_audio(rng: np.random.Generator, label: int, p: dict) -> np.ndarray:
     t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
     centres = mel_band_centres_hz()
     wave = rng.normal(0.0, p["audio_noise"], size=n)
-    memo_bands = rng.choice(len(centres), size=min(p["audio_memo_tones"], len(centres)), replace=False)
-    for b in memo_bands:  # the video's own steady chord: memorisable, says nothing about the class
+    class_bands = {class_band(c, p["classes"], len(centres)) for c in range(p["classes"])}
+    free = [b for b in range(len(centres)) if not any(abs(b - c) <= 1 for c in class_bands)]
+    memo_bands = rng.choice(free, size=min(p["audio_memo_tones"], len(free)), replace=False)
+    for b in memo_bands:  # the video's own steady chord, away from the class bands: memorisable, classless
         amp = p["audio_memo_amp"] * rng.uniform(0.5, 1.5)
         wave += amp * np.sin(2 * math.pi * centres[b] * t + rng.uniform(0, 2 * math.pi))
     if rng.random() < p["audio_class_fraction"]:  # the class tone, pulsed 0.25 s on / 0.25 s off

@@ -15,6 +15,10 @@ from typing import Any, Callable, Iterator
 from .errors import UserError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +28,7 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

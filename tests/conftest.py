@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -30,14 +31,22 @@ TINY_DEMO_OVERRIDES = {"demo.train_videos": 32, "demo.test_videos": 16, "prepare
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
-    """A prepared tiny demo dataset folder (see the module docstring); read-only for tests."""
-    from gblend_cli.config import load_config
-    from gblend_cli.prepare import prepare_dataset
+    """A prepared tiny demo dataset folder (see the module docstring); read-only for tests.
 
+    Runs `prepare_dataset(load_config(None, TINY_DEMO_OVERRIDES), out)` in a fresh interpreter:
+    its workers are forked, and a fork of a process that already ran OpenCV code (any test using
+    optical_flow) deadlocks in the worker's cv2.setNumThreads (see test_prepare.py)."""
     out = tmp_path_factory.mktemp("tiny_demo") / "prepared"
-    cfg = load_config(None, dict(TINY_DEMO_OVERRIDES))
-    report = prepare_dataset(cfg, out)
-    assert report["ok"] == 48 and not report["failed"], report
+    code = ("import json, sys\n"
+            "from gblend_cli.config import load_config\n"
+            "from gblend_cli.prepare import prepare_dataset\n"
+            "report = prepare_dataset(load_config(None, json.loads(sys.argv[1])), sys.argv[2])\n"
+            "print(json.dumps({'ok': report['ok'], 'failed': report['failed']}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(TINY_DEMO_OVERRIDES), str(out)],
+                          env=gblend_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"ok": 48, "failed": []}, report
     return out
 
 

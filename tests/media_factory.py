@@ -213,8 +213,9 @@ def write_video(path, *, seconds: float = 1.0, fps: float = 8, size: tuple[int, 
     suffix (aac for mp4, libopus for webm, vorbis (stereo) or aac (mono) for mkv, libmp3lame
     for avi). The picture:
     `pattern` "moving_square" (square_x(t) gives its left edge at time t), "noise" or "still";
-    the sound: a sine at `tone_hz` in every channel (a sequence: one frequency per second). `rotation` (degrees) is stored as the
-    stream's display matrix (what phones write)."""
+    the sound: a sine at `tone_hz` in every channel (a sequence: one frequency per second).
+    `rotation` (degrees, counter-clockwise as PyAV's VideoFrame.rotation reads it back) is stored
+    as the stream's display matrix (what phones write)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()

@@ -1,0 +1,35 @@
+"""The paper's own numbers (Wang, Tran, Feiszli, CVPR 2020; Kinetics), as data for the report's
+"paper" columns. Nothing here is ever presented as a result of this tool."""
+
+from __future__ import annotations
+
+# Table 1: naive late fusion vs best uni-modal, video top-1
+TABLE1 = {
+    "audio+rgb": {"late_fusion": 71.4, "best_unimodal": "rgb", "best_unimodal_video_top1": 72.6, "drop": -1.2},
+    "rgb+flow": {"late_fusion": 71.3, "best_unimodal": "rgb", "best_unimodal_video_top1": 72.6, "drop": -1.3},
+    "audio+flow": {"late_fusion": 58.3, "best_unimodal": "flow", "best_unimodal_video_top1": 62.1, "drop": -3.8},
+    "audio+rgb+flow": {"late_fusion": 70.0, "best_unimodal": "rgb", "best_unimodal_video_top1": 72.6, "drop": -2.6},
+}
+
+# Table 4: clip top-1 / video top-1 / video top-5, and the G-Blend weights
+TABLE4 = {
+    "audio+rgb": {"weights": {"rgb": .630, "audio": .014, "fused": .356},
+                  "best_unimodal": (63.5, 72.6, 90.1), "naive": (61.8, 71.4, 89.3), "gblend": (65.9, 74.7, 91.5)},
+    "rgb+flow": {"weights": {"rgb": .309, "flow": .495, "fused": .196},
+                 "best_unimodal": (63.5, 72.6, 90.1), "naive": (62.2, 71.3, 89.6), "gblend": (64.3, 73.1, 90.8)},
+    "audio+flow": {"weights": {"flow": .827, "audio": .011, "fused": .162},
+                   "best_unimodal": (49.2, 62.1, 82.6), "naive": (46.2, 58.3, 79.9), "gblend": (54.4, 66.3, 86.0)},
+    "audio+rgb+flow": {"weights": {"rgb": .33, "flow": .53, "audio": .01, "fused": .13},
+                       "best_unimodal": (63.5, 72.6, 90.1), "naive": (61.0, 70.0, 88.7), "gblend": (66.1, 74.9, 91.8)},
+}
+
+# Table 2: A+RGB on Kinetics, offline vs online G-Blend
+TABLE2 = {"naive": (61.8, 71.7, 89.6), "rgb": (63.5, 72.6, 90.1), "gblend-offline": (65.9, 74.7, 91.5),
+          "gblend-online": (66.9, 75.8, 91.9)}
+
+COMBOS = ("audio+rgb", "rgb+flow", "audio+flow", "audio+rgb+flow")
+SHORT = {"audio": "A", "rgb": "RGB", "flow": "OF"}
+
+
+def combo_label(combo: str) -> str:
+    return "+".join(SHORT[m] for m in combo.split("+"))

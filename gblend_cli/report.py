@@ -1,0 +1,422 @@
+"""`report`: the paper's Table 1, Table 4 and the overfitting comparison (Fig. 4), built only
+from run folders (final.json, metrics.jsonl, blend_weights.jsonl). The paper's numbers come from
+gblend_cli/paper.py and are labelled `paper_*`. A run the recipe's matrix expects but that is not
+there is shown as missing, with the command that would produce it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import paper
+from .ogr import evaluated_epochs, ogr_between
+from .errors import UserError
+from .runs import run_name
+from .storage import read_jsonl
+
+METHOD_LABELS = {"unimodal": "uni-modal", "naive": "naive", "gblend-offline": "G-Blend offline",
+                 "gblend-online": "G-Blend online", "gblend-equal": "auxiliary loss (equal w)",
+                 "gblend-fixed": "G-Blend fixed w"}
+
+
+@dataclass
+class Run:
+    path: Path
+    method: str  # unimodal | naive | gblend-<mode>
+    combo: str  # modalities joined by '+'
+    seed: int
+    final: dict
+    _metrics: list | None = field(default=None, repr=False)
+
+    @property
+    def metrics(self) -> list[dict]:
+        if self._metrics is None:
+            self._metrics = read_jsonl(self.path / "metrics.jsonl")
+        return self._metrics
+
+
+def discover_runs(results: Path) -> list[Run]:
+    """Every run folder (one with a final.json) under `results`, identified from final.json."""
+    runs = []
+    for fj in sorted(Path(results).rglob("final.json")):
+        try:
+            f = json.loads(fj.read_text())
+            method = f["method"] + (f"-{f['mode']}" if f["method"] == "gblend" else "")
+            runs.append(Run(fj.parent, method, "+".join(f["modalities"]), int(f["seed"]), f))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # not a gblend run folder
+    return runs
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+class Matrix:
+    """The runs found, grouped by (method, combo), plus the matrix the recipe expects."""
+
+    def __init__(self, runs: list[Run], cfg: dict | None = None, recipe_arg: str = ""):
+        self.runs, self.cfg, self.recipe_arg = runs, cfg, recipe_arg
+        self.by_key: dict[tuple[str, str], list[Run]] = {}
+        for r in runs:
+            self.by_key.setdefault((r.method, r.combo), []).append(r)
+        rp = (cfg or {}).get("reproduce")
+        self.main = rp["main"] if rp else "audio+rgb"
+        self.seeds = {c: (rp["seeds"] if c == self.main else rp["other_seeds"]) for c in [self.main] + rp["other_combos"]} if rp else {}
+        self.modes = {c: (rp["gblend_modes"] if c == self.main else rp["other_gblend_modes"]) for c in self.seeds} if rp else {}
+
+    def combos(self) -> list[str]:
+        present = {c for (m, c) in self.by_key if "+" in c} | set(self.seeds)
+        return [c for c in paper.COMBOS if c in present] + sorted(present - set(paper.COMBOS))
+
+    def get(self, method: str, combo: str) -> list[Run]:
+        return sorted(self.by_key.get((method, combo), []), key=lambda r: r.seed)
+
+    def expected_seeds(self, combo: str) -> list[int]:
+        return list(self.seeds.get(combo, [0]))
+
+    def missing(self, method: str, combo: str, seeds: list[int] | None = None) -> list[str]:
+        """Commands that would produce the expected but absent runs of (method, combo)."""
+        have = {r.seed for r in self.get(method, combo)}
+        want = seeds if seeds is not None else self.expected_seeds(combo)
+        return [self.command(method, combo, s) for s in want if s not in have]
+
+    def command(self, method: str, combo: str, seed: int) -> str:
+        rec = f" --recipe {self.recipe_arg}" if self.recipe_arg else ""
+        mods = combo.replace("+", ",")
+        if method == "unimodal":
+            return f"gblend train-unimodal --modality {combo} --seed {seed}{rec}"
+        if method == "naive":
+            return f"gblend train-naive --modalities {mods} --seed {seed}{rec}"
+        mode = method.split("-", 1)[1]
+        if mode in ("offline", "online"):
+            return f"gblend train-gblend --modalities {mods} --mode {mode} --seed {seed}{rec}"
+        return f"gblend train-gblend --modalities {mods} --weights equal --seed {seed}{rec}"
+
+    def metric(self, method: str, combo: str, key: str) -> dict:
+        return _stats([r.final[key] for r in self.get(method, combo) if r.final.get(key) is not None])
+
+    def best_unimodal(self, combo: str) -> str | None:
+        scores = {m: self.metric("unimodal", m, "video_top1")["mean"] for m in combo.split("+")}
+        scores = {m: s for m, s in scores.items() if s is not None}
+        return max(scores, key=scores.get) if scores else None
+
+
+def _mean(stats: dict) -> float | None:
+    return None if stats["mean"] is None else round(stats["mean"], 2)
+
+
+def _std(stats: dict) -> float | None:
+    return None if stats["mean"] is None else round(stats["std"], 2)
+
+
+# --- Table 1 -------------------------------------------------------------------------------------
+def table1(mx: Matrix) -> list[dict]:
+    """Naive late fusion vs the best uni-modal model, video top-1 (paper Table 1)."""
+    rows = []
+    for combo in mx.combos():
+        naive = mx.metric("naive", combo, "video_top1")
+        best = mx.best_unimodal(combo)
+        best_v = mx.metric("unimodal", best, "video_top1") if best else {"mean": None, "std": None, "n": 0}
+        p = paper.TABLE1.get(combo, {})
+        missing = mx.missing("naive", combo) + [c for m in combo.split("+") for c in mx.missing("unimodal", m, mx.expected_seeds(combo))]
+        rows.append({
+            "combo": paper.combo_label(combo),
+            "naive_video_top1": _mean(naive), "naive_std": _std(naive), "naive_seeds": naive["n"],
+            "best_unimodal": paper.combo_label(best) if best else None,
+            "best_unimodal_video_top1": _mean(best_v), "best_unimodal_std": _std(best_v),
+            "drop": None if naive["mean"] is None or best_v["mean"] is None else round(naive["mean"] - best_v["mean"], 2),
+            "paper_late_fusion": p.get("late_fusion"), "paper_best_unimodal": p.get("best_unimodal_video_top1"),
+            "paper_drop": p.get("drop"),
+            "missing": sorted(set(missing)),
+        })
+    return rows
+
+
+# --- Table 4 -------------------------------------------------------------------------------------
+def _weights(runs: list[Run]) -> dict | None:
+    ws = [r.final.get("weights") for r in runs if r.final.get("weights")]
+    if not ws:
+        return None
+    return {h: round(statistics.fmean(w.get(h, 0.0) for w in ws), 3) for h in ws[0]}
+
+
+def table4(mx: Matrix) -> list[dict]:
+    """Best uni-modal vs naive vs G-Blend: clip top-1 / video top-1 / top-5, mean ± std over seeds."""
+    rows = []
+    for combo in mx.combos():
+        p = paper.TABLE4.get(combo, {})
+        best = mx.best_unimodal(combo)
+        gb_methods = [f"gblend-{m}" for m in mx.modes.get(combo, [])]
+        gb_methods += sorted({m for (m, c) in mx.by_key if c == combo and m.startswith("gblend-")} - set(gb_methods))
+        for method, key_combo, paper_key in ([("unimodal", best or combo.split("+")[0], "best_unimodal"),
+                                              ("naive", combo, "naive")] + [(m, combo, "gblend") for m in gb_methods]):
+            runs = mx.get(method, key_combo)
+            clip, v1, v5 = (mx.metric(method, key_combo, k) for k in ("clip_top1", "video_top1", "video_top5"))
+            label = METHOD_LABELS.get(method, method)
+            if method == "unimodal":
+                label = f"best uni-modal ({paper.combo_label(best)})" if best else "best uni-modal"
+                missing = sorted({c for m in combo.split("+") for c in mx.missing("unimodal", m, mx.expected_seeds(combo))})
+            else:
+                missing = mx.missing(method, combo)
+            pv = p.get(paper_key) if (paper_key != "gblend" or method in ("gblend-offline", "gblend-online")) else None
+            if method == "gblend-online" and combo == "audio+rgb":
+                pv = paper.TABLE2["gblend-online"]
+            rows.append({
+                "combo": paper.combo_label(combo), "method": label,
+                "weights": _weights(runs) if method.startswith("gblend") else None,
+                "clip_top1": _mean(clip), "video_top1": _mean(v1), "video_top5": _mean(v5),
+                "clip_top1_std": _std(clip), "video_top1_std": _std(v1), "video_top5_std": _std(v5),
+                "seeds": [r.seed for r in runs],
+                "paper_clip_top1": pv[0] if pv else None, "paper_video_top1": pv[1] if pv else None,
+                "paper_video_top5": pv[2] if pv else None,
+                "paper_weights": p.get("weights") if method.startswith("gblend") and pv else None,
+                "missing": missing,
+            })
+    return rows
+
+
+# --- overfitting comparison (Fig. 4) ------------------------------------------------------------
+def overfit(mx: Matrix) -> tuple[list[dict], list[str]]:
+    """Final train vs validation top-1 (clip level, both centre-cropped in eval mode), their gap and
+    the OGR over the whole run, for the uni-modal, naive and G-Blend runs; plus the paper's claims
+    checked on these numbers."""
+    entries = [("unimodal", m) for m in ("audio", "rgb", "flow")] + [("naive", c) for c in mx.combos()]
+    entries += [(m, mx.main) for m in sorted({m for (m, c) in mx.by_key if c == mx.main and m.startswith("gblend-")})]
+    rows = []
+    for method, combo in entries:
+        runs = mx.get(method, combo)
+        expected = method == "unimodal" and any(combo in c.split("+") for c in mx.seeds) or combo in mx.seeds
+        if not runs and not expected:
+            continue
+        ogrs = []
+        for r in runs:
+            ep = evaluated_epochs(r.metrics)
+            o = ogr_between(r.metrics, r.final["head"], ep[0], ep[-1]) if len(ep) >= 2 else None
+            if o and o["ogr"] is not None:
+                ogrs.append(o["ogr"])
+        tr, va = mx.metric(method, combo, "train_top1"), mx.metric(method, combo, "clip_top1")
+        rows.append({
+            "run": f"{METHOD_LABELS.get(method, method)} {paper.combo_label(combo)}", "method": method,
+            "modalities": paper.combo_label(combo), "train_top1": _mean(tr), "val_top1": _mean(va),
+            "gap": None if tr["mean"] is None or va["mean"] is None else round(tr["mean"] - va["mean"], 2),
+            "ogr": round(statistics.fmean(ogrs), 3) if ogrs else None, "seeds": [r.seed for r in runs],
+            "missing": mx.missing(method, combo, mx.expected_seeds(combo) if "+" in combo else [0]),
+        })
+    return rows, claims(mx)
+
+
+def claims(mx: Matrix) -> list[str]:
+    """The paper's two claims, evaluated on the main combination's numbers."""
+    c = mx.main
+    best = mx.best_unimodal(c)
+    out = []
+    naive_tr, naive_va = mx.metric("naive", c, "train_top1")["mean"], mx.metric("naive", c, "video_top1")["mean"]
+    if best and naive_tr is not None:
+        uni_tr, uni_va = mx.metric("unimodal", best, "train_top1")["mean"], mx.metric("unimodal", best, "video_top1")["mean"]
+        holds = naive_tr > uni_tr and naive_va < uni_va
+        out.append(f"Claim 1 ({paper.combo_label(c)}): naive multi-modal has lower train error but higher validation error "
+                   f"than the best uni-modal model ({paper.combo_label(best)}): {'HOLDS' if holds else 'DOES NOT HOLD'} "
+                   f"(train top-1 {naive_tr:.1f} vs {uni_tr:.1f}; val video top-1 {naive_va:.1f} vs {uni_va:.1f})")
+    else:
+        out.append(f"Claim 1 ({paper.combo_label(c)}): cannot be checked: naive or uni-modal runs are missing")
+    gb = {m: mx.metric(m, c, "video_top1")["mean"] for m in (f"gblend-{x}" for x in ("offline", "online"))}
+    gb = {m: v for m, v in gb.items() if v is not None}
+    uni_va = mx.metric("unimodal", best, "video_top1")["mean"] if best else None
+    if gb and naive_va is not None and uni_va is not None:
+        parts = []
+        for m, v in gb.items():
+            holds = v > naive_va and v > uni_va
+            parts.append(f"{METHOD_LABELS[m]} {v:.1f}: {'HOLDS' if holds else 'DOES NOT HOLD'}")
+        out.append(f"Claim 2 ({paper.combo_label(c)}): G-Blend beats both naive ({naive_va:.1f}) and the best uni-modal "
+                   f"model ({uni_va:.1f}) in video top-1: " + "; ".join(parts))
+    else:
+        out.append(f"Claim 2 ({paper.combo_label(c)}): cannot be checked: G-Blend, naive or uni-modal runs are missing")
+    return out
+
+
+def overfit_figure(mx: Matrix, path: Path) -> Path | None:
+    """Train (dashed) and validation (solid) error per epoch for the uni-modal runs and naive and
+    G-Blend on the main combination (first seed), like the paper's Figure 4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = [("unimodal", m) for m in ("audio", "rgb", "flow")] + [("naive", mx.main), ("gblend-offline", mx.main),
+                                                                   ("gblend-online", mx.main)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
+    for i, (method, combo) in enumerate(picks):
+        runs = mx.get(method, combo)
+        if not runs:
+            continue
+        r, head = runs[0], runs[0].final["head"]
+        rows = [x for x in r.metrics if x.get("train") and x.get("val")]
+        ep = [x["epoch"] for x in rows]
+        colour = f"C{i}"
+        label = f"{METHOD_LABELS.get(method, method)} {paper.combo_label(combo)}"
+        ax.plot(ep, [100 - x["train"][head]["top1"] for x in rows], "--", color=colour)
+        ax.plot(ep, [100 - x["val"][head]["top1"] for x in rows], "-", color=colour, label=label)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("clip error (%)")
+    ax.set_title("Train (dashed) and validation (solid) error")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# --- rendering -----------------------------------------------------------------------------------
+def _pm(row: dict, key: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "missing"
+    s = row.get(f"{key}_std")
+    n = len(row["seeds"]) if isinstance(row.get("seeds"), list) else row.get("naive_seeds", 1)
+    return f"{v:.1f} ± {s:.1f}" if s is not None and n and n > 1 else f"{v:.1f}"
+
+
+def _num(v, digits: int = 1) -> str:
+    return "missing" if v is None else f"{v:.{digits}f}"
+
+
+def _w(w: dict | None) -> str:
+    return "" if not w else ", ".join(f"{h} {v:.3f}" for h, v in w.items())
+
+
+def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Human-readable cells (mean ± std, 'missing') for the terminal, Markdown and LaTeX."""
+    if name == "table1":
+        headers = ["Combo", "Naive V@1", "Best uni-modal", "Uni-modal V@1", "Drop", "Paper naive", "Paper uni-modal", "Paper drop"]
+        body = [[r["combo"], f"{_num(r['naive_video_top1'])}" + (f" ± {r['naive_std']:.1f}" if r["naive_seeds"] > 1 else ""),
+                 r["best_unimodal"] or "missing", _num(r["best_unimodal_video_top1"]), _num(r["drop"]),
+                 _num(r["paper_late_fusion"]), _num(r["paper_best_unimodal"]), _num(r["paper_drop"])] for r in rows]
+    elif name == "table4":
+        headers = ["Combo", "Method", "Weights", "Clip", "V@1", "V@5", "Seeds", "Paper clip/V@1/V@5", "Paper weights"]
+        body = [[r["combo"], r["method"], _w(r["weights"]), _pm(r, "clip_top1"), _pm(r, "video_top1"), _pm(r, "video_top5"),
+                 ",".join(map(str, r["seeds"])) or "-",
+                 "/".join(_num(r[k]) for k in ("paper_clip_top1", "paper_video_top1", "paper_video_top5")) if r["paper_video_top1"] else "",
+                 _w(r["paper_weights"])] for r in rows]
+    else:
+        headers = ["Run", "Train top-1", "Val top-1", "Gap", "OGR", "Seeds"]
+        body = [[r["run"], _num(r["train_top1"]), _num(r["val_top1"]), _num(r["gap"]), _num(r["ogr"], 3),
+                 ",".join(map(str, r["seeds"])) or "-"] for r in rows]
+    return headers, body
+
+
+TITLES = {"table1": "Table 1: naive late fusion vs the best uni-modal model (video top-1, %)",
+          "table4": "Table 4: G-Blend vs uni-modal vs naive (clip top-1 / video top-1 / video top-5, %; mean ± std over seeds)",
+          "overfit": "Overfitting comparison (paper Fig. 4): final train vs validation clip top-1 (%), OGR over the run"}
+
+
+def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = "") -> dict:
+    runs = discover_runs(results)
+    mx = Matrix(runs, cfg, recipe_arg)
+    out: dict = {}
+    if "table1" in tables:
+        out["table1"] = table1(mx)
+    if "table4" in tables:
+        out["table4"] = table4(mx)
+    if "overfit" in tables:
+        out["overfit"], out["claims"] = overfit(mx)
+    out["_matrix"] = mx
+    return out
+
+
+def render(report: dict, fmt: str) -> str:
+    """markdown | csv | latex | json text of the tables in `report`."""
+    import pandas as pd
+    from tabulate import tabulate
+
+    tables = [k for k in ("table1", "table4", "overfit") if k in report]
+    if fmt == "json":
+        return json.dumps({k: report[k] for k in tables} | ({"claims": report["claims"]} if "claims" in report else {}),
+                          indent=2, default=_json_default)
+    parts = []
+    for k in tables:
+        if fmt == "csv":
+            df = pd.DataFrame([{c: (json.dumps(v) if isinstance(v, (dict, list)) else v) for c, v in r.items()}
+                               for r in report[k]])
+            parts.append(f"# {k}\n" + df.to_csv(index=False))
+            continue
+        headers, body = display_rows(k, report[k])
+        tablefmt = {"markdown": "github", "latex": "latex_booktabs"}[fmt]
+        title = f"### {TITLES[k]}\n\n" if fmt == "markdown" else f"% {TITLES[k]}\n"
+        parts.append(title + tabulate(body, headers=headers, tablefmt=tablefmt))
+        missing = sorted({c for r in report[k] for c in r.get("missing", [])})
+        if missing and fmt == "markdown":
+            parts.append("Missing runs (commands that would produce them):\n\n" + "\n".join(f"    {c}" for c in missing))
+    if "claims" in report and fmt == "markdown":
+        parts.append("\n".join(f"- {c}" for c in report["claims"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(type(o))
+
+
+def print_rich(report: dict) -> None:
+    from rich.table import Table
+
+    from .ui import console
+
+    for k in ("table1", "table4", "overfit"):
+        if k not in report:
+            continue
+        headers, body = display_rows(k, report[k])
+        t = Table(title=TITLES[k], title_justify="left")
+        for h in headers:
+            t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "Weights", "Paper weights") else "right")
+        for row in body:
+            t.add_row(*[f"[red]{c}[/red]" if c == "missing" else c for c in row])
+        console.print(t)
+        missing = sorted({c for r in report[k] for c in r.get("missing", [])})
+        if missing:
+            console.print("missing runs; produce them with:\n" + "\n".join(f"  {c}" for c in missing), soft_wrap=True)
+    for c in report.get("claims", []):
+        console.print(c, soft_wrap=True)
+
+
+def parse_tables(table: str) -> list[str]:
+    names = {"1": ["table1"], "4": ["table4"], "overfit": ["overfit"], "all": ["table1", "table4", "overfit"]}
+    if table not in names:
+        raise UserError(f"--table must be 1, 4, overfit or all; got {table!r}")
+    return names[table]
+
+
+def expected_run_names(cfg: dict) -> list[tuple[str, list[str], int, str | None]]:
+    """(method, modalities, seed, mode) of every run in the recipe's reproduce matrix, in run order."""
+    rp = cfg["reproduce"]
+    out = []
+    combos = [(rp["main"], rp["seeds"], rp["gblend_modes"])] + [(c, rp["other_seeds"], rp["other_gblend_modes"])
+                                                               for c in rp["other_combos"]]
+    seen = set()
+    for combo, seeds, modes in combos:
+        mods = combo.split("+")
+        for seed in seeds:
+            for item in [("unimodal", [m], seed, None) for m in mods] + [("naive", mods, seed, None)] + \
+                        [("gblend", mods, seed, mode) for mode in modes]:
+                key = run_name(item[0], item[1], item[2], item[3])
+                if key not in seen:
+                    seen.add(key)
+                    out.append(item)
+    return out
