@@ -84,11 +84,11 @@ def prepare_data(
     sets: Optional[List[str]] = SetOpt,
 ):
     """Decode media into RGB frames, 16 kHz log-mel audio and optical flow, ready for training."""
-    from .config import RECIPES_DIR, data_dir, load_config
+    from .config import NO_RECIPE, RECIPES_DIR, data_dir, load_config
     from .prepare import prepare_dataset
 
-    if recipe is None and dataset and (RECIPES_DIR / f"{dataset}.toml").exists():
-        recipe = RECIPES_DIR / f"{dataset}.toml"
+    if recipe is None and dataset and dataset != "demo":  # a dataset's own recipe, else built-in defaults
+        recipe = RECIPES_DIR / f"{dataset}.toml" if (RECIPES_DIR / f"{dataset}.toml").exists() else NO_RECIPE
     cfg = load_config(recipe, _overrides(
         dataset__name=dataset, dataset__root=str(root) if root else None,
         dataset__annotations=[str(a) for a in annotations] if annotations else None,

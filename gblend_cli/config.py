@@ -139,7 +139,8 @@ def _check_value(where: str, key: str, default: Any, value: Any) -> Any:
     else:  # pragma: no cover
         ok = False
     if not ok:
-        raise UserError(f"{where}: key '{key}' must be a {_type_name(default)}, got {value!r}")
+        name = _type_name(default)
+        raise UserError(f"{where}: key '{key}' must be {'an' if name[0] in 'aeiou' else 'a'} {name}, got {value!r}")
     return value
 
 
@@ -168,7 +169,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+NO_RECIPE = "-"  # built-in defaults only
+
+
 def resolve_recipe_path(recipe: str | Path | None) -> Path | None:
+    if str(recipe) == NO_RECIPE:
+        return None
     if recipe is None or str(recipe) == "":
         return DEFAULT_RECIPE if DEFAULT_RECIPE.exists() else None
     p = Path(recipe)

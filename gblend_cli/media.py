@@ -70,8 +70,11 @@ def decode_clip(path: str, *, fps: float, short_side: int, start: float | None =
                 if packet.stream is vstream:
                     if video.done:
                         continue
-                    for frame in packet.decode():
-                        video.push(frame)
+                    try:
+                        for frame in packet.decode():
+                            video.push(frame)
+                    except av.error.FFmpegError:
+                        video.errors += 1  # one damaged packet costs its frames, not the clip
                 elif audio is not None and not audio.done:
                     try:
                         for frame in packet.decode():
@@ -109,6 +112,7 @@ class _FrameSampler:
         self.prev_time = 0.0
         self.k = 0
         self.n_decoded = 0
+        self.errors = 0
         self.done = False
 
     def _target(self) -> float:

@@ -91,7 +91,9 @@ class _Pool:
     worker killed and replaced, and is reported as failed (a hung decoder never hangs the run)."""
 
     def __init__(self, n: int, settings: dict, threads: int, timeout: float):
-        self.ctx = mp.get_context("fork")
+        # forkserver: workers fork from a clean server process, never from a caller that may have
+        # used OpenCV's or torch's thread pools (a fork of those deadlocks in cv2.setNumThreads)
+        self.ctx = _worker_context()
         self.settings, self.threads, self.timeout = settings, threads, timeout
         self.workers = [self._spawn() for _ in range(max(1, n))]
 
@@ -117,7 +119,7 @@ class _Pool:
                 if w["conn"] in ready:
                     try:
                         rec = w["conn"].recv()
-                    except EOFError:  # the worker died (e.g. a decoder crash)
+                    except (EOFError, OSError):  # the worker died (e.g. a decoder crash)
                         rec = self._failed(w["job"], "decoder process crashed")
                         self._replace(i)
                     w = self.workers[i]
@@ -172,10 +174,12 @@ def _check_settings(out: Path, cfg: dict) -> None:
 
 
 def _load_manifest(cfg: dict, out: Path):
-    from .manifests import ManifestError, read_manifest
+    from .manifests import KNOWN_DATASETS, ManifestError, read_manifest
 
     ds = cfg["dataset"]
     name = ds["name"]
+    if name != "demo" and name.lower().replace("_", "-") not in KNOWN_DATASETS:
+        raise UserError(f"--dataset: unknown dataset {name!r} (choose from demo, {', '.join(KNOWN_DATASETS)})")
     if name == "demo":
         root, annotations = generate_demo_media(cfg, out / "media")
         name = "kinetics400"  # the demo goes through exactly the Kinetics reader
@@ -215,10 +219,16 @@ def generate_demo_media(cfg: dict, media: Path) -> tuple[Path, list[Path]]:
                     demo_data.render_job(j, p)
                     bar.advance(task)
             else:
-                with mp.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
+                with _worker_context().Pool(workers, initializer=_quiet_worker) as pool:
                     for _ in pool.imap_unordered(_render_demo_job, [(j, p) for j in todo], chunksize=4):
                         bar.advance(task)
     return media / "videos", demo_data.write_annotations(media, jobs)
+
+
+def _worker_context():
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["gblend_cli.prepare", "gblend_cli.media", "gblend_cli.demo_data", "torch", "cv2"])
+    return ctx
 
 
 def _quiet_worker() -> None:
@@ -240,10 +250,10 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
         raise UserError(f"{out}: exists and is not a folder (--out)")
     with folder_lock(out, "prepare-data"):
         _check_settings(out, cfg)
-        write_text_atomic(out / "prepare_config.toml", to_toml(cfg))
         manifest = _load_manifest(cfg, out)
         if not manifest.clips and not manifest.missing:
             raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
+        write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
         journal = out / "progress.jsonl"
         done = {r["clip"]: r for r in read_jsonl(journal)}
         specs = [{"clip_id": c.clip_id, "path": str(c.path), "labels": list(c.labels), "split": c.split,

@@ -65,6 +65,11 @@ def append_jsonl(path: Path, obj: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(obj, separators=(",", ":")) + "\n"
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a torn last line from a killed writer: start a fresh line
+                line = "\n" + line
     with open(path, "a", encoding="utf-8") as f:
         f.write(line)
         f.flush()

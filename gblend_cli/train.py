@@ -216,6 +216,7 @@ class Trainer:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         heads = [h for h, w in weights.items() if w > 0]
+        w_vec = torch.tensor([weights[h] for h in heads], device=self.device)
         sums = torch.zeros(len(heads) + 1, device=self.device)
         n = 0
         t0 = time.perf_counter()
@@ -225,7 +226,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = model(inputs)
             losses = torch.stack([head_loss(out[h], y, self.multilabel) for h in heads])
-            loss = (losses * torch.tensor([weights[h] for h in heads], device=self.device)).sum()
+            loss = (losses * w_vec).sum()
             optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.tcfg["grad_clip"] > 0:

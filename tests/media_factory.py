@@ -9,11 +9,15 @@ sound is a sine at ``tone_hz``.
     write_audio_only(path, seconds=1.0, rate=16000, ...)          -> Path (m4a/wav/ogg/opus/mp3/flac/mka)
     write_bytes(path, data)                                       -> Path (anything: empty, text, junk)
     truncate_copy(src, dst, fraction)                             -> Path (first `fraction` of the bytes)
+    corrupt_copy(src, dst, start_fraction=0.3, length=256)        -> Path (random bytes mid-file)
     moving_square_frames(n, size, speed_px)                       -> (n, H, W, 3) uint8 in memory
+    square_x(t, size, seconds), square_side(size), square_y(size) -> where the square is at time t
+    sine(seconds, rate, tone_hz), probe(path)                     -> the sound written; stream summary
 
 Encoder facts checked with PyAV 18 / FFmpeg 8: libopus takes 48/24/16/12/8 kHz and 960-sample
 (20 ms at 48 kHz) frames, aac 1024-sample fltp frames, the native vorbis encoder needs
-``strict=experimental``, flac wants s16/s32, yuv420p needs even width and height.
+``strict=experimental`` and encodes stereo only, flac wants s16/s32, yuv420p needs even
+width and height. Files are deterministic (libx264 threads=1).
 """
 
 from __future__ import annotations
@@ -189,7 +193,7 @@ def _container_format(path: Path, container: str | None) -> str | None:
     return FORMAT_FOR.get(path.suffix.lower())
 
 
-def _frame_image(pattern: str, size: tuple[int, int], t: float, seconds: float, i: int,
+def _frame_image(pattern: str, size: tuple[int, int], t: float, seconds: float,
                  rng: np.random.Generator) -> np.ndarray:
     w, h = size
     if pattern == "moving_square":
@@ -245,7 +249,7 @@ def write_video(path, *, seconds: float = 1.0, fps: float = 8, size: tuple[int, 
             acodec = audio_codec or default_audio_codec(suffix, audio_channels)
             astream, fmt = _add_audio_stream(out, acodec, audio_rate, audio_channels)
         for i in range(n_frames):
-            img = _frame_image(pattern, size, i / fps, seconds, i, rng)
+            img = _frame_image(pattern, size, i / fps, seconds, rng)
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             for pkt in vs.encode(frame):
                 out.mux(pkt)

@@ -417,9 +417,6 @@ def test_decode_truncated_mkv_keeps_the_part_that_is_there(tmp_path):
     assert 6 <= clip.frames.shape[0] < 16
 
 
-@pytest.mark.xfail(strict=True, reason="media.decode_clip: one damaged video packet mid-file ends decoding: "
-                   "the FFmpegError from packet.decode() escapes to the outer handler, which keeps only the "
-                   "frames decoded so far (audio errors are skipped per packet, video errors are not)")
 def test_decode_skips_one_damaged_video_packet(tmp_path):
     src = mf.write_video(tmp_path / "full.mp4", seconds=2.0, fps=8)
     path = mf.corrupt_copy(src, tmp_path / "damaged.mp4", start_fraction=0.5, length=500, seed=0)

@@ -1,0 +1,308 @@
+"""The training core on a tiny prepared demo: outputs, checkpoints, resume, G-Blend estimation,
+torchrun with 2 CPU processes (gloo), bad configuration."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import gblend_cmd, gblend_env
+
+TINY = ["--set", "model.visual_widths=[4,8,8,8]", "--set", "model.audio_widths=[4,8,8,8]",
+        "--set", "train.batch_size=8", "--set", "clip.eval_clips=3", "--set", "train.train_eval_size=16"]
+
+
+def tiny_cfg(**over):
+    from gblend_cli.config import load_config
+
+    o = {"model.visual_widths": [4, 8, 8, 8], "model.audio_widths": [4, 8, 8, 8], "train.batch_size": 8,
+         "clip.eval_clips": 3, "train.train_eval_size": 16, "train.epochs": 2}
+    o.update(over)
+    return load_config(None, o)
+
+
+def _final_numbers(run: Path) -> dict:
+    f = json.loads((run / "final.json").read_text())
+    f.pop("seconds")
+    return f
+
+
+def test_unimodal_run_writes_the_run_folder(tiny_demo, tmp_path, run_gblend):
+    run = tmp_path / "audio"
+    p = run_gblend("train-unimodal", "--modality", "audio", "--data", tiny_demo, "--out", run, "--epochs", "2", *TINY)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for name in ("config.toml", "env.json", "metrics.jsonl", "summary.csv", "final.json",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        for split in ("train", "holdout", "val"):
+            assert set(r[split]) == {"audio"}
+            assert r[split]["audio"]["loss"] > 0 and 0 <= r[split]["audio"]["top1"] <= 100
+    final = json.loads((run / "final.json").read_text())
+    assert final["head"] == "audio"
+    for k in ("clip_top1", "video_top1", "video_top5", "train_top1"):
+        assert 0 <= final[k] <= 100
+    assert final["video_top5"] >= final["video_top1"]
+    # the resolved config records the overrides and reads back through the schema
+    from gblend_cli.config import read_saved_config
+
+    saved = read_saved_config(run / "config.toml")
+    assert saved["model"]["audio_widths"] == [4, 8, 8, 8] and saved["train"]["epochs"] == 2
+    assert len((run / "summary.csv").read_text().strip().splitlines()) == 4  # header + 3 epochs
+    # checkpoints hold only plain data: loadable with weights_only=True
+    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "config", "rng", "policy"} <= set(state)
+    assert state["epoch"] == 2
+    assert any(k.startswith("backbones.audio.") for k in state["model"])
+    assert not any(k.startswith("backbones.rgb.") for k in state["model"])
+    # a second run into the same folder refuses and changes nothing
+    before = (run / "final.json").read_bytes()
+    p2 = run_gblend("train-unimodal", "--modality", "audio", "--data", tiny_demo, "--out", run, "--epochs", "2", *TINY)
+    assert p2.returncode == 2 and "--resume" in p2.stderr and "Traceback" not in p2.stderr
+    assert (run / "final.json").read_bytes() == before
+
+
+def test_naive_model_has_only_the_fused_head_and_uses_every_backbone():
+    from gblend_cli.models import MultiModalNet
+
+    cfg = tiny_cfg()
+    net = MultiModalNet(["audio", "rgb"], ["fused"], 8, cfg["model"])
+    x = {"audio": torch.randn(2, 100, 40), "rgb": torch.randint(0, 255, (2, 8, 16, 16, 3), dtype=torch.uint8)}
+    out = net(x)
+    assert set(out) == {"fused"} and out["fused"].shape == (2, 8)
+    out["fused"].sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    gb = MultiModalNet(["audio", "rgb"], ["audio", "rgb", "fused"], 8, cfg["model"])
+    assert set(gb(x)) == {"audio", "rgb", "fused"}
+
+
+def test_standard_backbones_match_torchvision():
+    from torchvision.models.video import r2plus1d_18, r3d_18
+
+    from gblend_cli.models import VideoBackbone
+
+    ours = sum(p.numel() for p in VideoBackbone("rgb", "r2plus1d_18").parameters())
+    tv = r2plus1d_18()
+    assert ours == sum(p.numel() for p in tv.parameters()) - sum(p.numel() for p in tv.fc.parameters())
+    ours3 = sum(p.numel() for p in VideoBackbone("rgb", "r3d_18").parameters())
+    tv3 = r3d_18()
+    assert ours3 == sum(p.numel() for p in tv3.parameters()) - sum(p.numel() for p in tv3.fc.parameters())
+    flow = VideoBackbone("flow", "r2plus1d_34")
+    assert flow.stem[0].in_channels == 2 and [len(l) for l in flow.layers] == [3, 4, 6, 3]
+
+
+def test_resume_after_kill_gives_the_same_final_numbers(tiny_demo, tmp_path):
+    args = ["train-naive", "--modalities", "audio,rgb", "--data", tiny_demo, "--epochs", "4", "--seed", "3", *TINY]
+    ref = tmp_path / "ref"
+    p = subprocess.run(gblend_cmd(*args, "--out", ref), env=gblend_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(gblend_cmd(*args, "--out", run), env=gblend_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (run / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # mid-epoch 2 (epoch 1's checkpoint was just written)
+    proc.wait()
+    assert not (run / "final.json").exists()
+    p = subprocess.run(gblend_cmd(*args, "--out", run, "--resume"), env=gblend_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resuming" in p.stderr
+    assert _final_numbers(run) == _final_numbers(ref)
+    ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3, 4]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("epoch_seconds", "train_running")}  # noqa: E731
+    assert [strip(r) for r in rows] == [strip(r) for r in ref_rows]
+
+
+def test_resume_with_a_different_recipe_is_refused(tiny_demo, tmp_path, run_gblend):
+    run = tmp_path / "rgb"
+    p = run_gblend("train-unimodal", "--modality", "rgb", "--data", tiny_demo, "--out", run, "--epochs", "1", *TINY)
+    assert p.returncode == 0, p.stderr[-2000:]
+    before = {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
+    p = run_gblend("train-unimodal", "--modality", "rgb", "--data", tiny_demo, "--out", run, "--epochs", "1",
+                   *TINY, "--lr", "0.3", "--resume")
+    assert p.returncode == 2
+    assert "train.lr" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert before == {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
+
+
+def test_modality_not_prepared_is_a_clear_error(tiny_demo, tmp_path, run_gblend):
+    import shutil
+
+    data = tmp_path / "noflow"
+    shutil.copytree(tiny_demo, data)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["modalities"] = ["audio", "rgb"]
+    (data / "dataset.json").write_text(json.dumps(meta))
+    p = run_gblend("train-unimodal", "--modality", "flow", "--data", data, "--out", tmp_path / "r", *TINY)
+    assert p.returncode == 2 and "flow" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "r" / "final.json").exists()
+
+
+def _trainer(tiny_demo, tmp_path, modalities=("audio", "rgb"), heads=("audio", "rgb", "fused"), **over):
+    from gblend_cli.train import RunSpec, Trainer
+
+    cfg = tiny_cfg(**over)
+    spec = RunSpec("gblend", list(modalities), list(heads), "fused")
+    return Trainer(cfg, spec, tmp_path / "run", tiny_demo)
+
+
+def test_estimators_train_only_their_own_backbone_and_measure_in_eval_mode(tiny_demo, tmp_path, monkeypatch):
+    from gblend_cli import blend
+    from gblend_cli.models import EstimatorEnsemble, MultiModalNet
+
+    tr = _trainer(tiny_demo, tmp_path)
+    main_before = copy.deepcopy(tr.model.state_dict())
+
+    # structure: each uni-modal estimator owns only its backbone and head
+    ens = EstimatorEnsemble(tr.model, tr.cfg["model"])
+    assert {k.split(".")[0] + "." + k.split(".")[1] for k in ens.estimators["audio"].state_dict()} == {
+        "backbones.audio", "heads.audio"}
+    assert set(ens.estimators["fused"].backbones) == {"audio", "rgb"}
+
+    # disjoint parameters: training all k+1 together leaves the audio estimator exactly where
+    # training the audio loss alone leaves it, and the loss-free estimators untouched
+    from gblend_cli.train import make_optimizer, make_scheduler
+
+    def train_once(weights):
+        torch.manual_seed(0)
+        e = EstimatorEnsemble(tr.model, tr.cfg["model"])
+        opt = make_optimizer(e.parameters(), tr.tcfg)
+        tr.run_epoch(e, opt, make_scheduler(opt, tr.steps_per_epoch, tr.tcfg), weights, 0, clip_groups=e.clip_groups())
+        return e
+
+    joint = train_once({"audio": 1.0, "rgb": 1.0, "fused": 1.0})
+    alone = train_once({"audio": 1.0, "rgb": 0.0, "fused": 0.0})
+    for k, v in alone.estimators["audio"].state_dict().items():
+        assert torch.equal(v, joint.estimators["audio"].state_dict()[k]), k
+    start = EstimatorEnsemble(tr.model, tr.cfg["model"])
+    for name in ("rgb", "fused"):
+        for k, v in alone.estimators[name].state_dict().items():
+            assert torch.equal(v, start.estimators[name].state_dict()[k]), (name, k)
+    assert any(not torch.equal(v, start.estimators["audio"].state_dict()[k])
+               for k, v in alone.estimators["audio"].state_dict().items())
+
+    # measurement passes run in eval mode
+    modes = []
+    orig = MultiModalNet.forward
+
+    def spy(self, inputs):
+        modes.append(("eval" if not self.training else "train", tr._in_eval))
+        return orig(self, inputs)
+
+    tr._in_eval = False
+    orig_eval = tr.evaluate
+
+    def evaluate(*a, **k):
+        tr._in_eval = True
+        try:
+            return orig_eval(*a, **k)
+        finally:
+            tr._in_eval = False
+
+    monkeypatch.setattr(MultiModalNet, "forward", spy)
+    monkeypatch.setattr(tr, "evaluate", evaluate)
+    row = blend.estimate_blend_weights(tr, tr.model, 0, 1, tr.cfg["gblend"])
+    assert {m for m, in_eval in modes if in_eval} == {"eval"}
+    assert {m for m, in_eval in modes if not in_eval} == {"train"}
+    # the main model is not modified by the estimation
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(v, main_before[k]), k
+    assert set(row["heads"]) == {"audio", "rgb", "fused"}
+    h = row["heads"]["audio"]
+    assert h["delta_G"] == pytest.approx(h["LV_before"] - h["LV_after"])
+    assert h["delta_O"] == pytest.approx((h["LV_after"] - h["LT_after"]) - (h["LV_before"] - h["LT_before"]))
+    assert sum(r["w"] for r in row["heads"].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_train_gblend_writes_blend_weights(tiny_demo, tmp_path, run_gblend, mode):
+    run = tmp_path / mode
+    p = run_gblend("train-gblend", "--modalities", "audio,rgb", "--mode", mode, "--data", tiny_demo, "--out", run,
+                   "--epochs", "3", *TINY, "--set", "gblend.warmup_super_epoch=2", "--set", "gblend.super_epoch=1",
+                   timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [json.loads(line) for line in (run / "blend_weights.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == ([0] if mode == "offline" else [0, 2])
+    assert rows[0]["n_epochs"] == (3 if mode == "offline" else 2)
+    for r in rows:
+        assert set(r["heads"]) == {"audio", "rgb", "fused"}
+        for h in r["heads"].values():
+            assert {"LT_before", "LV_before", "LT_after", "LV_after", "delta_O", "delta_G", "ogr", "w_raw", "w"} <= set(h)
+        assert sum(h["w"] for h in r["heads"].values()) == pytest.approx(1.0)
+    final = json.loads((run / "final.json").read_text())
+    assert final["head"] == "fused" and set(final["heads"]) == {"audio", "rgb", "fused"}
+    assert final["weights"] == pytest.approx({h: v["w"] for h, v in rows[-1]["heads"].items()})
+    assert "G-Blend weights" in p.stderr
+
+
+def test_hand_set_weights_and_bad_weights(tiny_demo, tmp_path, run_gblend):
+    run = tmp_path / "fixed"
+    p = run_gblend("train-gblend", "--modalities", "audio,rgb", "--weights", "rgb=.630,audio=.014,fused=.356",
+                   "--data", tiny_demo, "--out", run, "--epochs", "1", *TINY)
+    assert p.returncode == 0, p.stderr[-2000:]
+    final = json.loads((run / "final.json").read_text())
+    assert final["weights"] == pytest.approx({"audio": .014, "rgb": .630, "fused": .356})
+    assert not (run / "blend_weights.jsonl").exists()
+    p = run_gblend("train-gblend", "--modalities", "audio,rgb", "--weights", "flow=1", "--data", tiny_demo,
+                   "--out", tmp_path / "bad", "--epochs", "1", *TINY)
+    assert p.returncode == 2 and "flow" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_demo, tmp_path, monkeypatch):
+    from gblend_cli import runs, train
+
+    calls = {"n": 0}
+    real = train.head_loss
+
+    def poisoned(logits, y, multilabel, reduction="mean"):
+        loss = real(logits, y, multilabel, reduction)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > 3:  # epoch 2 (3 steps per epoch)
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train, "head_loss", poisoned)
+    cfg = tiny_cfg(**{"train.epochs": 3})
+    out = tmp_path / "nan"
+    with pytest.raises(train.TrainingDiverged, match="last good checkpoint"):
+        runs.train(cfg, "unimodal", ["rgb"], data=tiny_demo, out=out)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 - 1
+    assert not (out / "final.json").exists()
+
+
+def test_torchrun_two_cpu_processes(tiny_demo, tmp_path):
+    run = tmp_path / "ddp"
+    env = gblend_env() | {"MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", env["MASTER_PORT"],
+           "-m", "gblend_cli", "train-naive", "--modalities", "audio,rgb", "--data", str(tiny_demo), "--out", str(run),
+           "--epochs", "2", *TINY, "--set", "train.batch_size=4"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads((run / "env.json").read_text())
+    assert info["world_size"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # one set of outputs: only rank 0 writes
+    final = json.loads((run / "final.json").read_text())
+    assert final["splits"]["val"] == 16
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
+    assert not list(run.rglob("*.tmp"))
