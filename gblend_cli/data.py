@@ -242,6 +242,7 @@ def make_loader(dataset: ClipDataset, batch_size: int, *, shuffle: bool, seed: i
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers, collate_fn=_identity,
         pin_memory=pin_memory, drop_last=drop_last, persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),  # never draws from (and shifts) the global RNG
         worker_init_fn=_worker_init if workers else None)
 
 

@@ -35,6 +35,12 @@ def _env_int(*names: str) -> int | None:
     return None
 
 
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (before any process group exists)."""
+    world = _env_int("WORLD_SIZE") or (_env_int("SLURM_NTASKS") if os.environ.get("MASTER_ADDR") else None) or 1
+    return (_env_int("RANK") or (_env_int("SLURM_PROCID") if world > 1 else None) or 0) if world > 1 else 0
+
+
 def setup(device_pref: str = "auto") -> tuple[DistEnv, torch.device]:
     """Pick the device and, when launched by torchrun/SLURM with several processes, join the group."""
     world = _env_int("WORLD_SIZE") or (_env_int("SLURM_NTASKS") if os.environ.get("MASTER_ADDR") else None) or 1

@@ -110,7 +110,8 @@ class AudioBackbone(nn.Module):
         layers, widths = list(std_layers or layers), list(std_widths or widths)
         self.input_norm = nn.BatchNorm2d(1, affine=False)
         w0 = widths[0]
-        self.stem = nn.Sequential(nn.Conv2d(1, w0, 3, 2, 1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(1, w0, 3, 2, 1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True),
+                                  nn.MaxPool2d(3, 2, 1))  # ResNet stem: 100x40 -> 25x10
         self.inplanes = w0
         self.layers = nn.Sequential(*[self._make_layer(block, w, n, 1 if i == 0 else 2)
                                       for i, (w, n) in enumerate(zip(widths, layers))])

@@ -93,7 +93,7 @@ class _Pool:
     def __init__(self, n: int, settings: dict, threads: int, timeout: float):
         # forkserver: workers fork from a clean server process, never from a caller that may have
         # used OpenCV's or torch's thread pools (a fork of those deadlocks in cv2.setNumThreads)
-        self.ctx = _worker_context()
+        self.ctx = worker_context()
         self.settings, self.threads, self.timeout = settings, threads, timeout
         self.workers = [self._spawn() for _ in range(max(1, n))]
 
@@ -219,15 +219,18 @@ def generate_demo_media(cfg: dict, media: Path) -> tuple[Path, list[Path]]:
                     demo_data.render_job(j, p)
                     bar.advance(task)
             else:
-                with _worker_context().Pool(workers, initializer=_quiet_worker) as pool:
+                with worker_context().Pool(workers, initializer=_quiet_worker) as pool:
                     for _ in pool.imap_unordered(_render_demo_job, [(j, p) for j in todo], chunksize=4):
                         bar.advance(task)
     return media / "videos", demo_data.write_annotations(media, jobs)
 
 
-def _worker_context():
+def worker_context():
+    """Worker processes fork from a forkserver that has imported our modules, torch and OpenCV
+    once (fast starts) and never used their thread pools (a fork of those can deadlock)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["gblend_cli.prepare", "gblend_cli.media", "gblend_cli.demo_data", "torch", "cv2"])
+    ctx.set_forkserver_preload(["gblend_cli.cli", "gblend_cli.prepare", "gblend_cli.media", "gblend_cli.demo_data",
+                                "gblend_cli.train", "gblend_cli.blend", "torch", "torchvision", "cv2", "av"])
     return ctx
 
 

@@ -6,8 +6,6 @@ resumed, so an interrupted reproduce continues where it stopped."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,9 +17,10 @@ from .storage import write_text_atomic
 from .ui import console, progress
 
 
-def job_command(item, recipe: Path | None, data: Path, results: Path, sets: list[str]) -> list[str]:
+def job_args(item, recipe: Path | None, data: Path, results: Path, sets: list[str]) -> list[str]:
+    """The `gblend` arguments of one run of the matrix."""
     method, mods, seed, mode = item
-    cmd = [sys.executable, "-m", "gblend_cli"]
+    cmd = []
     if method == "unimodal":
         cmd += ["train-unimodal", "--modality", mods[0]]
     elif method == "naive":
@@ -80,9 +79,11 @@ def _run_jobs(todo: list, jobs: int, recipe, data: Path, results: Path, sets: li
     """Run the train commands as subprocesses, `jobs` at a time, logs in results/logs/."""
     logs = results / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    running: list[tuple[subprocess.Popen, str, object]] = []
+    from .prepare import worker_context
+
+    ctx = worker_context()
+    running: list[tuple[object, str]] = []
     failed: list[str] = []
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     queue = list(todo)
     try:
         with progress() as bar:
@@ -91,29 +92,39 @@ def _run_jobs(todo: list, jobs: int, recipe, data: Path, results: Path, sets: li
                 while queue and len(running) < max(1, jobs):
                     item = queue.pop(0)
                     name = run_name(*item[:3], item[3])
-                    log = open(logs / f"{name}.log", "w")
-                    proc = subprocess.Popen(job_command(item, recipe, data, results, sets), stdout=log,
-                                            stderr=subprocess.STDOUT, env=env)
-                    running.append((proc, name, log))
-                    bar.update(task, info=", ".join(n for _, n, _ in running))
+                    proc = ctx.Process(target=_job_main, args=(job_args(item, recipe, data, results, sets),
+                                                               str(logs / f"{name}.log")), name=name)
+                    proc.start()
+                    running.append((proc, name))
+                    bar.update(task, info=", ".join(n for _, n in running))
                 time.sleep(0.2)
                 for entry in list(running):
-                    proc, name, log = entry
-                    if proc.poll() is not None:
-                        log.close()
+                    proc, name = entry
+                    if proc.exitcode is not None:
                         running.remove(entry)
-                        if proc.returncode != 0:
+                        if proc.exitcode != 0:
                             failed.append(name)
-                            console.print(f"[red]run {name} failed[/red] (exit {proc.returncode}); log: {logs / (name + '.log')}")
-                        bar.update(task, advance=1, info=", ".join(n for _, n, _ in running))
+                            console.print(f"[red]run {name} failed[/red] (exit {proc.exitcode}); log: {logs / (name + '.log')}")
+                        bar.update(task, advance=1, info=", ".join(n for _, n in running))
     except KeyboardInterrupt:
-        for proc, _, log in running:
-            proc.terminate()
-        for proc, _, log in running:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
+        for proc, _ in running:
+            proc.terminate()  # SIGTERM: the run stops at once, its files complete or absent
+        for proc, _ in running:
+            proc.join(30)
+            if proc.exitcode is None:
                 proc.kill()
-            log.close()
         raise
     return failed
+
+
+def _job_main(argv: list[str], log_path: str) -> None:
+    """One run of the matrix in a process forked from the forkserver (torch already imported):
+    `gblend <argv>` with stdout and stderr going to the run's log file."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    from .cli import app
+
+    app(args=argv, prog_name="gblend")  # exits via SystemExit with the command's exit code

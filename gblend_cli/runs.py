@@ -3,6 +3,8 @@ prepared on first use), the heads, the loss-weight policy, and the folder lock."
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 
 from .config import HEADS, MODALITIES, data_dir, results_dir
@@ -55,7 +57,13 @@ def run_name(method: str, modalities: list[str], seed: int, mode: str | None = N
 
 def ensure_data(cfg: dict, data: Path | None) -> Path:
     """The prepared dataset; the demo is prepared on first use."""
+    from .distributed import launch_rank
+
     path = Path(data) if data else data_dir(cfg)
+    if not (path / "dataset.json").exists() and launch_rank() > 0:  # rank 0 prepares; the others wait
+        deadline = time.monotonic() + 3600
+        while not (path / "dataset.json").exists() and time.monotonic() < deadline:
+            time.sleep(1)
     if not (path / "dataset.json").exists():
         if cfg["dataset"]["name"] == "demo" and not data:
             console.print(f"preparing the demo dataset in {path} (first use)")
@@ -95,7 +103,10 @@ def train(cfg: dict, method: str, modalities: list[str], *, data: Path | None = 
     run_dir = Path(out) if out else results_dir(cfg) / run_name(method, modalities, seed, mode if method == "gblend" else None)
     _refuse_overwrite(run_dir, resume)
     spec = RunSpec(method, modalities, heads, eval_head, extra={"mode": mode} if method == "gblend" else {})
-    with folder_lock(run_dir, "training run"):
+    from .distributed import launch_rank
+
+    lock = folder_lock(run_dir, "training run") if launch_rank() == 0 else contextlib.nullcontext()
+    with lock:  # only rank 0 writes the run folder
         trainer = Trainer(cfg, spec, run_dir, data_path, resume=resume)
         final = trainer.fit(policy)
     if trainer.env.is_main:
