@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from .errors import UserError
 from .ui import console
@@ -40,7 +41,7 @@ def command(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            console.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
+            console.print("[red]error:[/red]", escape(str(e)), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]: every file written so far is complete; run the same "
@@ -48,7 +49,7 @@ def command(fn):
             raise typer.Exit(130) from None
         except OSError as e:
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            console.print(f"[red]error:[/red] {where}{e.strerror or e}", soft_wrap=True)
+            console.print("[red]error:[/red]", escape(f"{where}{e.strerror or e}"), soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -66,10 +66,10 @@ def measure(runs: list[Path], start: int | None, end: int | None, metric: str = 
         b = epochs[-1] if end is None else end
         for e, opt in ((a, "--from"), (b, "--to")):
             if e not in epochs:
-                raise UserError(f"{run}: epoch {e} ({opt}) was not evaluated; evaluated epochs: {epochs[0]}..{epochs[-1]}")
+                raise UserError(f"{run}: epoch {e} ({opt}) was not evaluated; evaluated epochs: {', '.join(map(str, epochs))}")
         if b <= a:
             raise UserError(f"--to ({b}) must be after --from ({a})")
-        heads = [h for h in rows[-1].get("train", {})]
+        heads = list({r["epoch"]: r for r in rows}[b]["train"])  # the last row may be an unevaluated epoch
         for h in heads:
             r = ogr_between(rows, h, a, b, metric)
             per_epoch = []
@@ -88,14 +88,21 @@ def most_overfitting(rows: list[dict]) -> dict | None:
 
 
 def print_measure(rows: list[dict], fmt: str) -> None:
+    if not rows:
+        raise UserError("measure-ogr: no heads with evaluated epochs in these runs")
     if fmt == "json":
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        from .report import finite_or_null
+
+        sys.stdout.write(json.dumps(finite_or_null(rows), indent=2, allow_nan=False) + "\n")
         return
     if fmt == "csv":
-        sys.stdout.write("run,head,from,to,delta_O,delta_G,ogr\n")
+        import csv
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["run", "head", "from", "to", "delta_O", "delta_G", "ogr"])
         for r in rows:
-            ogr = "" if r["ogr"] is None else f"{r['ogr']:.6g}"
-            sys.stdout.write(f"{r['run']},{r['head']},{r['from']},{r['to']},{r['delta_O']:.6g},{r['delta_G']:.6g},{ogr}\n")
+            w.writerow([r["run"], r["head"], r["from"], r["to"], f"{r['delta_O']:.6g}", f"{r['delta_G']:.6g}",
+                        "" if r["ogr"] is None else f"{r['ogr']:.6g}"])
         return
     from rich.table import Table
 

@@ -166,7 +166,9 @@ def table4(mx: Matrix) -> list[dict]:
                 missing = sorted({c for m in combo.split("+") for c in mx.missing("unimodal", m, mx.expected_seeds(combo))})
             else:
                 missing = mx.missing(method, combo)
-            pv = p.get(paper_key) if (paper_key != "gblend" or method in ("gblend-offline", "gblend-online")) else None
+            # the paper's Table 4 G-Blend rows are offline (they equal Table 2's offline A+RGB row);
+            # its only online numbers are Table 2's (A+RGB, no weights given)
+            pv = p.get(paper_key) if paper_key != "gblend" or method == "gblend-offline" else None
             if method == "gblend-online" and combo == "audio+rgb":
                 pv = paper.TABLE2["gblend-online"]
             rows.append({
@@ -177,7 +179,7 @@ def table4(mx: Matrix) -> list[dict]:
                 "seeds": [r.seed for r in runs],
                 "paper_clip_top1": pv[0] if pv else None, "paper_video_top1": pv[1] if pv else None,
                 "paper_video_top5": pv[2] if pv else None,
-                "paper_weights": p.get("weights") if method.startswith("gblend") and pv else None,
+                "paper_weights": p.get("weights") if method == "gblend-offline" and pv else None,
                 "missing": missing,
             })
     return rows
@@ -347,8 +349,8 @@ def render(report: dict, fmt: str) -> str:
 
     tables = [k for k in ("table1", "table4", "overfit") if k in report]
     if fmt == "json":
-        return json.dumps({k: report[k] for k in tables} | ({"claims": report["claims"]} if "claims" in report else {}),
-                          indent=2, default=_json_default)
+        doc = {k: report[k] for k in tables} | ({"claims": report["claims"]} if "claims" in report else {})
+        return json.dumps(finite_or_null(doc), indent=2, allow_nan=False)
     parts = []
     for k in tables:
         if fmt == "csv":
@@ -368,10 +370,15 @@ def render(report: dict, fmt: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    raise TypeError(type(o))
+def finite_or_null(o):
+    """NaN/Inf -> null, so the JSON is valid for any reader."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite_or_null(v) for v in o]
+    return o
 
 
 def print_rich(report: dict) -> None:

@@ -1,0 +1,503 @@
+"""`gblend report`: Table 1, Table 4 and the overfitting comparison, checked on small hand-made run
+folders (final.json + metrics.jsonl) against numbers computed by hand in the tests.
+
+Most number checks call gblend_cli.report.build/render directly (fast); a few go through the real
+entry point (`python -m gblend_cli report ...`) for exit codes, --out, --figure and the default
+recipe's missing-run commands.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shutil
+
+import pandas as pd
+import pytest
+
+from gblend_cli import paper
+from gblend_cli.config import load_config
+from gblend_cli.report import TITLES, build, render
+from gblend_cli.runs import run_name
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# The default matrix (the [reproduce] defaults of gblend_cli/config.py, which recipes/demo.toml
+# inherits), written out explicitly so the direct tests do not depend on recipes/demo.toml.
+FULL_MATRIX = """
+[reproduce]
+seeds = [0, 1, 2]
+main = "audio+rgb"
+other_combos = ["rgb+flow", "audio+flow", "audio+rgb+flow"]
+other_seeds = [0]
+gblend_modes = ["offline", "online"]
+other_gblend_modes = ["offline"]
+"""
+
+# Only the main combination, two seeds: a recipe whose matrix differs from the defaults.
+SMALL_MATRIX = """
+[reproduce]
+seeds = [0, 1]
+main = "audio+rgb"
+other_combos = []
+other_seeds = [0]
+gblend_modes = ["offline"]
+other_gblend_modes = []
+"""
+
+
+# --- hand-made run folders -----------------------------------------------------------------------
+def heads_of(method: str, mods: list[str]) -> list[str]:
+    return [mods[0]] if method == "unimodal" else ["fused"] if method == "naive" else mods + ["fused"]
+
+
+def metric_rows(heads: list[str], points) -> list[dict]:
+    """points: [(epoch, None | (L_train, L_holdout, L_val) | {head: (L_train, L_holdout, L_val)})];
+    None = a trained but not evaluated epoch (the core writes no train/holdout/val then)."""
+    rows = []
+    for epoch, p in points:
+        row = {"epoch": epoch, "lr": 0.05, "weights": {h: round(1 / len(heads), 6) for h in heads}}
+        if p is not None:
+            per = p if isinstance(p, dict) else {h: p for h in heads}
+            for split, i in (("train", 0), ("holdout", 1), ("val", 2)):
+                row[split] = {h: {"loss": per[h][i], "top1": 100.0 - 25.0 * per[h][i]} for h in heads}
+        if epoch > 0:
+            row["train_running"] = {"total": 1.0}
+        rows.append(row)
+    return rows
+
+
+DEFAULT_CURVE = [(0, (2.0, 2.0, 2.0)), (1, None), (2, (1.0, 1.5, 1.5))]  # OGR = |0.5 / 0.5| = 1
+
+
+def write_run(results, method: str, mods: list[str], seed: int, *, video: float, clip: float, top5: float,
+              train: float, mode: str | None = None, weights: dict | None = None, curve=DEFAULT_CURVE):
+    heads = heads_of(method, mods)
+    head = heads[0] if method == "unimodal" else "fused"
+    d = results / run_name(method, mods, seed, mode)
+    d.mkdir(parents=True)
+    final = {"head": head, "clip_top1": clip, "video_top1": video, "video_top5": top5, "train_top1": train,
+             "val_loss": 1.0, "train_loss": 0.5, "method": method, "modalities": mods, "seed": seed, "epochs": 2,
+             "weights": weights or {h: 1.0 / len(heads) for h in heads},
+             "heads": {h: {"clip_top1": clip, "video_top1": video, "video_top5": top5, "train_top1": train} for h in heads},
+             "dataset": "demo", "format_version": 1}
+    if method == "gblend":
+        final["mode"] = mode
+    (d / "final.json").write_text(json.dumps(final, indent=2))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metric_rows(heads, curve)))
+    return d
+
+
+AR = ["audio", "rgb"]
+# (method, modalities, mode) -> {seed: (clip, video, top5, train)}
+NUMBERS = {
+    # audio: higher clip top-1 and the highest single-seed video top-1 (70), but a lower MEAN video
+    # top-1 (50.67) than rgb (60.17): the best uni-modal model must be rgb for A+RGB.
+    ("unimodal", ("audio",), None): {0: (70, 40, 70, 99), 1: (71, 42, 72, 99), 2: (72, 70, 74, 99)},
+    ("unimodal", ("rgb",), None): {0: (50, 60, 85, 80), 1: (52, 62.5, 86, 82), 2: (51, 58, 90, 81)},
+    ("unimodal", ("flow",), None): {0: (55, 65, 88, 75)},
+    ("naive", ("audio", "rgb"), None): {0: (45, 55, 80, 95), 1: (47, 57.5, 82, 97), 2: (46, 52.4, 81, 96)},
+    ("naive", ("rgb", "flow"), None): {0: (58, 70, 89, 90)},
+    ("gblend", ("audio", "rgb"), "offline"): {0: (58, 66, 91, 90), 1: (60, 64, 92, 91), 2: (59, 65.5, 93, 92)},
+    ("gblend", ("audio", "rgb"), "online"): {0: (61, 67, 94, 93), 2: (63, 69, 95, 94)},  # seed 1 not run
+}
+GB_WEIGHTS = {
+    "offline": {0: {"audio": 0.1, "rgb": 0.5, "fused": 0.4}, 1: {"audio": 0.2, "rgb": 0.4, "fused": 0.4},
+                2: {"audio": 0.15, "rgb": 0.45, "fused": 0.4}},
+    "online": {0: {"audio": 0.05, "rgb": 0.6, "fused": 0.35}, 2: {"audio": 0.07, "rgb": 0.5, "fused": 0.43}},
+}
+# naive A+RGB curves: holdout (not val) must be used for the OGR
+#   s0: O_first = 2.1 - 2.0 = 0.1, O_last = 1.5 - 0.4 = 1.1 -> ΔO = 1.0; ΔG = 2.1 - 1.5 = 0.6 -> OGR 5/3
+#   s1: O 0.0 -> 1.0, ΔO = 1.0; ΔG = 2.0 - 1.5 = 0.5 -> OGR 2
+#   s2: O 0.2 -> 0.2, ΔO = 0;   ΔG = 1.0 -> OGR 0
+# (with val instead of holdout: 0.778, 0.667, 1.0)
+CURVES = {
+    ("naive", ("audio", "rgb"), 0): [(0, (2.0, 2.1, 2.2)), (1, None), (2, (1.0, 1.6, 1.7)), (3, None), (4, (0.4, 1.5, 1.3))],
+    ("naive", ("audio", "rgb"), 1): [(0, (2.0, 2.0, 2.3)), (4, (0.5, 1.5, 1.4))],
+    ("naive", ("audio", "rgb"), 2): [(0, (2.0, 2.2, 2.0)), (4, (1.0, 1.2, 1.5))],
+    # rgb s0: O 0 -> 0.3, ΔG 0.2 -> OGR 1.5 (s1, s2: DEFAULT_CURVE, OGR 1)
+    ("unimodal", ("rgb",), 0): [(0, (2.0, 2.0, 2.0)), (2, (1.5, 1.8, 1.9))],
+}
+
+
+def hand_mean(xs):
+    return sum(xs) / len(xs)
+
+
+def hand_std(xs):  # sample standard deviation (n - 1)
+    m = hand_mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def col(method, mods, mode, i, seeds=None):
+    """Column i (0 clip, 1 video, 2 top5, 3 train) of NUMBERS over `seeds` (default: all)."""
+    runs = NUMBERS[(method, tuple(mods), mode)]
+    return [runs[s][i] for s in sorted(runs) if seeds is None or s in seeds]
+
+
+def make_results(root):
+    results = root / "results"
+    for (method, mods, mode), seeds in NUMBERS.items():
+        for seed, (clip, video, top5, train) in seeds.items():
+            kw = {}
+            if (method, mods, seed) in CURVES:
+                kw["curve"] = CURVES[(method, mods, seed)]
+            if method == "gblend":
+                kw["weights"] = GB_WEIGHTS[mode][seed]
+            write_run(results, method, list(mods), seed, video=video, clip=clip, top5=top5, train=train, mode=mode, **kw)
+    return results
+
+
+@pytest.fixture
+def results(tmp_path):
+    return make_results(tmp_path)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    p = tmp_path / "full.toml"
+    p.write_text(FULL_MATRIX)
+    return load_config(p)
+
+
+def by_combo(rows, combo_label):
+    found = [r for r in rows if r["combo"] == combo_label]
+    assert len(found) == 1, [r["combo"] for r in rows]
+    return found[0]
+
+
+def t4_row(rows, combo_label, method_prefix):
+    found = [r for r in rows if r["combo"] == combo_label and r["method"].startswith(method_prefix)]
+    assert len(found) == 1, [(r["combo"], r["method"]) for r in rows]
+    return found[0]
+
+
+def close(a, b, tol=1e-9):
+    return a is not None and b is not None and abs(a - b) <= tol
+
+
+# --- Table 1 -------------------------------------------------------------------------------------
+def test_table1_numbers_best_unimodal_drop_and_paper_columns(results, cfg):
+    rows = build(results, ["table1"], cfg)["table1"]
+    assert [r["combo"] for r in rows] == ["A+RGB", "RGB+OF", "A+OF", "A+RGB+OF"]
+
+    ar = by_combo(rows, "A+RGB")
+    naive_v = col("naive", AR, None, 1)  # 55, 57.5, 52.4
+    rgb_v, audio_v = col("unimodal", ["rgb"], None, 1), col("unimodal", ["audio"], None, 1)
+    assert hand_mean(rgb_v) > hand_mean(audio_v) and max(audio_v) > max(rgb_v)  # the trap is set
+    assert ar["best_unimodal"] == "RGB"
+    assert close(ar["naive_video_top1"], round(hand_mean(naive_v), 2)) and close(ar["naive_video_top1"], 54.97)
+    assert close(ar["naive_std"], round(hand_std(naive_v), 2)) and close(ar["naive_std"], 2.55)
+    assert ar["naive_seeds"] == 3
+    assert close(ar["best_unimodal_video_top1"], 60.17)
+    assert close(ar["best_unimodal_std"], round(hand_std(rgb_v), 2))
+    assert close(ar["drop"], round(hand_mean(naive_v) - hand_mean(rgb_v), 2)) and close(ar["drop"], -5.2)
+    assert ar["missing"] == []
+
+    rf = by_combo(rows, "RGB+OF")  # flow (65) beats rgb (60.17) here
+    assert rf["best_unimodal"] == "OF" and close(rf["best_unimodal_video_top1"], 65.0)
+    assert close(rf["naive_video_top1"], 70.0) and rf["naive_std"] == 0.0 and close(rf["drop"], 5.0)
+    assert rf["missing"] == []
+
+    af = by_combo(rows, "A+OF")  # no naive run: shown as missing, with its command
+    assert af["naive_video_top1"] is None and af["drop"] is None and af["naive_seeds"] == 0
+    assert af["best_unimodal"] == "OF"
+    assert af["missing"] == ["gblend train-naive --modalities audio,flow --seed 0"]
+    arf = by_combo(rows, "A+RGB+OF")
+    assert arf["missing"] == ["gblend train-naive --modalities audio,rgb,flow --seed 0"]
+
+    for combo in paper.COMBOS:
+        r, p = by_combo(rows, paper.combo_label(combo)), paper.TABLE1[combo]
+        assert (r["paper_late_fusion"], r["paper_best_unimodal"], r["paper_drop"]) == \
+            (p["late_fusion"], p["best_unimodal_video_top1"], p["drop"])
+    assert (ar["paper_late_fusion"], ar["paper_best_unimodal"], ar["paper_drop"]) == (71.4, 72.6, -1.2)
+
+
+def test_table1_deleted_naive_seed_is_missing_with_recipe_command(results, tmp_path):
+    recipe = tmp_path / "small.toml"
+    recipe.write_text(SMALL_MATRIX)
+    cfg = load_config(recipe)
+    shutil.rmtree(results / "naive-audio+rgb-s1")
+    rows = build(results, ["table1"], cfg, str(recipe))["table1"]
+    # rows: the recipe's main combo, plus the combo present on disk (naive rgb+flow), nothing else
+    assert [r["combo"] for r in rows] == ["A+RGB", "RGB+OF"]
+    ar = by_combo(rows, "A+RGB")
+    assert ar["missing"] == [f"gblend train-naive --modalities audio,rgb --seed 1 --recipe {recipe}"]
+    assert ar["naive_seeds"] == 2 and close(ar["naive_video_top1"], round(hand_mean([55, 52.4]), 2))
+
+    # the same folder with seed 2 deleted too: the recipe expects seeds 0 and 1 only
+    shutil.rmtree(results / "naive-audio+rgb-s2")
+    ar = by_combo(build(results, ["table1"], cfg, str(recipe))["table1"], "A+RGB")
+    assert ar["missing"] == [f"gblend train-naive --modalities audio,rgb --seed 1 --recipe {recipe}"]
+    assert ar["naive_seeds"] == 1 and close(ar["naive_video_top1"], 55.0)
+
+
+def test_cli_table1_json_default_recipe_missing_seed(results, run_gblend, tmp_path):
+    shutil.rmtree(results / "naive-audio+rgb-s1")
+    proc = run_gblend("report", "--results", results, "--table", "1", "--format", "json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert set(out) == {"table1"}
+    ar = by_combo(out["table1"], "A+RGB")
+    assert ar["missing"] == ["gblend train-naive --modalities audio,rgb --seed 1"]
+    assert ar["naive_seeds"] == 2 and close(ar["naive_video_top1"], 53.7)  # (55 + 52.4) / 2
+    assert close(ar["drop"], round(53.7 - hand_mean([60, 62.5, 58]), 2))
+    assert [r["combo"] for r in out["table1"]] == ["A+RGB", "RGB+OF", "A+OF", "A+RGB+OF"]
+    assert not (results / "report").exists()  # no figure for --table 1
+
+
+# --- Table 4 -------------------------------------------------------------------------------------
+def test_table4_means_stds_seeds_weights_and_paper(results, cfg):
+    rows = build(results, ["table4"], cfg)["table4"]
+    ar = [r for r in rows if r["combo"] == "A+RGB"]
+    assert [r["method"] for r in ar] == ["best uni-modal (RGB)", "naive", "G-Blend offline", "G-Blend online"]
+
+    for r, (method, mods, mode) in zip(ar, [("unimodal", ["rgb"], None), ("naive", AR, None),
+                                            ("gblend", AR, "offline"), ("gblend", AR, "online")]):
+        seeds = sorted(NUMBERS[(method, tuple(mods), mode)])
+        assert r["seeds"] == seeds, r
+        for i, key in enumerate(("clip_top1", "video_top1", "video_top5")):
+            xs = col(method, mods, mode, i)
+            assert close(r[key], round(hand_mean(xs), 2)), (r["method"], key, r[key])
+            assert close(r[f"{key}_std"], round(hand_std(xs), 2)), (r["method"], key, r[f"{key}_std"])
+
+    uni, naive, off, on = ar
+    # spot values, by hand: sample (n-1) std, not population std
+    assert close(uni["video_top1_std"], 2.25) and close(off["video_top1"], 65.17) and close(off["video_top1_std"], 1.04)
+    assert close(on["clip_top1_std"], 1.41) and on["seeds"] == [0, 2]
+    assert uni["weights"] is None and naive["weights"] is None
+    assert off["weights"] == {"audio": 0.15, "rgb": 0.45, "fused": 0.4}
+    assert on["weights"] == {"audio": 0.06, "rgb": 0.55, "fused": 0.39}
+    assert on["missing"] == ["gblend train-gblend --modalities audio,rgb --mode online --seed 1"]
+    assert off["missing"] == [] and naive["missing"] == [] and uni["missing"] == []
+
+    t4 = paper.TABLE4["audio+rgb"]
+    assert (uni["paper_clip_top1"], uni["paper_video_top1"], uni["paper_video_top5"]) == t4["best_unimodal"]
+    assert (naive["paper_clip_top1"], naive["paper_video_top1"], naive["paper_video_top5"]) == t4["naive"]
+    assert (off["paper_clip_top1"], off["paper_video_top1"], off["paper_video_top5"]) == t4["gblend"]
+    assert (on["paper_clip_top1"], on["paper_video_top1"], on["paper_video_top5"]) == paper.TABLE2["gblend-online"]
+    assert off["paper_weights"] == t4["weights"]
+
+    # another combination: best uni-modal is flow; its G-Blend offline run is missing
+    rf = [r for r in rows if r["combo"] == "RGB+OF"]
+    assert [r["method"] for r in rf] == ["best uni-modal (OF)", "naive", "G-Blend offline"]
+    assert rf[0]["seeds"] == [0] and close(rf[0]["video_top1"], 65.0) and rf[0]["video_top1_std"] == 0.0
+    gb = rf[2]
+    assert gb["seeds"] == [] and gb["clip_top1"] is None and gb["video_top1"] is None and gb["weights"] is None
+    assert gb["missing"] == ["gblend train-gblend --modalities rgb,flow --mode offline --seed 0"]
+    assert (gb["paper_clip_top1"], gb["paper_video_top1"], gb["paper_video_top5"]) == paper.TABLE4["rgb+flow"]["gblend"]
+    assert {r["combo"] for r in rows} == {"A+RGB", "RGB+OF", "A+OF", "A+RGB+OF"}
+
+
+# --- overfitting comparison ----------------------------------------------------------------------
+def test_overfit_train_val_gap_and_ogr_from_holdout(results, cfg):
+    rep = build(results, ["overfit"], cfg)
+    rows = {r["run"]: r for r in rep["overfit"]}
+    naive = rows["naive A+RGB"]
+    tr, va = hand_mean(col("naive", AR, None, 3)), hand_mean(col("naive", AR, None, 0))  # 96, 46
+    assert close(naive["train_top1"], round(tr, 2)) and close(naive["val_top1"], round(va, 2))
+    assert close(naive["gap"], 50.0) and naive["seeds"] == [0, 1, 2]
+
+    def ogr(lt0, lv0, lt1, lv1):  # by hand: O = L^V - L^T, ΔO = O_last - O_first, ΔG = L^V_first - L^V_last
+        return abs(((lv1 - lt1) - (lv0 - lt0)) / (lv0 - lv1))
+
+    per_seed = [ogr(2.0, 2.1, 0.4, 1.5), ogr(2.0, 2.0, 0.5, 1.5), ogr(2.0, 2.2, 1.0, 1.2)]  # holdout column
+    assert per_seed == pytest.approx([5 / 3, 2.0, 0.0])
+    assert close(naive["ogr"], round(hand_mean(per_seed), 3)) and close(naive["ogr"], 1.222)
+    with_val = hand_mean([ogr(2.0, 2.2, 0.4, 1.3), ogr(2.0, 2.3, 0.5, 1.4), ogr(2.0, 2.0, 1.0, 1.5)])
+    assert abs(naive["ogr"] - with_val) > 0.1  # the val split would give another number
+
+    rgb = rows["uni-modal RGB"]
+    assert close(rgb["ogr"], round(hand_mean([1.5, 1.0, 1.0]), 3))
+    assert close(rgb["train_top1"], 81.0) and close(rgb["val_top1"], 51.0) and close(rgb["gap"], 30.0)
+    assert close(rows["uni-modal OF"]["ogr"], 1.0)
+    off = rows["G-Blend offline A+RGB"]
+    assert close(off["ogr"], 1.0) and close(off["val_top1"], 59.0) and close(off["gap"], 32.0)
+    assert rows["naive A+OF"]["train_top1"] is None and rows["naive A+OF"]["ogr"] is None
+    assert rows["naive A+OF"]["missing"] == ["gblend train-naive --modalities audio,flow --seed 0"]
+
+
+def _claim(claims, n):
+    found = [c for c in claims if c.startswith(f"Claim {n} ")]
+    assert len(found) == 1, claims
+    return found[0]
+
+
+def verdict(text):
+    holds, fails = "HOLDS" in text, "DOES NOT HOLD" in text
+    assert holds != fails, text
+    return holds
+
+
+def test_claims_hold_on_the_full_matrix(results, cfg):
+    claims = build(results, ["overfit"], cfg)["claims"]
+    c1 = _claim(claims, 1)
+    assert verdict(c1) and "(RGB)" in c1
+    assert "train top-1 96.0 vs 81.0" in c1 and "val video top-1 55.0 vs 60.2" in c1
+    c2 = _claim(claims, 2)
+    assert re.search(r"G-Blend offline 65\.2: HOLDS", c2) and re.search(r"G-Blend online 68\.0: HOLDS", c2)
+    assert "DOES NOT HOLD" not in c2
+
+
+@pytest.mark.parametrize("naive_train, naive_video, holds", [
+    (95, 55, True),   # lower train error and higher val error than rgb (train 80, video 60)
+    (70, 55, False),  # naive does not even fit the training set better
+    (95, 61, False),  # naive generalises better than rgb
+])
+def test_claim1_verdict(tmp_path, naive_train, naive_video, holds):
+    r = tmp_path / "results"
+    write_run(r, "unimodal", ["rgb"], 0, clip=50, video=60, top5=90, train=80)
+    write_run(r, "unimodal", ["audio"], 0, clip=40, video=30, top5=60, train=99)
+    write_run(r, "naive", AR, 0, clip=45, video=naive_video, top5=85, train=naive_train)
+    p = tmp_path / "r.toml"
+    p.write_text(SMALL_MATRIX)
+    c1 = _claim(build(r, ["overfit"], load_config(p))["claims"], 1)
+    assert verdict(c1) is holds, c1
+
+
+def test_claim2_per_mode_verdicts_and_uncheckable(tmp_path):
+    r = tmp_path / "results"
+    p = tmp_path / "r.toml"
+    p.write_text(SMALL_MATRIX)
+    write_run(r, "unimodal", ["rgb"], 0, clip=50, video=60, top5=90, train=80)
+    c2 = _claim(build(r, ["overfit"], load_config(p))["claims"], 2)
+    assert "cannot be checked" in c2  # no naive, no G-Blend
+    write_run(r, "naive", AR, 0, clip=45, video=55, top5=85, train=95)
+    write_run(r, "gblend", AR, 0, mode="offline", clip=58, video=66, top5=91, train=90)
+    write_run(r, "gblend", AR, 0, mode="online", clip=50, video=58, top5=88, train=90)  # beats naive, not rgb
+    c2 = _claim(build(r, ["overfit"], load_config(p))["claims"], 2)
+    assert re.search(r"G-Blend offline 66\.0: HOLDS", c2), c2
+    assert re.search(r"G-Blend online 58\.0: DOES NOT HOLD", c2), c2
+
+
+# --- formats -------------------------------------------------------------------------------------
+def csv_sections(text: str) -> dict[str, pd.DataFrame]:
+    parts = re.split(r"^# (\w+)\n", text, flags=re.M)
+    assert parts[0].strip() == ""
+    return {name: pd.read_csv(io.StringIO(body)) for name, body in zip(parts[1::2], parts[2::2])}
+
+
+def test_csv_has_the_same_numbers_as_json(results, cfg):
+    rep = build(results, ["table1", "table4", "overfit"], cfg)
+    js = json.loads(render(rep, "json"))
+    sections = csv_sections(render(rep, "csv"))
+    assert list(sections) == ["table1", "table4", "overfit"]
+    checked = 0
+    for name, df in sections.items():
+        rows = js[name]
+        assert len(df) == len(rows) and list(df.columns) == list(rows[0])
+        for i, row in enumerate(rows):
+            for k, v in row.items():
+                c = df[k].iloc[i]
+                if v is None:
+                    assert pd.isna(c), (name, i, k, c)
+                elif isinstance(v, (list, dict)):
+                    assert json.loads(c) == v, (name, i, k, c)
+                elif isinstance(v, (int, float)):
+                    assert float(c) == pytest.approx(v), (name, i, k, c)
+                    checked += 1
+                else:
+                    assert c == v, (name, i, k, c)
+    assert checked > 50
+
+
+def test_markdown_titles_missing_cells_commands_and_claims(results, cfg):
+    shutil.rmtree(results / "naive-audio+rgb-s1")
+    text = render(build(results, ["table1", "table4", "overfit"], cfg), "markdown")
+    for t in TITLES.values():
+        assert f"### {t}" in text
+    af_line = next(line for line in text.splitlines() if line.startswith("| A+OF"))
+    assert "missing" in af_line  # naive A+OF video top-1 cell
+    assert "Missing runs (commands that would produce them):" in text
+    for cmd in ("gblend train-naive --modalities audio,rgb --seed 1",
+                "gblend train-naive --modalities audio,flow --seed 0",
+                "gblend train-gblend --modalities audio,rgb --mode online --seed 1"):
+        assert f"    {cmd}" in text.splitlines(), cmd
+    assert "- Claim 1 (A+RGB)" in text and "- Claim 2 (A+RGB)" in text
+    v = col("unimodal", ["rgb"], None, 1)  # rgb video top-1 mean ± std in Table 4 (60.2 ± 2.2)
+    assert f"{round(hand_mean(v), 2):.1f} ± {round(hand_std(v), 2):.1f}" in text
+
+
+def test_latex_uses_booktabs(results, cfg):
+    text = render(build(results, ["table1", "table4"], cfg), "latex")
+    assert text.count("\\toprule") == 2 and text.count("\\bottomrule") == 2 and "\\midrule" in text
+    assert f"% {TITLES['table1']}" in text
+    v = col("naive", AR, None, 1)  # naive A+RGB video top-1, shown with one decimal
+    assert f"{round(hand_mean(v), 2):.1f} ± {round(hand_std(v), 2):.1f}" in text
+
+
+def test_json_has_only_tables_and_claims(results, cfg):
+    js = json.loads(render(build(results, ["table4", "overfit"], cfg), "json"))
+    assert set(js) == {"table4", "overfit", "claims"}
+
+
+# --- a deleted run folder ------------------------------------------------------------------------
+def test_deleted_run_folders_show_as_missing(results, cfg):
+    shutil.rmtree(results / "naive-rgb+flow-s0")
+    shutil.rmtree(results / "unimodal-flow-s0")
+    rep = json.loads(render(build(results, ["table1", "table4", "overfit"], cfg), "json"))
+    rf = by_combo(rep["table1"], "RGB+OF")
+    assert rf["naive_video_top1"] is None and rf["drop"] is None
+    assert rf["best_unimodal"] == "RGB" and close(rf["best_unimodal_video_top1"], 60.17)  # flow is gone
+    assert rf["missing"] == ["gblend train-naive --modalities rgb,flow --seed 0",
+                             "gblend train-unimodal --modality flow --seed 0"]
+    naive = t4_row(rep["table4"], "RGB+OF", "naive")
+    assert naive["clip_top1"] is None and naive["video_top1"] is None and naive["video_top5"] is None
+    assert naive["seeds"] == [] and naive["missing"] == ["gblend train-naive --modalities rgb,flow --seed 0"]
+    of = {r["run"]: r for r in rep["overfit"]}
+    assert of["uni-modal OF"]["val_top1"] is None and of["uni-modal OF"]["ogr"] is None
+    assert of["uni-modal OF"]["missing"] == ["gblend train-unimodal --modality flow --seed 0"]
+    assert of["naive RGB+OF"]["train_top1"] is None
+    assert of["naive RGB+OF"]["missing"] == ["gblend train-naive --modalities rgb,flow --seed 0"]
+
+
+# --- CLI: --out, figures, bad input --------------------------------------------------------------
+def test_cli_out_file_and_default_figure(results, run_gblend, tmp_path):
+    out = tmp_path / "tables" / "report.md"
+    proc = run_gblend("report", "--results", results, "--table", "all", "--format", "markdown", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == ""  # the tables went to the file
+    text = out.read_text()
+    assert f"### {TITLES['table1']}" in text and f"### {TITLES['overfit']}" in text
+    png = results / "report" / "overfitting.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
+
+
+def test_cli_overfit_json_with_figure_path(results, run_gblend, tmp_path):
+    fig = tmp_path / "figs" / "fig4.png"
+    proc = run_gblend("report", "--results", results, "--table", "overfit", "--format", "json", "--figure", fig)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    js = json.loads(proc.stdout)
+    assert set(js) == {"overfit", "claims"}
+    assert close({r["run"]: r for r in js["overfit"]}["naive A+RGB"]["ogr"], 1.222)
+    assert fig.read_bytes()[:8] == PNG_MAGIC
+    assert not (results / "report" / "overfitting.png").exists()
+
+
+def _one_line_error(proc):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--table", "7"], "--table"),
+    (["--format", "xml"], "--format"),
+    (["--results", "RESULTS/does-not-exist"], "does-not-exist"),
+])
+def test_cli_bad_input_exits_2_with_one_line(results, run_gblend, args, needle):
+    args = [str(a).replace("RESULTS", str(results)) for a in args]
+    if "--results" not in args:
+        args += ["--results", str(results)]
+    proc = run_gblend("report", *args)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert needle in _one_line_error(proc)
+
+
+def test_cli_bad_value_with_brackets_is_one_line_error(results, run_gblend):
+    proc = run_gblend("report", "--results", results, "--table", "[/x]")
+    assert proc.returncode == 2, proc.stderr[-500:]
+    assert "[/x]" in _one_line_error(proc)
