@@ -64,16 +64,17 @@ def blend_weights(delta_g: dict[str, float], delta_o: dict[str, float], rule: st
                   min_weight: float = 0.05, fused_min_weight: float = 0.1, delta_o_floor: float = 0.01) -> dict[str, float]:
     """Final weights under `rule` (see the module docstring). Always >= 0 and summing to 1."""
     heads = list(delta_g)
-    g = {h: max(delta_g[h], 0.0) for h in heads}
-    o2 = {h: delta_o[h] ** 2 for h in heads}
+    g = {h: max(delta_g[h], 0.0) if math.isfinite(delta_g[h]) else 0.0 for h in heads}  # NaN/inf: no evidence
+    o2 = {h: delta_o[h] ** 2 if math.isfinite(delta_o[h]) else math.inf for h in heads}
     if rule == "raw":
         o2 = {h: max(v, 1e-12) for h, v in o2.items()}
     else:
-        top = max(o2.values()) if o2 else 0.0
+        top = max((v for v in o2.values() if math.isfinite(v)), default=0.0)
         o2 = {h: max(v, delta_o_floor * top, 1e-12) for h, v in o2.items()}
     score = {h: g[h] / o2[h] for h in heads}
     z = sum(score.values())
-    w = {h: (s / z if z > 0 else 1.0 / len(heads)) for h, s in score.items()}
+    ok = z > 0 and math.isfinite(z)
+    w = {h: (s / z if ok else 1.0 / len(heads)) for h, s in score.items()}
     if rule == "regularised":
         floors = {h: (fused_min_weight if h == "fused" else min_weight) for h in heads}
         w = _apply_floors(w, floors)

@@ -242,6 +242,27 @@ def validate(cfg: dict) -> None:
               "gblend.estimate_epochs", "prepare.workers", "gblend.min_weight", "gblend.fused_min_weight",
               "demo.train_videos", "demo.test_videos", "train.eval_every", "train.train_eval_size"):
         _positive(cfg, k, allow_zero=True)
+    for k in ("train.momentum", "train.gamma", "train.seed", "train.threads", "model.fusion_dropout",
+              "prepare.threads", "prepare.max_seconds", "gblend.delta_o_floor", "demo.seconds", "demo.blob_sigma",
+              "demo.blob_speed", "demo.blank_fraction", "demo.pixel_noise", "demo.direction_jitter_deg",
+              "demo.audio_class_fraction", "demo.audio_class_amp", "demo.audio_memo_tones", "demo.audio_memo_amp",
+              "demo.audio_noise", "train.train_eval_size"):
+        _positive(cfg, k, allow_zero=True)
+    for k in ("prepare.decode_timeout_s",):
+        _positive(cfg, k)
+    for k in ("train.momentum", "model.fusion_dropout", "demo.blank_fraction", "demo.audio_class_fraction"):
+        section, key = k.split(".")
+        if cfg[section][key] > 1 or (k == "model.fusion_dropout" and cfg[section][key] >= 1):
+            raise UserError(f"recipe key '{k}' must be {'< 1' if k == 'model.fusion_dropout' else '<= 1'}; got {cfg[section][key]}")
+    for k in ("model.visual_widths", "model.visual_layers", "model.audio_widths", "model.audio_layers"):
+        section, key = k.split(".")
+        v = cfg[section][key]
+        if len(v) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+            raise UserError(f"recipe key '{k}' must be 4 positive integers (one per ResNet stage); got {v!r}")
+    for k in ("train.milestones",):
+        v = cfg["train"]["milestones"]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v):
+            raise UserError(f"recipe key '{k}' must be a list of epochs >= 0; got {v!r}")
     if cfg["train"]["eval_every"] == 0:
         raise UserError("recipe key 'train.eval_every' must be > 0; got 0")
     if not 0 <= cfg["train"]["holdout_fraction"] < 1:

@@ -100,7 +100,9 @@ class _Media:
         if not self.allow_outside_root:
             try:
                 full.resolve().relative_to(self.real_root)
-            except (ValueError, OSError, RuntimeError):
+            except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+                return None, f"symlink loop: {full}"
+            except (ValueError, OSError):
                 return None, f"path escapes dataset root: {full}"
         if not full.is_file():
             return None, f"file not found: {full}"

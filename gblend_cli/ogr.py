@@ -12,6 +12,7 @@ import math
 import sys
 from pathlib import Path
 
+from . import FORMAT_VERSION
 from .errors import UserError
 from .storage import read_jsonl
 
@@ -56,6 +57,14 @@ def measure(runs: list[Path], start: int | None, end: int | None, metric: str = 
     evaluated epochs) plus the per-epoch OGR between consecutive evaluated epochs."""
     out = []
     for run in runs:
+        final = Path(run) / "final.json"
+        if final.exists():
+            try:
+                version = json.loads(final.read_text()).get("format_version", 0)
+            except json.JSONDecodeError:
+                version = 0
+            if version > FORMAT_VERSION:
+                raise UserError(f"{final}: written by a newer gblend (format {version}); upgrade gblend")
         rows = read_jsonl(Path(run) / "metrics.jsonl")
         if not rows:
             raise UserError(f"{run}: no metrics.jsonl with epochs (not a gblend run folder?)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -161,6 +162,14 @@ def _check_settings(out: Path, cfg: dict) -> None:
     """A resumed preparation must use the settings the folder was started with."""
     import tomllib
 
+    meta = out / "dataset.json"
+    if meta.exists():
+        try:
+            version = json.loads(meta.read_text()).get("format_version", 0)
+        except json.JSONDecodeError:
+            raise UserError(f"{meta}: not valid JSON; use another --out") from None
+        if version > FORMAT_VERSION:
+            raise UserError(f"{meta}: written by a newer gblend (format {version} > {FORMAT_VERSION}); upgrade gblend")
     saved = out / "prepare_config.toml"
     if not saved.exists():
         return
@@ -276,8 +285,8 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
                         bar.update(task, advance=1, info=f"failed {n_failed}")
             except KeyboardInterrupt:
                 pool.close()
-                raise UserError(f"interrupted: {len(done)} of {len(specs)} clips are prepared in {out}; "
-                                f"run the same command again to resume") from None
+                console.print(f"{len(done)} of {len(specs)} clips are prepared in {out}")
+                raise  # the CLI says how to resume and exits 130
             pool.close()
         report = write_outputs(out, cfg, manifest, specs, done)
     return report

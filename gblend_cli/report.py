@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paper
+from . import FORMAT_VERSION, paper
 from .ogr import evaluated_epochs, ogr_between
 from .errors import UserError
 from .runs import run_name
@@ -45,6 +45,8 @@ def discover_runs(results: Path) -> list[Run]:
     for fj in sorted(Path(results).rglob("final.json")):
         try:
             f = json.loads(fj.read_text())
+            if f.get("format_version", 0) > FORMAT_VERSION:
+                raise UserError(f"{fj}: written by a newer gblend (format {f['format_version']}); upgrade gblend")
             method = f["method"] + (f"-{f['mode']}" if f["method"] == "gblend" else "")
             runs.append(Run(fj.parent, method, "+".join(f["modalities"]), int(f["seed"]), f))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):

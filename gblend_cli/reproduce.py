@@ -93,7 +93,7 @@ def _run_jobs(todo: list, jobs: int, recipe, data: Path, results: Path, sets: li
                     item = queue.pop(0)
                     name = run_name(*item[:3], item[3])
                     proc = ctx.Process(target=_job_main, args=(job_args(item, recipe, data, results, sets),
-                                                               str(logs / f"{name}.log")), name=name)
+                                                               str(logs / f"{name}.log"), os.getpid()), name=name)
                     proc.start()
                     running.append((proc, name))
                     bar.update(task, info=", ".join(n for _, n in running))
@@ -117,7 +117,32 @@ def _run_jobs(todo: list, jobs: int, recipe, data: Path, results: Path, sets: li
     return failed
 
 
-def _job_main(argv: list[str], log_path: str) -> None:
+def _stop_with_parent(parent: int) -> None:
+    """A run outlives no reproduce: when the parent is gone (even SIGKILLed), SIGTERM ourselves,
+    which stops the run cleanly (complete files, resumable)."""
+    import signal
+    import threading
+
+    try:  # Linux: the kernel signals us as soon as our parent (the forkserver, which follows it) exits
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _job_main(argv: list[str], log_path: str, parent: int | None = None) -> None:
     """One run of the matrix in a process forked from the forkserver (torch already imported):
     `gblend <argv>` with stdout and stderr going to the run's log file."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -125,6 +150,8 @@ def _job_main(argv: list[str], log_path: str) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    if parent:
+        _stop_with_parent(parent)
     from .cli import app
 
     app(args=argv, prog_name="gblend")  # exits via SystemExit with the command's exit code

@@ -89,6 +89,7 @@ def train(cfg: dict, method: str, modalities: list[str], *, data: Path | None = 
         policy = FixedWeights({"fused": 1.0})
     elif method == "gblend":
         heads, eval_head = modalities + ["fused"], "fused"
+        weights = weights or cfg["gblend"]["weights"]  # --weights, else the recipe's gblend.weights
         if weights or mode == "fixed":
             policy = FixedWeights(parse_weights(weights or "equal", heads))
             mode = "fixed" if (weights or "equal") != "equal" else "equal"

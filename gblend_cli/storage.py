@@ -97,51 +97,55 @@ def rewrite_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
-    """Exclusive lock on an output folder: `<folder>/.lock` holds the owner's host and pid.
+    """Exclusive lock on an output folder: an flock on `<folder>/.lock`, which also records the
+    owner's host and pid for the message. A second command on the same folder refuses; the kernel
+    drops the lock of a process that dies, so a stale `.lock` file is simply taken over. A folder
+    this call created and left empty (the command failed before writing) is removed again."""
+    import fcntl
 
-    A second command on the same folder refuses with a clear message; a lock left by a dead
-    process on this host is stale and is taken over."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / ".lock"
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             try:
-                owner = json.loads(lock.read_text() or "{}")
+                owner = json.loads(os.read(fd, 4096) or b"{}")
             except (OSError, json.JSONDecodeError):
                 owner = {}
-            pid, host = owner.get("pid"), owner.get("host")
-            stale = (host == me["host"] and isinstance(pid, int) and not _pid_alive(pid)) or not owner
-            if stale:
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
-                continue
-            raise UserError(
-                f"{folder}: another gblend {what} (pid {pid} on {host}) is writing this folder; "
-                f"wait for it or remove {lock} if that process is gone"
-            )
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    else:  # pragma: no cover - two racing takeovers
-        raise UserError(f"{folder}: could not take the lock {lock}")
+            os.close(fd)
+            raise UserError(f"{folder}: another gblend {what} (pid {owner.get('pid', '?')} on {owner.get('host', '?')}) "
+                            f"is writing this folder ({lock}); wait for it to finish") from None
+        try:  # the file may have been unlinked by its previous owner between our open and flock
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        owner = json.loads(os.read(fd, 4096) or b"{}")
+    except (OSError, json.JSONDecodeError):
+        owner = {}
+    me = socket.gethostname()
+    if owner.get("host") not in (None, me):  # its flock may not reach us (network filesystem): never steal
+        os.close(fd)
+        raise UserError(f"{folder}: locked by gblend pid {owner.get('pid', '?')} on host {owner['host']} ({lock}); "
+                        f"remove {lock} if that process is gone")
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": me}).encode())
     try:
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds if nothing was written

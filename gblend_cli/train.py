@@ -383,9 +383,9 @@ class Trainer:
                 score = (metrics.get("holdout") or metrics.get("val") or {}).get(self.spec.eval_head, {}).get("top1")
                 if main:
                     state = self.checkpoint(epoch + 1, policy, max(best, score if score is not None else -math.inf))
-                    torch_save_atomic(ckpt_dir / "last.pt", state)
-                    if score is not None and score > best:
+                    if score is not None and score > best:  # best first: last.pt records it as saved
                         torch_save_atomic(ckpt_dir / "best.pt", state)
+                    torch_save_atomic(ckpt_dir / "last.pt", state)
                 if score is not None:
                     best = max(best, score)
         final = self.finish(policy, time.perf_counter() - t_start)
@@ -502,7 +502,10 @@ def load_backbones(model: MultiModalNet, run: Path) -> None:
         path = Path(r) / "checkpoints" / "last.pt"
         if not path.exists():
             raise UserError(f"{path}: no checkpoint to initialise from (--init-from)")
-        state = load_checkpoint(path)["model"]
+        full = load_checkpoint(path)
+        if full.get("format_version", 0) > FORMAT_VERSION:
+            raise UserError(f"{path}: written by a newer gblend (format {full['format_version']}); upgrade gblend")
+        state = full["model"]
         loaded = False
         for m in model.modalities:
             sub = {k[len(f"backbones.{m}."):]: v for k, v in state.items() if k.startswith(f"backbones.{m}.")}
