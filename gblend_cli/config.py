@@ -50,10 +50,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "blank_fraction": 0.25,  # videos with no moving object
         "pixel_noise": 0.1,
         "direction_jitter_deg": 5.0,
-        "audio_class_fraction": 0.5,  # videos whose audio carries the class tone
-        "audio_class_amp": 0.6,
+        "audio_class_fraction": 0.7,  # videos whose audio carries the class tone
+        "audio_class_amp": 0.9,
         "audio_memo_tones": 8,  # video-specific steady tones (memorisable, class-free)
-        "audio_memo_amp": 0.6,
+        "audio_memo_amp": 0.8,
         "audio_noise": 0.05,
     },
     "clip": {

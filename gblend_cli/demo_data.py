@@ -5,10 +5,11 @@ Design (the paper's mechanism in miniature):
 - RGB: one blurred blob moves across a noisy frame; the class is its motion direction (C
   directions). Learning it takes a few epochs, generalises, and flow sees the motion directly. In
   `blank_fraction` of the videos there is no blob (an RGB ceiling below 100%).
-- Audio: every video has its own chord of steady tones at random mel bands (class-free, unique per
-  video: a network memorises it within a few epochs, like Kinetics audio), plus white noise; in
-  `audio_class_fraction` of the videos a pulsed tone at the class's own mel band carries a weak,
-  generalising class signal.
+- Audio: every video has its own chord of steady tones at random mel bands away from the class
+  bands (class-free and unique per video: a network memorises it within a few epochs, like
+  Kinetics audio), plus white noise; in `audio_class_fraction` of the videos a tone pulsed at
+  the class's own mel band carries a weak class signal that generalises, and that complements
+  RGB exactly where RGB is blind (the blank videos).
 So audio-only overfits (train >> val), RGB generalises, and naive joint training lets the audio
 memoriser drive the fused training loss to zero before the RGB pathway has learned motion.
 """
