@@ -18,14 +18,15 @@ import torch
 from conftest import gblend_cmd, gblend_env
 
 TINY = ["--set", "model.visual_widths=[4,8,8,8]", "--set", "model.audio_widths=[4,8,8,8]",
-        "--set", "train.batch_size=8", "--set", "clip.eval_clips=3", "--set", "train.train_eval_size=16"]
+        "--set", "train.batch_size=8", "--set", "clip.eval_clips=3", "--set", "train.train_eval_size=16",
+        "--set", "train.eval_every=1"]
 
 
 def tiny_cfg(**over):
     from gblend_cli.config import load_config
 
     o = {"model.visual_widths": [4, 8, 8, 8], "model.audio_widths": [4, 8, 8, 8], "train.batch_size": 8,
-         "clip.eval_clips": 3, "train.train_eval_size": 16, "train.epochs": 2}
+         "clip.eval_clips": 3, "train.train_eval_size": 16, "train.epochs": 2, "train.eval_every": 1}
     o.update(over)
     return load_config(None, o)
 
