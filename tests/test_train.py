@@ -308,3 +308,27 @@ def test_torchrun_two_cpu_processes(tiny_demo, tmp_path):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
     assert not list(run.rglob("*.tmp"))
+
+
+def test_disk_reads_equal_ram_cached_reads(tiny_demo):
+    """Large datasets read clip windows from disk with pread; small ones from RAM: same batches."""
+    import numpy as np
+
+    from gblend_cli.data import ClipDataset, PreparedDataset, eval_items
+
+    cfg = tiny_cfg()
+    ram, disk = PreparedDataset(tiny_demo), PreparedDataset(tiny_demo, cache_bytes=0)
+    assert ram._cache_ok and not disk._cache_ok
+    idx = ram.split_indices("val")
+    for train in (True, False):
+        items = [(i, -1) for i in idx] if train else eval_items(ram, idx, 10, cfg["clip"]["frames"])
+        a = ClipDataset(ram, items, ["audio", "rgb", "flow"], cfg["clip"], train=train, seed=1)
+        b = ClipDataset(disk, items, ["audio", "rgb", "flow"], cfg["clip"], train=train, seed=1)
+        for ks in ([0, 1, 2, 3], [5, 7, len(items) - 1]):
+            x, y = a.__getitems__(ks), b.__getitems__(ks)
+            for k in x:
+                assert np.array_equal(x[k].numpy(), y[k].numpy()), k
+    # a window that runs past the end of a short clip repeats the last frame
+    i = idx[0]
+    n = disk.length("rgb", i)
+    assert disk.rows("rgb", i, n - 2, n + 5).shape[0] == 2
