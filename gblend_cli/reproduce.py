@@ -1,5 +1,5 @@
 """`reproduce`: a recipe's whole matrix — prepare the data, the uni-modal, naive and G-Blend runs
-(each one `gblend train-*` subprocess, `reproduce.jobs` at a time, one thread each), the OGR
+(each one `gblend train-*` command in its own process, `reproduce.jobs` at a time, one thread each), the OGR
 comparison and the report. A run whose final.json exists is skipped and one with a last.pt is
 resumed, so an interrupted reproduce continues where it stopped."""
 
@@ -76,7 +76,7 @@ def reproduce(cfg: dict, recipe: Path | None, sets: list[str], results: Path | N
 
 
 def _run_jobs(todo: list, jobs: int, recipe, data: Path, results: Path, sets: list[str]) -> list[str]:
-    """Run the train commands as subprocesses, `jobs` at a time, logs in results/logs/."""
+    """Run the train commands in their own processes, `jobs` at a time, logs in results/logs/."""
     logs = results / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     from .prepare import worker_context
