@@ -90,7 +90,6 @@ def build_model(arch: str, num_classes: int, smoke: bool):
 
 def count_step_flops(model, x, y) -> int:
     """FLOPs of one training step (forward + backward), fp32, counted by FlopCounterMode."""
-    import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import FORMAT_VERSION
 from .errors import UserError
 from .media import LOG_EPS
+from .storage import require_known_format
 
 SILENCE = float(np.log(LOG_EPS))
 
@@ -48,9 +48,7 @@ class PreparedDataset:
             self.meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError:
             raise UserError(f"{meta_path}: not valid JSON") from None
-        if self.meta.get("format_version", 0) > FORMAT_VERSION:
-            raise UserError(f"{meta_path}: written by a newer gblend (format {self.meta['format_version']} > "
-                            f"{FORMAT_VERSION}); upgrade gblend")
+        require_known_format(self.meta, meta_path)
         self.classes: list[str] = self.meta["classes"]
         self.multilabel: bool = self.meta["multilabel"]
         self.fps: float = self.meta["fps"]
@@ -113,7 +111,6 @@ class PreparedDataset:
     def rows(self, modality: str, i: int, lo: int, hi: int) -> np.ndarray:
         """array[lo:hi] of a clip. From disk this is one `pread` of the contiguous rows (3.3x faster
         than page-faulting through a memory map: docs/PERFORMANCE.md)."""
-        key = (modality, self.clips[i].clip_id)
         if self._cache_ok:
             return self.array(modality, i)[lo:hi]
         path, shape, dtype, offset = self._header(modality, i)

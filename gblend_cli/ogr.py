@@ -12,9 +12,8 @@ import math
 import sys
 from pathlib import Path
 
-from . import FORMAT_VERSION
 from .errors import UserError
-from .storage import read_jsonl
+from .storage import read_jsonl, require_known_format
 
 
 def gradient_blend_terms(LT_before: float, LV_before: float, LT_after: float, LV_after: float) -> dict:
@@ -60,11 +59,9 @@ def measure(runs: list[Path], start: int | None, end: int | None, metric: str = 
         final = Path(run) / "final.json"
         if final.exists():
             try:
-                version = json.loads(final.read_text()).get("format_version", 0)
+                require_known_format(json.loads(final.read_text()), final)
             except json.JSONDecodeError:
-                version = 0
-            if version > FORMAT_VERSION:
-                raise UserError(f"{final}: written by a newer gblend (format {version}); upgrade gblend")
+                pass  # a damaged final.json does not stop reading metrics.jsonl
         rows = read_jsonl(Path(run) / "metrics.jsonl")
         if not rows:
             raise UserError(f"{run}: no metrics.jsonl with epochs (not a gblend run folder?)")

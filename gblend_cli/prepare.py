@@ -27,11 +27,17 @@ from pathlib import Path
 from . import FORMAT_VERSION
 from .config import data_dir, to_toml
 from .errors import UserError
-from .storage import (append_jsonl, folder_lock, read_jsonl, save_npy_atomic, write_json_atomic,
-                      write_text_atomic)
+from .storage import (append_jsonl, folder_lock, read_jsonl, require_known_format, save_npy_atomic,
+                      write_json_atomic, write_text_atomic)
 from .ui import console, progress
 
 SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow")
+
+
+def _record(spec: dict, **fields) -> dict:
+    """A clip's journal record: its identity plus `fields` (status, reason, shapes...)."""
+    return {"clip": spec["clip_id"], "split": spec["split"], "labels": list(spec["labels"]), "source": spec["path"],
+            **fields}
 
 
 def prepare_one(spec: dict, settings: dict) -> dict:
@@ -40,7 +46,7 @@ def prepare_one(spec: dict, settings: dict) -> dict:
 
     from .media import DecodeError, decode_clip, log_mel, optical_flow, silence_log_mel
 
-    rec = {"clip": spec["clip_id"], "split": spec["split"], "labels": list(spec["labels"]), "source": spec["path"]}
+    rec = _record(spec)
     out = Path(settings["out"])
     try:
         if not os.access(spec["path"], os.R_OK):
@@ -82,8 +88,7 @@ def _worker_main(conn, settings: dict, threads: int) -> None:
         try:
             rec = prepare_one(job, settings)
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
-            rec = {"clip": job["clip_id"], "split": job["split"], "labels": list(job["labels"]),
-                   "source": job["path"], "status": "failed", "reason": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
+            rec = _record(job, status="failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
         conn.send(rec)
 
 
@@ -121,7 +126,7 @@ class _Pool:
                     try:
                         rec = w["conn"].recv()
                     except (EOFError, OSError):  # the worker died (e.g. a decoder crash)
-                        rec = self._failed(w["job"], "decoder process crashed")
+                        rec = _record(w["job"], status="failed", reason="decoder process crashed")
                         self._replace(i)
                     w = self.workers[i]
                     w["job"] = None
@@ -131,12 +136,7 @@ class _Pool:
                               else "decoder process crashed")
                     job = w["job"]
                     self._replace(i)
-                    yield self._failed(job, reason)
-
-    @staticmethod
-    def _failed(job: dict, reason: str) -> dict:
-        return {"clip": job["clip_id"], "split": job["split"], "labels": list(job["labels"]),
-                "source": job["path"], "status": "failed", "reason": reason}
+                    yield _record(job, status="failed", reason=reason)
 
     def _replace(self, i: int) -> None:
         w = self.workers[i]
@@ -165,11 +165,9 @@ def _check_settings(out: Path, cfg: dict) -> None:
     meta = out / "dataset.json"
     if meta.exists():
         try:
-            version = json.loads(meta.read_text()).get("format_version", 0)
+            require_known_format(json.loads(meta.read_text()), meta)
         except json.JSONDecodeError:
             raise UserError(f"{meta}: not valid JSON; use another --out") from None
-        if version > FORMAT_VERSION:
-            raise UserError(f"{meta}: written by a newer gblend (format {version} > {FORMAT_VERSION}); upgrade gblend")
     saved = out / "prepare_config.toml"
     if not saved.exists():
         return

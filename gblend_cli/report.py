@@ -12,11 +12,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import FORMAT_VERSION, paper
+from . import paper
 from .ogr import evaluated_epochs, ogr_between
 from .errors import UserError
 from .runs import run_name
-from .storage import read_jsonl
+from .storage import read_jsonl, require_known_format
 
 METHOD_LABELS = {"unimodal": "uni-modal", "naive": "naive", "gblend-offline": "G-Blend offline",
                  "gblend-online": "G-Blend online", "gblend-equal": "auxiliary loss (equal w)",
@@ -45,8 +45,7 @@ def discover_runs(results: Path) -> list[Run]:
     for fj in sorted(Path(results).rglob("final.json")):
         try:
             f = json.loads(fj.read_text())
-            if f.get("format_version", 0) > FORMAT_VERSION:
-                raise UserError(f"{fj}: written by a newer gblend (format {f['format_version']}); upgrade gblend")
+            require_known_format(f, fj)
             method = f["method"] + (f"-{f['mode']}" if f["method"] == "gblend" else "")
             runs.append(Run(fj.parent, method, "+".join(f["modalities"]), int(f["seed"]), f))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):

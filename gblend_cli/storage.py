@@ -19,6 +19,16 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def require_known_format(meta: dict, where: Path | str) -> None:
+    """Refuse files written by a newer gblend (their `format_version` is above ours) rather than
+    guess at a layout this version does not know."""
+    from . import FORMAT_VERSION
+
+    version = meta.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise UserError(f"{where}: written by a newer gblend (format {version} > {FORMAT_VERSION}); upgrade gblend")
+
+
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ from .config import to_toml
 from .data import ClipDataset, PreparedDataset, eval_items, make_loader, split_holdout, subset
 from .errors import UserError
 from .models import MultiModalNet
-from .storage import (append_jsonl, read_jsonl, rewrite_jsonl_atomic, torch_save_atomic, write_json_atomic,
-                      write_text_atomic)
+from .storage import (append_jsonl, read_jsonl, require_known_format, rewrite_jsonl_atomic, torch_save_atomic,
+                      write_json_atomic, write_text_atomic)
 from .ui import console, progress
 
 
@@ -479,8 +479,7 @@ def load_checkpoint(path: Path) -> dict:
 def check_resume_compatible(state: dict, cfg: dict, spec: RunSpec, run: Path) -> None:
     import tomllib
 
-    if state.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{run}: written by a newer gblend (format {state['format_version']}); upgrade to resume")
+    require_known_format(state, run / "checkpoints" / "last.pt")
     old = tomllib.loads(state["config"])
     new = tomllib.loads(to_toml(cfg))
     ignore = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
@@ -503,8 +502,7 @@ def load_backbones(model: MultiModalNet, run: Path) -> None:
         if not path.exists():
             raise UserError(f"{path}: no checkpoint to initialise from (--init-from)")
         full = load_checkpoint(path)
-        if full.get("format_version", 0) > FORMAT_VERSION:
-            raise UserError(f"{path}: written by a newer gblend (format {full['format_version']}); upgrade gblend")
+        require_known_format(full, path)
         state = full["model"]
         loaded = False
         for m in model.modalities:
