@@ -103,7 +103,9 @@ def encode_mp4(path: Path, frames: np.ndarray, wave: np.ndarray, fps: int) -> No
     with av.open(str(tmp), "w") as out:
         vs = out.add_stream("libx264", rate=Fraction(fps))
         vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        vs.options = {"crf": "12", "preset": "veryfast", "threads": "1"}
+        # rc-lookahead=0: x264's lookahead (macroblock tree) makes the output depend on what the
+        # process encoded before, so the same frames gave different files in different workers
+        vs.options = {"crf": "12", "preset": "veryfast", "threads": "1", "x264-params": "rc-lookahead=0"}
         aus = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
         aus.bit_rate = 64000
         for img in frames:

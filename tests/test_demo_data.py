@@ -1,0 +1,36 @@
+"""The demo generator: the same seed gives the same files, whichever process renders them."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import gblend_env
+
+RENDER = """
+import hashlib, sys
+from pathlib import Path
+from gblend_cli import demo_data
+from gblend_cli.config import load_config
+p = load_config(None)["demo"]
+out = Path(sys.argv[1])
+jobs = demo_data.video_jobs(out, p, seed=0)
+for j in jobs[:int(sys.argv[2])]:  # what this process encodes before the video we compare
+    demo_data.render_job(dict(j, path=str(out / f"warm{j['index']}.mp4")), p)
+demo_data.render_job(jobs[23], p)
+print(hashlib.md5(Path(jobs[23]["path"]).read_bytes()).hexdigest())
+"""
+
+
+def test_a_demo_video_does_not_depend_on_what_its_process_encoded_before(tmp_path):
+    # x264's lookahead once made the 24th video differ between a fresh worker and one that had
+    # encoded 5 videos before it (demo data then depended on worker scheduling)
+    digests = set()
+    for warm in (0, 5):
+        p = subprocess.run([sys.executable, "-c", RENDER, str(tmp_path / f"w{warm}"), str(warm)], env=gblend_env(),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        digests.add(p.stdout.split()[-1])
+    assert len(digests) == 1, digests
