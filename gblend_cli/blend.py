@@ -53,7 +53,7 @@ def _apply_floors(w: dict[str, float], floors: dict[str, float]) -> dict[str, fl
         low = {h for h, v in scaled.items() if v < floors.get(h, 0.0)}
         if not low:
             return {**fixed, **scaled}
-        fixed.update({h: floors.get(h, 0.0) for h in low})
+        fixed.update({h: floors.get(h, 0.0) for h in w if h in low})  # head order, not set order: sums stay bit-exact
         if sum(fixed.values()) >= 1.0:  # floors alone fill the budget: share in proportion to floors
             s = sum(fixed.values())
             return {h: fixed.get(h, 0.0) / s for h in w}
