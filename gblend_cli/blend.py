@@ -7,8 +7,8 @@ Proposition 1 in practice: w_k = (1/Z) ΔG_k / ΔO_k² (Z: weights sum to 1).
 Algorithm 1 (`estimate_blend_weights`): from one checkpoint, train the k uni-modal networks and
 the naive fused network n epochs on T — all k+1 in one pass over the data (EstimatorEnsemble) —
 and measure L^T on T' and L^V on V before and after, each with a clean eval-mode pass, averaged per
-sample. Algorithm 2 (offline): estimate once at φ_0 over the whole run length (`estimate_epochs`
-= 0). Algorithm 3 (online): re-estimate at the start of every super-epoch.
+sample. Algorithms 2 (offline) and 3 (online) decide when to call it: the loss policy in
+gblend_cli/policies/gblend.py.
 
 The paper leaves ΔG <= 0 and ΔO ≈ 0 open. Rules (`gblend.rule`):
 - raw: the formula with the minimal guards: ΔG clipped at 0, ΔO² floored at 1e-12; all-zero ->
@@ -26,7 +26,6 @@ import math
 import torch
 
 from .ogr import gradient_blend_terms, loss_like
-from .storage import append_jsonl
 from .ui import console
 
 
@@ -82,30 +81,20 @@ def blend_weights(delta_g: dict[str, float], delta_o: dict[str, float], rule: st
 
 
 # --- Algorithm 1 --------------------------------------------------------------------------------
-def estimate_blend_weights(trainer, model, epoch: int, n_epochs: int, gcfg: dict) -> dict:
-    """Algorithm 1 at checkpoint φ_epoch for n epochs: returns the blend_weights.jsonl row
-    {"epoch", "n_epochs", "metric", "rule", "heads": {h: {LT/LV before/after, ΔO, ΔG, OGR, w_raw, w}}}.
-    The main model is not modified; the estimators' RNG is seeded by (seed, epoch)."""
+def estimate_blend_weights(ctx, epoch: int, n_epochs: int, gcfg: dict) -> dict:
+    """Algorithm 1 at checkpoint φ_epoch for n epochs, through the run's EstimationContext:
+    returns the blend_weights.jsonl row {"epoch", "n_epochs", "metric", "rule", "heads": {h: {LT/LV
+    before/after, ΔO, ΔG, OGR, w_raw, w}}}. The run's model is not modified; the estimators'
+    randomness is seeded by (seed, epoch)."""
     from .models import EstimatorEnsemble
-    from .train import make_optimizer, make_scheduler, unwrap
 
-    base = unwrap(model)
-    ensemble = EstimatorEnsemble(base, trainer.cfg["model"]).to(trainer.device)
+    ensemble = EstimatorEnsemble(ctx.model, ctx.model_cfg).to(ctx.device)
     heads = ensemble.head_names
-    tcfg = trainer.tcfg
-    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
-        torch.manual_seed(tcfg["seed"] * 1000 + epoch + 1)
-        before = {s: trainer.evaluate(ensemble, trainer.eval_sets[s], heads) for s in ("train", "holdout")}
-        opt = make_optimizer(ensemble.parameters(), tcfg)
-        sched = make_scheduler(opt, trainer.steps_per_epoch, tcfg, offset_epochs=epoch)
-        wrapped = trainer.wrap(ensemble)
-        ones = {h: 1.0 for h in heads}
-        for e in range(n_epochs):
-            stats = trainer.run_epoch(wrapped, opt, sched, ones, epoch + e, clip_groups=ensemble.clip_groups())
-            if trainer.env.is_main:
-                console.print(f"  G-Blend estimation {e + 1}/{n_epochs} (from epoch {epoch}): "
-                              + ", ".join(f"{h} {stats[h]:.3f}" for h in heads))
-        after = {s: trainer.evaluate(ensemble, trainer.eval_sets[s], heads) for s in ("train", "holdout")}
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        torch.manual_seed(ctx.seed * 1000 + epoch + 1)
+        before = {s: ctx.evaluate(ensemble, s, heads) for s in ("train", "holdout")}
+        ctx.train(ensemble, epoch, n_epochs, clip_groups=ensemble.clip_groups())
+        after = {s: ctx.evaluate(ensemble, s, heads) for s in ("train", "holdout")}
     metric = gcfg["metric"]
     rows: dict[str, dict] = {}
     for h in heads:
@@ -122,47 +111,6 @@ def estimate_blend_weights(trainer, model, epoch: int, n_epochs: int, gcfg: dict
         rows[h]["w"] = w[h]
         rows[h]["ogr"] = rows[h]["ogr"] if math.isfinite(rows[h]["ogr"]) else None
     return {"epoch": epoch, "n_epochs": n_epochs, "metric": metric, "rule": gcfg["rule"], "heads": rows}
-
-
-class GradientBlending:
-    """Loss-weight policy for the training core: offline (Alg. 2) estimates once at epoch 0;
-    online (Alg. 3) re-estimates at the start of every super-epoch."""
-
-    def __init__(self, gcfg: dict, epochs: int, heads: list[str]):
-        self.gcfg, self.epochs, self.heads = gcfg, epochs, heads
-        self.weights = {h: 1.0 / len(heads) for h in heads}
-        self.history: list[dict] = []
-
-    def schedule(self) -> dict[int, int]:
-        """{epoch: estimation length} of every estimation point."""
-        if self.gcfg["mode"] == "offline":
-            return {0: self.gcfg["estimate_epochs"] or self.epochs}
-        points, e, n = {}, 0, self.gcfg["warmup_super_epoch"]
-        while e < self.epochs:
-            points[e] = min(n, self.epochs - e)
-            e += n
-            n = self.gcfg["super_epoch"]
-        return points
-
-    def before_epoch(self, epoch: int, trainer) -> None:
-        n = self.schedule().get(epoch)
-        if n is None:
-            return
-        row = estimate_blend_weights(trainer, trainer.model, epoch, n, self.gcfg)
-        old = dict(self.weights)
-        self.weights = {h: row["heads"][h]["w"] for h in self.heads}
-        self.history.append({"epoch": epoch, "weights": dict(self.weights)})
-        if trainer.env.is_main:
-            append_jsonl(trainer.run_dir / "blend_weights.jsonl", row)
-            if old != self.weights:
-                show_weights_table(row)
-
-    def state_dict(self) -> dict:
-        return {"weights": self.weights, "history": self.history}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.weights = dict(state["weights"])
-        self.history = list(state.get("history", []))
 
 
 def show_weights_table(row: dict) -> None:

@@ -142,7 +142,8 @@ def train_unimodal(
     sets: Optional[List[str]] = SetOpt,
 ):
     """Train one modality's backbone with its own linear head (the uni-modal rows of Tables 1 and 4)."""
-    from .runs import parse_modalities, train
+    from .experiment import parse_modalities
+    from .runs import train
 
     mods = parse_modalities(modality)
     if len(mods) != 1:
@@ -163,7 +164,8 @@ def train_naive(
     init_from: Optional[str] = InitOpt, sets: Optional[List[str]] = SetOpt,
 ):
     """Naive late fusion: every backbone trained only through the fused head's loss (Table 1)."""
-    from .runs import parse_modalities, train
+    from .experiment import parse_modalities
+    from .runs import train
 
     mods = parse_modalities(modalities, minimum=2)
     cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from)
@@ -188,12 +190,14 @@ def train_gblend(
     init_from: Optional[str] = InitOpt, sets: Optional[List[str]] = SetOpt,
 ):
     """Gradient-Blending: L = sum_k w_k CE_k over every head, w_k = ΔG_k/ΔO_k² / Z estimated by Algorithm 1."""
-    from .runs import parse_modalities, train
+    from .experiment import parse_modalities
+    from .runs import train
 
     mods = parse_modalities(modalities, minimum=2)
     cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from,
-                     {"gblend__mode": mode, "gblend__metric": metric, "gblend__rule": blend_rule})
-    train(cfg, "gblend", mods, data=data, out=out, resume=resume, mode=cfg["gblend"]["mode"], weights=weights)
+                     {"gblend__mode": mode, "gblend__metric": metric, "gblend__rule": blend_rule,
+                      "gblend__weights": weights})
+    train(cfg, "gblend", mods, data=data, out=out, resume=resume)
 
 
 @app.command("measure-ogr", epilog="Examples:\n\n  gblend measure-ogr results/demo/unimodal-audio-s0 results/demo/unimodal-rgb-s0 "
@@ -287,12 +291,17 @@ def reproduce_cmd(
         cfg["reproduce"]["other_seeds"] = [s for s in cfg["reproduce"]["other_seeds"] if s in seed_list] or seed_list[:1]
     from .config import resolve_recipe_path
 
-    reproduce(cfg, resolve_recipe_path(recipe), sets or [], results, sorted(set(tables), key=tables.index),
+    reproduce(cfg, run_argv, resolve_recipe_path(recipe), sets or [], results, sorted(set(tables), key=tables.index),
               str(recipe) if recipe else "")
 
 
 def main() -> None:  # console-script entry point
     app()
+
+
+def run_argv(argv: list[str]) -> None:
+    """`gblend <argv>` in this process: the entry point `reproduce` starts its runs with."""
+    app(args=argv, prog_name="gblend")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +302,49 @@ class _EpochRandomSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+
+@dataclass
+class RunData:
+    """The loaders of one run: T (training, shuffled per (seed, epoch)), the per-epoch evaluation
+    splits (T' in eval mode, the held-out V and the evaluation split, one centre clip per video)
+    and the final evaluation (`eval_clips` clips per video). In a distributed run each process
+    trains on its shard of T and evaluates whole videos of its own."""
+
+    ds: PreparedDataset
+    train_loader: torch.utils.data.DataLoader
+    eval_loaders: dict[str, torch.utils.data.DataLoader] = field(default_factory=dict)  # train | holdout | val
+    final_loader: torch.utils.data.DataLoader | None = None
+    split_sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+
+def build_run_data(ds: PreparedDataset, modalities: list[str], cfg: dict, *, rank: int = 0, world: int = 1,
+                   pin_memory: bool = False) -> RunData:
+    tcfg, clip = cfg["train"], cfg["clip"]
+    seed, batch = tcfg["seed"], tcfg["batch_size"]
+    T, V = split_holdout(ds, tcfg["holdout_fraction"], seed)
+    val = ds.split_indices("val") or ds.split_indices("test")
+    if not T:
+        raise UserError(f"{ds.root}: no training clips (split 'train' is empty)")
+    if not val:
+        raise UserError(f"{ds.root}: no evaluation clips (split 'val' is empty)")
+    ds.preload(T + V + val, modalities)
+    train_set = ClipDataset(ds, [(i, -1) for i in T], modalities, clip, train=True, seed=seed)
+    train_loader = make_loader(train_set, batch, shuffle=True, seed=seed, drop_last=True, workers=tcfg["workers"],
+                               rank=rank, world=world, pin_memory=pin_memory)
+    if len(train_loader) == 0:
+        raise UserError(f"train.batch_size = {batch} is larger than the {len(T)} training clips per process")
+    Tp = subset(T, tcfg["train_eval_size"], seed)
+
+    def eval_loader(indices: list[int], n_clips: int):
+        mine = [i for r, i in enumerate(indices) if r % world == rank]  # whole videos per process
+        dataset = ClipDataset(ds, eval_items(ds, mine, n_clips, clip["frames"]), modalities, clip, train=False)
+        return make_loader(dataset, batch * 2, shuffle=False, seed=0, workers=tcfg["workers"], pin_memory=pin_memory)
+
+    loaders = {name: eval_loader(idx, 1) for name, idx in (("train", Tp), ("holdout", V), ("val", val)) if idx}
+    return RunData(ds, train_loader, loaders, eval_loader(val, clip["eval_clips"]),
+                   {"T": len(T), "V": len(V), "T_prime": len(Tp), "val": len(val)})

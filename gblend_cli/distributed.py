@@ -94,3 +94,24 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def world_size() -> int:
+    """Processes in the group (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def wrap_model(model: torch.nn.Module, env: DistEnv, device: torch.device, compile_: bool = False) -> torch.nn.Module:
+    """The model as trained: torch.compile'd on CUDA when asked, DistributedDataParallel when the
+    run has several processes."""
+    if compile_ and device.type == "cuda":
+        model = torch.compile(model)
+    if env.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP and torch.compile wrappers."""
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile

@@ -210,3 +210,32 @@ class EstimatorEnsemble(nn.Module):
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Gradient clipping is per estimator (a global norm would couple them)."""
         return [list(e.parameters()) for e in self.estimators.values()]
+
+
+def set_channels_last(model: nn.Module) -> None:
+    """channels_last(_3d) weights and activations for the convolutional backbones (CUDA)."""
+    for m in model.modules():
+        if isinstance(m, VideoBackbone):
+            m.to(memory_format=torch.channels_last_3d)
+            m.channels_last = True
+        elif isinstance(m, AudioBackbone):
+            m.to(memory_format=torch.channels_last)
+
+
+def load_backbones(model: MultiModalNet, states: list[tuple[str, dict]]) -> None:
+    """The paper's "pre-training" baseline: initialise `model`'s backbones (and matching heads)
+    from uni-modal runs' model states, given as (where, state_dict) pairs."""
+    from .errors import UserError
+
+    for where, state in states:
+        loaded = False
+        for m in model.modalities:
+            sub = {k[len(f"backbones.{m}."):]: v for k, v in state.items() if k.startswith(f"backbones.{m}.")}
+            if sub:
+                model.backbones[m].load_state_dict(sub)
+                loaded = True
+            head = {k[len(f"heads.{m}."):]: v for k, v in state.items() if k.startswith(f"heads.{m}.")}
+            if head and m in model.heads:
+                model.heads[m].load_state_dict(head)
+        if not loaded:
+            raise UserError(f"{where}: has no backbone for {', '.join(model.modalities)}")

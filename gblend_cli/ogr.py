@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .storage import read_jsonl, require_known_format
+from .storage import finite_or_null
 
 
 def gradient_blend_terms(LT_before: float, LV_before: float, LT_after: float, LV_after: float) -> dict:
@@ -55,14 +55,12 @@ def measure(runs: list[Path], start: int | None, end: int | None, metric: str = 
     """`measure-ogr`: per run and head, the OGR between `start` and `end` (default: first and last
     evaluated epochs) plus the per-epoch OGR between consecutive evaluated epochs."""
     out = []
+    from .run_folder import RunFolder
+
     for run in runs:
-        final = Path(run) / "final.json"
-        if final.exists():
-            try:
-                require_known_format(json.loads(final.read_text()), final)
-            except json.JSONDecodeError:
-                pass  # a damaged final.json does not stop reading metrics.jsonl
-        rows = read_jsonl(Path(run) / "metrics.jsonl")
+        folder = RunFolder(Path(run), writer=False)
+        folder.final()  # refuses a run written by a newer gblend; a damaged final.json does not stop us
+        rows = folder.metrics()
         if not rows:
             raise UserError(f"{run}: no metrics.jsonl with epochs (not a gblend run folder?)")
         epochs = evaluated_epochs(rows)
@@ -97,8 +95,6 @@ def print_measure(rows: list[dict], fmt: str) -> None:
     if not rows:
         raise UserError("measure-ogr: no heads with evaluated epochs in these runs")
     if fmt == "json":
-        from .report import finite_or_null
-
         sys.stdout.write(json.dumps(finite_or_null(rows), indent=2, allow_nan=False) + "\n")
         return
     if fmt == "csv":

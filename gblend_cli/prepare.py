@@ -237,7 +237,7 @@ def worker_context():
     once (fast starts) and never used their thread pools (a fork of those can deadlock)."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["gblend_cli.cli", "gblend_cli.prepare", "gblend_cli.media", "gblend_cli.demo_data",
-                                "gblend_cli.train", "gblend_cli.blend", "torch", "torchvision", "cv2", "av"])
+                                "gblend_cli.train", "gblend_cli.engine", "gblend_cli.blend", "gblend_cli.policies", "torch", "torchvision", "cv2", "av"])
     return ctx
 
 

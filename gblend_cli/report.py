@@ -7,50 +7,19 @@ there is shown as missing, with the command that would produce it.
 from __future__ import annotations
 
 import json
-import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paper
-from .ogr import evaluated_epochs, ogr_between
 from .errors import UserError
-from .runs import run_name
-from .storage import read_jsonl, require_known_format
+from .experiment import RunKey, matrix
+from .ogr import evaluated_epochs, ogr_between
+from .run_folder import RunFolder
+from .storage import finite_or_null
 
 METHOD_LABELS = {"unimodal": "uni-modal", "naive": "naive", "gblend-offline": "G-Blend offline",
                  "gblend-online": "G-Blend online", "gblend-equal": "auxiliary loss (equal w)",
                  "gblend-fixed": "G-Blend fixed w"}
-
-
-@dataclass
-class Run:
-    path: Path
-    method: str  # unimodal | naive | gblend-<mode>
-    combo: str  # modalities joined by '+'
-    seed: int
-    final: dict
-    _metrics: list | None = field(default=None, repr=False)
-
-    @property
-    def metrics(self) -> list[dict]:
-        if self._metrics is None:
-            self._metrics = read_jsonl(self.path / "metrics.jsonl")
-        return self._metrics
-
-
-def discover_runs(results: Path) -> list[Run]:
-    """Every run folder (one with a final.json) under `results`, identified from final.json."""
-    runs = []
-    for fj in sorted(Path(results).rglob("final.json")):
-        try:
-            f = json.loads(fj.read_text())
-            require_known_format(f, fj)
-            method = f["method"] + (f"-{f['mode']}" if f["method"] == "gblend" else "")
-            runs.append(Run(fj.parent, method, "+".join(f["modalities"]), int(f["seed"]), f))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue  # not a gblend run folder
-    return runs
 
 
 def _stats(values: list[float]) -> dict:
@@ -61,15 +30,18 @@ def _stats(values: list[float]) -> dict:
 
 
 class Matrix:
-    """The runs found, grouped by (method, combo), plus the matrix the recipe expects."""
+    """The finished runs found under a results folder, grouped by (variant, combo), beside the
+    matrix the recipe expects."""
 
-    def __init__(self, runs: list[Run], cfg: dict | None = None, recipe_arg: str = ""):
-        self.runs, self.cfg, self.recipe_arg = runs, cfg, recipe_arg
-        self.by_key: dict[tuple[str, str], list[Run]] = {}
-        for r in runs:
-            self.by_key.setdefault((r.method, r.combo), []).append(r)
+    def __init__(self, folders: list[RunFolder], cfg: dict | None = None, recipe_arg: str = ""):
+        self.folders, self.cfg, self.recipe_arg = folders, cfg, recipe_arg
+        self.by_key: dict[tuple[str, str], list[RunFolder]] = {}
+        for f in folders:
+            k = f.key()
+            self.by_key.setdefault((k.variant, k.combo), []).append(f)
         rp = (cfg or {}).get("reproduce")
         self.main = rp["main"] if rp else "audio+rgb"
+        self.expected = matrix(cfg) if rp else []
         self.seeds = {c: (rp["seeds"] if c == self.main else rp["other_seeds"]) for c in [self.main] + rp["other_combos"]} if rp else {}
         self.modes = {c: (rp["gblend_modes"] if c == self.main else rp["other_gblend_modes"]) for c in self.seeds} if rp else {}
 
@@ -77,32 +49,22 @@ class Matrix:
         present = {c for (m, c) in self.by_key if "+" in c} | set(self.seeds)
         return [c for c in paper.COMBOS if c in present] + sorted(present - set(paper.COMBOS))
 
-    def get(self, method: str, combo: str) -> list[Run]:
-        return sorted(self.by_key.get((method, combo), []), key=lambda r: r.seed)
+    def get(self, variant: str, combo: str) -> list[RunFolder]:
+        return sorted(self.by_key.get((variant, combo), []), key=lambda f: f.key().seed)
 
     def expected_seeds(self, combo: str) -> list[int]:
         return list(self.seeds.get(combo, [0]))
 
-    def missing(self, method: str, combo: str, seeds: list[int] | None = None) -> list[str]:
-        """Commands that would produce the expected but absent runs of (method, combo)."""
-        have = {r.seed for r in self.get(method, combo)}
+    def missing(self, variant: str, combo: str, seeds: list[int] | None = None) -> list[str]:
+        """Commands that would produce the expected but absent runs of (variant, combo)."""
+        have = {f.key().seed for f in self.get(variant, combo)}
         want = seeds if seeds is not None else self.expected_seeds(combo)
-        return [self.command(method, combo, s) for s in want if s not in have]
+        method, _, mode = variant.partition("-")
+        return [RunKey(method, tuple(combo.split("+")), s, mode or None).command(recipe=self.recipe_arg or None)
+                for s in want if s not in have]
 
-    def command(self, method: str, combo: str, seed: int) -> str:
-        rec = f" --recipe {self.recipe_arg}" if self.recipe_arg else ""
-        mods = combo.replace("+", ",")
-        if method == "unimodal":
-            return f"gblend train-unimodal --modality {combo} --seed {seed}{rec}"
-        if method == "naive":
-            return f"gblend train-naive --modalities {mods} --seed {seed}{rec}"
-        mode = method.split("-", 1)[1]
-        if mode in ("offline", "online"):
-            return f"gblend train-gblend --modalities {mods} --mode {mode} --seed {seed}{rec}"
-        return f"gblend train-gblend --modalities {mods} --weights equal --seed {seed}{rec}"
-
-    def metric(self, method: str, combo: str, key: str) -> dict:
-        return _stats([r.final[key] for r in self.get(method, combo) if r.final.get(key) is not None])
+    def metric(self, variant: str, combo: str, key: str) -> dict:
+        return _stats([f.final()[key] for f in self.get(variant, combo) if f.final().get(key) is not None])
 
     def best_unimodal(self, combo: str) -> str | None:
         scores = {m: self.metric("unimodal", m, "video_top1")["mean"] for m in combo.split("+")}
@@ -142,8 +104,8 @@ def table1(mx: Matrix) -> list[dict]:
 
 
 # --- Table 4 -------------------------------------------------------------------------------------
-def _weights(runs: list[Run]) -> dict | None:
-    ws = [r.final.get("weights") for r in runs if r.final.get("weights")]
+def _weights(runs: list[RunFolder]) -> dict | None:
+    ws = [r.final().get("weights") for r in runs if r.final().get("weights")]
     if not ws:
         return None
     return {h: round(statistics.fmean(w.get(h, 0.0) for w in ws), 3) for h in ws[0]}
@@ -177,7 +139,7 @@ def table4(mx: Matrix) -> list[dict]:
                 "weights": _weights(runs) if method.startswith("gblend") else None,
                 "clip_top1": _mean(clip), "video_top1": _mean(v1), "video_top5": _mean(v5),
                 "clip_top1_std": _std(clip), "video_top1_std": _std(v1), "video_top5_std": _std(v5),
-                "seeds": [r.seed for r in runs],
+                "seeds": [r.key().seed for r in runs],
                 "paper_clip_top1": pv[0] if pv else None, "paper_video_top1": pv[1] if pv else None,
                 "paper_video_top5": pv[2] if pv else None,
                 "paper_weights": p.get("weights") if method == "gblend-offline" and pv else None,
@@ -201,8 +163,8 @@ def overfit(mx: Matrix) -> tuple[list[dict], list[str]]:
             continue
         ogrs = []
         for r in runs:
-            ep = evaluated_epochs(r.metrics)
-            o = ogr_between(r.metrics, r.final["head"], ep[0], ep[-1]) if len(ep) >= 2 else None
+            ep = evaluated_epochs(r.metrics())
+            o = ogr_between(r.metrics(), r.final()["head"], ep[0], ep[-1]) if len(ep) >= 2 else None
             if o and o["ogr"] is not None:
                 ogrs.append(o["ogr"])
         tr, va = mx.metric(method, combo, "train_top1"), mx.metric(method, combo, "clip_top1")
@@ -210,7 +172,7 @@ def overfit(mx: Matrix) -> tuple[list[dict], list[str]]:
             "run": f"{METHOD_LABELS.get(method, method)} {paper.combo_label(combo)}", "method": method,
             "modalities": paper.combo_label(combo), "train_top1": _mean(tr), "val_top1": _mean(va),
             "gap": None if tr["mean"] is None or va["mean"] is None else round(tr["mean"] - va["mean"], 2),
-            "ogr": round(statistics.fmean(ogrs), 3) if ogrs else None, "seeds": [r.seed for r in runs],
+            "ogr": round(statistics.fmean(ogrs), 3) if ogrs else None, "seeds": [r.key().seed for r in runs],
             "missing": mx.missing(method, combo, mx.expected_seeds(combo) if "+" in combo else [0]),
         })
     return rows, claims(mx)
@@ -261,8 +223,8 @@ def overfit_figure(mx: Matrix, path: Path) -> Path | None:
         runs = mx.get(method, combo)
         if not runs:
             continue
-        r, head = runs[0], runs[0].final["head"]
-        rows = [x for x in r.metrics if x.get("train") and x.get("val")]
+        r, head = runs[0], runs[0].final()["head"]
+        rows = [x for x in r.metrics() if x.get("train") and x.get("val")]
         ep = [x["epoch"] for x in rows]
         colour = f"C{i}"
         label = f"{METHOD_LABELS.get(method, method)} {paper.combo_label(combo)}"
@@ -330,8 +292,7 @@ TITLES = {"table1": "Table 1: naive late fusion vs the best uni-modal model (vid
 
 
 def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = "") -> dict:
-    runs = discover_runs(results)
-    mx = Matrix(runs, cfg, recipe_arg)
+    mx = Matrix(RunFolder.discover(results), cfg, recipe_arg)
     out: dict = {}
     if "table1" in tables:
         out["table1"] = table1(mx)
@@ -371,17 +332,6 @@ def render(report: dict, fmt: str) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def finite_or_null(o):
-    """NaN/Inf -> null, so the JSON is valid for any reader."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: finite_or_null(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [finite_or_null(v) for v in o]
-    return o
-
-
 def print_rich(report: dict) -> None:
     from rich.table import Table
 
@@ -409,22 +359,3 @@ def parse_tables(table: str) -> list[str]:
     if table not in names:
         raise UserError(f"--table must be 1, 4, overfit or all; got {table!r}")
     return names[table]
-
-
-def expected_run_names(cfg: dict) -> list[tuple[str, list[str], int, str | None]]:
-    """(method, modalities, seed, mode) of every run in the recipe's reproduce matrix, in run order."""
-    rp = cfg["reproduce"]
-    out = []
-    combos = [(rp["main"], rp["seeds"], rp["gblend_modes"])] + [(c, rp["other_seeds"], rp["other_gblend_modes"])
-                                                               for c in rp["other_combos"]]
-    seen = set()
-    for combo, seeds, modes in combos:
-        mods = combo.split("+")
-        for seed in seeds:
-            for item in [("unimodal", [m], seed, None) for m in mods] + [("naive", mods, seed, None)] + \
-                        [("gblend", mods, seed, mode) for mode in modes]:
-                key = run_name(item[0], item[1], item[2], item[3])
-                if key not in seen:
-                    seen.add(key)
-                    out.append(item)
-    return out

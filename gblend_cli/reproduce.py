@@ -11,41 +11,20 @@ from pathlib import Path
 
 from .config import data_dir, results_dir
 from .errors import UserError
-from .report import expected_run_names
-from .runs import run_name
+from .experiment import RunKey, matrix
+from .run_folder import RunFolder
 from .storage import write_text_atomic
 from .ui import console, progress
 
 
-def job_args(item, recipe: Path | None, data: Path, results: Path, sets: list[str]) -> list[str]:
-    """The `gblend` arguments of one run of the matrix."""
-    method, mods, seed, mode = item
-    cmd = []
-    if method == "unimodal":
-        cmd += ["train-unimodal", "--modality", mods[0]]
-    elif method == "naive":
-        cmd += ["train-naive", "--modalities", ",".join(mods)]
-    else:
-        cmd += ["train-gblend", "--modalities", ",".join(mods), "--mode", mode]
-    run = results / run_name(method, mods, seed, mode)
-    cmd += ["--seed", str(seed), "--data", str(data), "--out", str(run), "--threads", "1"]
-    if recipe:
-        cmd += ["--recipe", str(recipe)]
-    for s in sets:
-        cmd += ["--set", s]
-    if (run / "checkpoints" / "last.pt").exists():
-        cmd.append("--resume")
-    return cmd
-
-
-def _cost(item) -> int:
+def _cost(key: RunKey) -> int:
     """Rough relative cost, to start the longest runs first."""
-    method, mods, _, _ = item
-    return (3 if method == "gblend" else 1) * len(mods)
+    return (3 if key.method == "gblend" else 1) * len(key.modalities)
 
 
-def reproduce(cfg: dict, recipe: Path | None, sets: list[str], results: Path | None = None,
+def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: Path | None = None,
               tables: list[str] | None = None, recipe_arg: str = "") -> dict:
+    """`entry(argv)` runs one `gblend` command line in a child process (the CLI passes its own)."""
     from .prepare import prepare_dataset
     from .report import build, overfit_figure, print_rich, render
 
@@ -55,11 +34,16 @@ def reproduce(cfg: dict, recipe: Path | None, sets: list[str], results: Path | N
     if not (data / "dataset.json").exists():
         console.print(f"[bold]1/3 preparing {cfg['dataset']['name']} data in {data}")
         prepare_dataset(cfg, data)
-    items = expected_run_names(cfg)
-    todo = [it for it in items if not (results / run_name(it[0], it[1], it[2], it[3]) / "final.json").exists()]
-    console.print(f"[bold]2/3 training: {len(items)} runs in the matrix, {len(items) - len(todo)} already done, "
+    keys = matrix(cfg)
+    todo = [k for k in keys if not RunFolder(results / k.name).is_complete()]
+    console.print(f"[bold]2/3 training: {len(keys)} runs in the matrix, {len(keys) - len(todo)} already done, "
                   f"{len(todo)} to run, {cfg['reproduce']['jobs']} at a time")
-    failed = _run_jobs(sorted(todo, key=_cost, reverse=True), cfg["reproduce"]["jobs"], recipe, data, results, sets)
+    jobs = []
+    for k in sorted(todo, key=_cost, reverse=True):
+        out = results / k.name
+        jobs.append((k.name, k.argv(recipe=recipe, data=data, out=out, sets=sets, threads=1,
+                                    resume=RunFolder(out).last.exists())))
+    failed = _run_jobs(jobs, cfg["reproduce"]["jobs"], results, entry)
     console.print("[bold]3/3 report")
     rep = build(results, tables or ["table1", "table4", "overfit"], cfg, recipe_arg)
     out_dir = results / "report"
@@ -75,8 +59,8 @@ def reproduce(cfg: dict, recipe: Path | None, sets: list[str], results: Path | N
     return rep
 
 
-def _run_jobs(todo: list, jobs: int, recipe, data: Path, results: Path, sets: list[str]) -> list[str]:
-    """Run the train commands in their own processes, `jobs` at a time, logs in results/logs/."""
+def _run_jobs(jobs: list[tuple[str, list[str]]], parallel: int, results: Path, entry) -> list[str]:
+    """Run (name, argv) commands in their own processes, `parallel` at a time, logs in results/logs/."""
     logs = results / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     from .prepare import worker_context
@@ -84,24 +68,23 @@ def _run_jobs(todo: list, jobs: int, recipe, data: Path, results: Path, sets: li
     ctx = worker_context()
     running: list[tuple[object, str]] = []
     failed: list[str] = []
-    queue = list(todo)
+    queue = list(jobs)
     try:
         with progress() as bar:
-            task = bar.add_task("runs", total=len(todo), info="")
+            task = bar.add_task("runs", total=len(jobs), info="")
             while queue or running:
-                while queue and len(running) < max(1, jobs):
-                    item = queue.pop(0)
-                    name = run_name(*item[:3], item[3])
-                    proc = ctx.Process(target=_job_main, args=(job_args(item, recipe, data, results, sets),
-                                                               str(logs / f"{name}.log"), os.getpid()), name=name)
+                while queue and len(running) < max(1, parallel):
+                    name, argv = queue.pop(0)
+                    proc = ctx.Process(target=_job_main, args=(entry, argv, str(logs / f"{name}.log"), os.getpid()),
+                                       name=name)
                     proc.start()
                     running.append((proc, name))
                     bar.update(task, info=", ".join(n for _, n in running))
                 time.sleep(0.2)
-                for entry in list(running):
-                    proc, name = entry
+                for entry_ in list(running):
+                    proc, name = entry_
                     if proc.exitcode is not None:
-                        running.remove(entry)
+                        running.remove(entry_)
                         if proc.exitcode != 0:
                             failed.append(name)
                             console.print(f"[red]run {name} failed[/red] (exit {proc.exitcode}); log: {logs / (name + '.log')}")
@@ -142,9 +125,9 @@ def _stop_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _job_main(argv: list[str], log_path: str, parent: int | None = None) -> None:
+def _job_main(entry, argv: list[str], log_path: str, parent: int | None = None) -> None:
     """One run of the matrix in a process forked from the forkserver (torch already imported):
-    `gblend <argv>` with stdout and stderr going to the run's log file."""
+    `entry(argv)` with stdout and stderr going to the run's log file."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -152,6 +135,4 @@ def _job_main(argv: list[str], log_path: str, parent: int | None = None) -> None
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     if parent:
         _stop_with_parent(parent)
-    from .cli import app
-
-    app(args=argv, prog_name="gblend")  # exits via SystemExit with the command's exit code
+    entry(argv)  # exits via SystemExit with the command's exit code

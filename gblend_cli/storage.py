@@ -29,6 +29,19 @@ def require_known_format(meta: dict, where: Path | str) -> None:
         raise UserError(f"{where}: written by a newer gblend (format {version} > {FORMAT_VERSION}); upgrade gblend")
 
 
+def finite_or_null(o):
+    """NaN/Inf -> null, so JSON we write is valid for any reader."""
+    import math
+
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite_or_null(v) for v in o]
+    return o
+
+
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

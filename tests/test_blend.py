@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from gblend_cli.blend import GradientBlending, _apply_floors, blend_weights, raw_weights
+from gblend_cli.blend import _apply_floors, blend_weights, raw_weights
+from gblend_cli.policies.gblend import GradientBlending
 from gblend_cli.ogr import gradient_blend_terms, ogr_between
 
 
@@ -103,10 +104,10 @@ def test_weights_are_a_distribution_under_any_input():
 
 
 def test_online_schedule_has_a_warm_up_then_super_epochs():
-    g = GradientBlending({"mode": "online", "warmup_super_epoch": 10, "super_epoch": 5, "estimate_epochs": 0}, 23,
+    g = GradientBlending({"warmup_super_epoch": 10, "super_epoch": 5, "estimate_epochs": 0}, "online", 23,
                          ["audio", "rgb", "fused"])
     assert g.schedule() == {0: 10, 10: 5, 15: 5, 20: 3}
-    off = GradientBlending({"mode": "offline", "warmup_super_epoch": 10, "super_epoch": 5, "estimate_epochs": 0}, 23,
+    off = GradientBlending({"warmup_super_epoch": 10, "super_epoch": 5, "estimate_epochs": 0}, "offline", 23,
                            ["audio", "rgb", "fused"])
     assert off.schedule() == {0: 23}  # offline estimators train the whole run length, as in the paper
     off.gcfg["estimate_epochs"] = 4

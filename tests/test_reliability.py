@@ -439,24 +439,24 @@ def test_train_resumed_after_kill_and_interrupts_matches_uninterrupted_run(train
 
 def test_kill_between_last_and_best_checkpoint_keeps_best(tiny_demo, tmp_path, monkeypatch):
     """Deterministic version of a SIGKILL landing between the two checkpoint writes of an epoch."""
-    from gblend_cli import runs, train
+    from gblend_cli import run_folder, runs
     from gblend_cli.config import load_config
 
     cfg = load_config(None, {"model.visual_widths": [4, 8, 8, 8], "model.audio_widths": [4, 8, 8, 8],
                              "train.batch_size": 8, "clip.eval_clips": 3, "train.train_eval_size": 16,
                              "train.epochs": 1, "train.seed": 5})
     runs.train(cfg, "unimodal", ["audio"], data=tiny_demo, out=tmp_path / "ref")
-    real = train.torch_save_atomic
+    real = run_folder.torch_save_atomic
 
     def killed_after_last(path, obj):
         real(path, obj)
         if Path(path).name == "last.pt":
             raise KeyboardInterrupt  # the process dies right after last.pt's rename
 
-    monkeypatch.setattr(train, "torch_save_atomic", killed_after_last)
+    monkeypatch.setattr(run_folder, "torch_save_atomic", killed_after_last)
     with pytest.raises(KeyboardInterrupt):
         runs.train(cfg, "unimodal", ["audio"], data=tiny_demo, out=tmp_path / "run")
-    monkeypatch.setattr(train, "torch_save_atomic", real)
+    monkeypatch.setattr(run_folder, "torch_save_atomic", real)
     (tmp_path / "run" / ".lock").unlink(missing_ok=True)
     runs.train(cfg, "unimodal", ["audio"], data=tiny_demo, out=tmp_path / "run", resume=True)
     ref_best = torch.load(tmp_path / "ref" / "checkpoints" / "best.pt", weights_only=True)

@@ -20,7 +20,7 @@ import pytest
 from gblend_cli import paper
 from gblend_cli.config import load_config
 from gblend_cli.report import TITLES, build, render
-from gblend_cli.runs import run_name
+from gblend_cli.experiment import RunKey
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -76,7 +76,7 @@ def write_run(results, method: str, mods: list[str], seed: int, *, video: float,
               train: float, mode: str | None = None, weights: dict | None = None, curve=DEFAULT_CURVE):
     heads = heads_of(method, mods)
     head = heads[0] if method == "unimodal" else "fused"
-    d = results / run_name(method, mods, seed, mode)
+    d = results / RunKey(method, tuple(mods), seed, mode).name
     d.mkdir(parents=True)
     final = {"head": head, "clip_top1": clip, "video_top1": video, "video_top5": top5, "train_top1": train,
              "val_loss": 1.0, "train_loss": 0.5, "method": method, "modalities": mods, "seed": seed, "epochs": 2,

@@ -156,12 +156,14 @@ def test_modality_not_prepared_is_a_clear_error(tiny_demo, tmp_path, run_gblend)
     assert not (tmp_path / "r" / "final.json").exists()
 
 
-def _trainer(tiny_demo, tmp_path, modalities=("audio", "rgb"), heads=("audio", "rgb", "fused"), **over):
-    from gblend_cli.train import RunSpec, Trainer
+def _trainer(tiny_demo, tmp_path, modalities=("audio", "rgb"), **over):
+    from gblend_cli.experiment import RunKey
+    from gblend_cli.run_folder import RunFolder
+    from gblend_cli.train import Trainer
 
     cfg = tiny_cfg(**over)
-    spec = RunSpec("gblend", list(modalities), list(heads), "fused")
-    return Trainer(cfg, spec, tmp_path / "run", tiny_demo)
+    return Trainer(cfg, RunKey("gblend", tuple(modalities), cfg["train"]["seed"], "offline"),
+                   RunFolder(tmp_path / "run"), tiny_demo)
 
 
 def test_estimators_train_only_their_own_backbone_and_measure_in_eval_mode(tiny_demo, tmp_path, monkeypatch):
@@ -179,13 +181,13 @@ def test_estimators_train_only_their_own_backbone_and_measure_in_eval_mode(tiny_
 
     # disjoint parameters: training all k+1 together leaves the audio estimator exactly where
     # training the audio loss alone leaves it, and the loss-free estimators untouched
-    from gblend_cli.train import make_optimizer, make_scheduler
+    from gblend_cli.engine import make_optimizer, make_scheduler
 
     def train_once(weights):
         torch.manual_seed(0)
         e = EstimatorEnsemble(tr.model, tr.cfg["model"])
         opt = make_optimizer(e.parameters(), tr.tcfg)
-        tr.run_epoch(e, opt, make_scheduler(opt, tr.steps_per_epoch, tr.tcfg), weights, 0, clip_groups=e.clip_groups())
+        tr.run_epoch(e, opt, make_scheduler(opt, tr.data.steps_per_epoch, tr.tcfg), weights, 0, clip_groups=e.clip_groups())
         return e
 
     joint = train_once({"audio": 1.0, "rgb": 1.0, "fused": 1.0})
@@ -220,7 +222,9 @@ def test_estimators_train_only_their_own_backbone_and_measure_in_eval_mode(tiny_
 
     monkeypatch.setattr(MultiModalNet, "forward", spy)
     monkeypatch.setattr(tr, "evaluate", evaluate)
-    row = blend.estimate_blend_weights(tr, tr.model, 0, 1, tr.cfg["gblend"])
+    from gblend_cli.train import RunContext
+
+    row = blend.estimate_blend_weights(RunContext(tr, tr.folder), 0, 1, tr.cfg["gblend"])
     assert {m for m, in_eval in modes if in_eval} == {"eval"}
     assert {m for m, in_eval in modes if not in_eval} == {"train"}
     # the main model is not modified by the estimation
@@ -268,10 +272,10 @@ def test_hand_set_weights_and_bad_weights(tiny_demo, tmp_path, run_gblend):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_demo, tmp_path, monkeypatch):
-    from gblend_cli import runs, train
+    from gblend_cli import engine, runs, train
 
     calls = {"n": 0}
-    real = train.head_loss
+    real = engine.head_loss
 
     def poisoned(logits, y, multilabel, reduction="mean"):
         loss = real(logits, y, multilabel, reduction)
@@ -281,7 +285,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_demo, tmp_path, 
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(train, "head_loss", poisoned)
+    monkeypatch.setattr(engine, "head_loss", poisoned)
     cfg = tiny_cfg(**{"train.epochs": 3})
     out = tmp_path / "nan"
     with pytest.raises(train.TrainingDiverged, match="last good checkpoint"):

@@ -1,0 +1,154 @@
+"""The loop: one training epoch and one evaluation pass, with everything they use as arguments
+(as in torchvision's reference `train_one_epoch`), so the trainer, G-Blend's estimators and the
+benchmarks all call the same two functions. Plus the optimiser and the learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import distributed as dist_utils
+from .metrics import ClipAccumulator, head_loss
+
+
+@dataclass
+class Precision:
+    """Where and in what precision a run computes: the device, the autocast dtype (bf16/fp16 on
+    CUDA, none on CPU) and the gradient scaler (fp16 only)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+
+    @classmethod
+    def for_device(cls, device: torch.device, amp: str) -> "Precision":
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get("bf16" if amp == "auto" else amp) \
+            if device.type == "cuda" else None
+        return cls(device, dtype)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def new_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler of its own for each optimiser (its scale adapts to that optimiser's steps)."""
+        return torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def to_device(self, batch: dict, modalities) -> tuple[dict, torch.Tensor]:
+        inputs = {m: batch[m].to(self.device, non_blocking=True) for m in modalities}
+        return inputs, batch["label"].to(self.device, non_blocking=True)
+
+
+# --- optimisation -------------------------------------------------------------------------------
+def make_optimizer(params, tcfg: dict) -> torch.optim.Optimizer:
+    """SGD with momentum (default; the paper's), Adam or AdaGrad (the paper's Table 3)."""
+    params = [p for p in params if p.requires_grad]
+    if tcfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=tcfg["lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"])
+    if tcfg["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    return torch.optim.Adagrad(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+
+
+def lr_factor(step: int, steps_per_epoch: int, tcfg: dict) -> float:
+    """Per-iteration LR multiplier: linear warm-up, then cosine to 0 / step decay / constant."""
+    total = tcfg["epochs"] * steps_per_epoch
+    warm = tcfg["warmup_epochs"] * steps_per_epoch
+    if warm > 0 and step < warm:
+        return (step + 1) / warm
+    if tcfg["schedule"] == "cosine":
+        progress_ = (step - warm) / max(1.0, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+    if tcfg["schedule"] == "step":
+        epoch = step / steps_per_epoch
+        return tcfg["gamma"] ** sum(epoch >= m for m in tcfg["milestones"])
+    return 1.0
+
+
+def make_scheduler(optimizer, steps_per_epoch: int, tcfg: dict, offset_epochs: int = 0):
+    """The run's schedule; `offset_epochs` starts it later (G-Blend estimators replay the segment
+    of the main schedule they stand in for)."""
+    offset = offset_epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s + offset, steps_per_epoch, tcfg))
+
+
+# --- the loop -----------------------------------------------------------------------------------
+class NonFiniteLoss(Exception):
+    """The epoch's mean training loss is NaN or Inf."""
+
+    def __init__(self, value: float):
+        super().__init__(value)
+        self.value = value
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, weights: dict[str, float], *, epoch: int,
+                    precision: Precision, scaler, modalities, multilabel: bool, grad_clip: float = 0.0,
+                    clip_groups=None, on_step=None) -> dict[str, float]:
+    """One pass over `loader`: minimise L = sum_h w_h * loss_h (heads with w_h = 0 are left out).
+
+    `on_step(step, clips_seen, running_loss_sum)` is called after each step (progress display);
+    on CUDA the running loss stays on the device and is read only every 50 steps. Returns the
+    mean per-head training losses (running, in train mode: for display only; OGR uses clean eval
+    passes) and `clips_per_s`. Raises NonFiniteLoss when the mean loss is NaN/Inf."""
+    model.train()
+    for part in (loader.dataset, loader.sampler):  # data order and augmentation depend on (seed, epoch)
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+    heads = [h for h, w in weights.items() if w > 0]
+    device = precision.device
+    w_vec = torch.tensor([weights[h] for h in heads], device=device)
+    sums = torch.zeros(len(heads) + 1, device=device)
+    world = dist_utils.world_size()
+    n = 0
+    t0 = time.perf_counter()
+    for step, batch in enumerate(loader):
+        inputs, y = precision.to_device(batch, modalities)
+        with precision.autocast():
+            out = model(inputs)
+        losses = torch.stack([head_loss(out[h], y, multilabel) for h in heads])
+        loss = (losses * w_vec).sum()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            for group in (clip_groups or [list(model.parameters())]):
+                torch.nn.utils.clip_grad_norm_(group, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        sums += torch.cat([losses.detach(), loss.detach()[None]]) * len(y)
+        n += len(y)
+        if on_step is not None and (device.type == "cpu" or step % 50 == 0):
+            on_step(step, n * world, float(sums[-1]) / n)
+    means = (dist_utils.all_reduce_sum(sums) / (n * world)).tolist()
+    if not all(math.isfinite(x) for x in means):
+        raise NonFiniteLoss(means[-1])
+    return {h: means[i] for i, h in enumerate(heads)} | {"total": means[-1],
+                                                        "clips_per_s": n * world / (time.perf_counter() - t0)}
+
+
+@torch.no_grad()
+def evaluate(model, loader, heads: list[str], *, precision: Precision, modalities, num_classes: int,
+             multilabel: bool, video_level: bool = False, on_batch=None) -> dict:
+    """A clean pass in eval mode over `loader` (a ClipDataset's): per head, the mean per-clip loss and
+    clip top-1 (%); with `video_level`, video top-1/top-5 from the clip probabilities averaged per
+    video (and mAP/mAUC for multi-label data). See gblend_cli/metrics.py. The model's train/eval
+    mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    acc = ClipAccumulator(heads, len(loader.dataset.videos), num_classes, multilabel, precision.device)
+    for batch in loader:
+        inputs, y = precision.to_device(batch, modalities)
+        v = batch["video"].to(precision.device)
+        with precision.autocast():
+            out = model(inputs)
+        if video_level:
+            acc.add(out, y, v, batch["label"], batch["video"].tolist())
+        else:
+            acc.add(out, y, v)
+        if on_batch is not None:
+            on_batch(len(y))
+    model.train(was_training)
+    return acc.result(video_level)

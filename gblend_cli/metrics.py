@@ -1,0 +1,120 @@
+"""What every table is built from: per-sample losses, clip and video top-k, mAP and mAUC.
+
+- Loss: cross-entropy per clip (multi-label data: binary cross-entropy summed over classes), the
+  mean over clips for L^T and L^V (summing over batches would make O depend on set sizes).
+- Clip top-1: the argmax of one clip's logits is (one of) its label(s).
+- Video top-1/top-5: softmax (multi-label: sigmoid) averaged over a video's clips, then top-k
+  (multi-label: a hit when any label is among the top k).
+- mAP / mAUC (multi-label, AudioSet): per-class AP / ROC AUC of the video scores, averaged over the
+  classes where they are defined.
+`ClipAccumulator` gathers these over batches on the device and merges them across processes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import distributed as dist_utils
+
+
+def head_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of one head (float32), mean over clips or per clip (`reduction='none'`)."""
+    logits = logits.float()
+    if multilabel:
+        loss = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(1)
+        return loss.mean() if reduction == "mean" else loss
+    return F.cross_entropy(logits, y, reduction=reduction)
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class AP (AudioSet mAP); classes without positives give NaN."""
+    order = np.argsort(-scores, axis=0, kind="stable")
+    t = np.take_along_axis(targets, order, axis=0)
+    tp = np.cumsum(t, axis=0)
+    prec = tp / np.arange(1, len(t) + 1)[:, None]
+    npos = t.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (prec * t).sum(0) / npos
+
+
+def auc(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class ROC AUC via ranks (ties averaged); NaN without both classes."""
+    import pandas as pd
+
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        pos = targets[:, c] > 0
+        n1, n0 = pos.sum(), (~pos).sum()
+        if n1 and n0:
+            r = pd.Series(scores[:, c]).rank(method="average").to_numpy()
+            out[c] = (r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return out
+
+
+class ClipAccumulator:
+    """Per-head sums over an evaluation pass: loss, correct clips, and each video's summed clip
+    probabilities. `result()` merges them across processes (each process evaluates whole videos)."""
+
+    def __init__(self, heads: list[str], n_videos: int, n_classes: int, multilabel: bool, device: torch.device):
+        self.heads, self.nv, self.nc, self.multilabel, self.device = heads, n_videos, n_classes, multilabel, device
+        self.acc = {h: {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device),
+                        "probs": torch.zeros(n_videos, n_classes, device=device)} for h in heads}
+        self.nclips = torch.zeros(n_videos, device=device)
+        self.labels: dict[int, object] = {}
+
+    def add(self, out: dict[str, torch.Tensor], y: torch.Tensor, video: torch.Tensor, labels_cpu=None,
+            videos_cpu: list[int] | None = None) -> None:
+        """One batch: `out` the heads' logits, `y` labels and `video` row indices on the device; with
+        `labels_cpu`/`videos_cpu`, each video's label is remembered for video-level metrics."""
+        for h in self.heads:
+            logits = out[h].float()
+            a = self.acc[h]
+            a["loss"] += head_loss(logits, y, self.multilabel, reduction="none").sum()
+            if self.multilabel:
+                p = torch.sigmoid(logits)
+                a["correct"] += (y.gather(1, logits.argmax(1, keepdim=True)) > 0).sum()
+            else:
+                p = logits.softmax(1)
+                a["correct"] += (logits.argmax(1) == y).sum()
+            a["probs"].index_add_(0, video, p)
+        self.nclips.index_add_(0, video, torch.ones_like(video, dtype=torch.float))
+        if videos_cpu is not None:
+            for vi, yi in zip(videos_cpu, labels_cpu):
+                self.labels[vi] = yi
+
+    def result(self, video_level: bool) -> dict:
+        """{head: {"loss", "top1"} (+ "video_top1", "video_top5", and "map", "mauc" for multi-label)}."""
+        n_total = dist_utils.all_reduce_sum(self.nclips.sum().clone())
+        result = {}
+        for h in self.heads:
+            a = self.acc[h]
+            sums = dist_utils.all_reduce_sum(torch.stack([a["loss"], a["correct"]]))
+            r = {"loss": float(sums[0] / n_total), "top1": 100.0 * float(sums[1] / n_total)}
+            if video_level:
+                r |= self._video_metrics((a["probs"] / self.nclips.clamp(min=1)[:, None]).cpu())
+            result[h] = r
+        return result
+
+    def _video_metrics(self, probs: torch.Tensor) -> dict:
+        nv, nc = self.nv, self.nc
+        r = {}
+        top = probs.topk(min(5, nc), 1).indices
+        if self.multilabel:
+            y_all = torch.stack([self.labels[i] for i in range(nv)]).numpy()
+            gathered = dist_utils.all_gather_objects((probs.numpy(), y_all))
+            s, t = np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
+            r["map"] = float(np.nanmean(average_precision(s, t)))
+            r["mauc"] = float(np.nanmean(auc(s, t)))
+            yv = torch.from_numpy(y_all)
+            c1 = (yv.gather(1, top[:, :1]) > 0).any(1).sum()
+            c5 = (yv.gather(1, top) > 0).any(1).sum()
+        else:
+            yv = torch.tensor([int(self.labels[i]) for i in range(nv)])
+            c1 = (top[:, 0] == yv).sum()
+            c5 = (top == yv[:, None]).any(1).sum()
+        counts = dist_utils.all_reduce_sum(torch.tensor([float(c1), float(c5), float(nv)], device=self.device))
+        r["video_top1"] = 100.0 * float(counts[0] / counts[2])
+        r["video_top5"] = 100.0 * float(counts[1] / counts[2])
+        return r
