@@ -113,7 +113,7 @@ def measure_mode(arch: str, mode: str, args, device, flops: int, deadline: float
     import torch
     import torch.nn.functional as F
 
-    from gblend_cli.train import set_channels_last
+    from gblend_cli.models import set_channels_last
 
     precision, amp, channels_last, bench, compile_, tf32 = MODES[mode]
     set_precision_flags(tf32, bench)
