@@ -7,16 +7,23 @@ Proposition 1 in practice: w_k = (1/Z) ΔG_k / ΔO_k² (Z: weights sum to 1).
 Algorithm 1 (`estimate_blend_weights`): from one checkpoint, train the k uni-modal networks and
 the naive fused network n epochs on T — all k+1 in one pass over the data (EstimatorEnsemble) —
 and measure L^T on T' and L^V on V before and after, each with a clean eval-mode pass, averaged per
-sample. Algorithms 2 (offline) and 3 (online) decide when to call it: the loss policy in
-gblend_cli/policies/gblend.py.
+sample. At φ_0 the "before" pass runs on a copy whose BatchNorm statistics are recomputed on T'
+(freshly initialised statistics would distort it: audio L^V_0 2.27 instead of ln 8 = 2.08).
+Algorithms 2 (offline) and 3 (online) decide when to call it: the loss policy in
+gblend_cli/policies/gblend.py. `terms_from_runs` reads Algorithm 2's terms from finished runs.
 
-The paper leaves ΔG <= 0 and ΔO ≈ 0 open. Rules (`gblend.rule`):
-- raw: the formula with the minimal guards: ΔG clipped at 0, ΔO² floored at 1e-12; all-zero ->
-  equal weights. Winner-take-all in practice (a head with ΔO ≈ 0 takes everything).
-- regularised (default): ΔG clipped at 0; ΔO² floored at `delta_o_floor` × the largest head's ΔO²
-  (no head wins by a near-zero denominator); then every weight floored at `min_weight` and the
-  fused head at `fused_min_weight` (no head is dropped; the evaluated fused head keeps training);
-  all-zero -> equal weights. `w_raw` in blend_weights.jsonl is always the unguarded formula.
+The paper leaves ΔG <= 0 and ΔO ≈ 0 open. Our choices:
+- `w_raw` (logged beside every weight): the formula with ΔG clipped at 0 (a head that does not
+  generalise gets no weight), normalised; null where it is undefined (a ΔO of exactly 0, or every
+  ΔG <= 0).
+- rule `raw`: w_raw with ΔO² floored at its own noise, SE(ΔO)², where SE(ΔO) combines the
+  standard errors of the four mean losses (per-clip losses on T' and V, before and after): a head
+  whose ΔO is indistinguishable from 0 cannot take all the weight by a near-zero denominator, and
+  the guard does not depend on how much *other* heads overfit. Every ΔG <= 0 -> equal weights.
+- rule `regularised` (default): the `raw` rule, then each head whose ΔG <= 0 is lifted to
+  `min_weight` (their total at most 0.05) so that its head keeps training, the mass taken
+  proportionally from the others. A head that generalises is never floored: every weight stays
+  within 0.05 of w_raw unless the noise guard binds, and the log row says when it does.
 """
 
 from __future__ import annotations
@@ -25,58 +32,67 @@ import math
 
 import torch
 
-from .ogr import gradient_blend_terms, loss_like
+from .errors import UserError
+from .ogr import gradient_blend_terms, loss_like, se_like
 from .ui import console
+
+FLOOR_BUDGET = 0.05  # the most weight the floors may move in total
 
 
 # --- the formula and its rules ------------------------------------------------------------------
+def _generalisation(delta_g: dict[str, float]) -> dict[str, float]:
+    """ΔG clipped at 0; NaN/Inf count as no evidence of generalising."""
+    return {h: max(v, 0.0) if math.isfinite(v) else 0.0 for h, v in delta_g.items()}
+
+
 def raw_weights(delta_g: dict[str, float], delta_o: dict[str, float]) -> dict[str, float | None]:
-    """The paper's w_k = (ΔG_k / ΔO_k²) / Z with no guard (None where undefined)."""
+    """w_raw: the paper's w_k = (ΔG_k / ΔO_k²) / Z with ΔG clipped at 0 and no other guard (None
+    everywhere when it is undefined: a ΔO of exactly 0 with ΔG > 0, a non-finite ΔO, or Z = 0)."""
+    g = _generalisation(delta_g)
     terms = {}
-    for h in delta_g:
-        terms[h] = delta_g[h] / delta_o[h] ** 2 if delta_o[h] != 0 else math.copysign(math.inf, delta_g[h] or 1)
+    for h in g:
+        if g[h] == 0:
+            terms[h] = 0.0
+        elif delta_o[h] == 0 or not math.isfinite(delta_o[h]):
+            return {k: None for k in g}
+        else:
+            terms[h] = g[h] / delta_o[h] ** 2
     z = sum(terms.values())
     if not math.isfinite(z) or z == 0:
-        return {h: None for h in terms}
+        return {h: None for h in g}
     return {h: t / z for h, t in terms.items()}
 
 
-def _apply_floors(w: dict[str, float], floors: dict[str, float]) -> dict[str, float]:
-    """Raise weights to their floors, taking the mass proportionally from the heads above theirs."""
-    fixed: dict[str, float] = {}
-    for _ in range(len(w) + 1):
-        free = {h: v for h, v in w.items() if h not in fixed}
-        mass = 1.0 - sum(fixed.values())
-        total = sum(free.values())
-        scaled = {h: (v / total * mass if total > 0 else mass / len(free)) for h, v in free.items()}
-        low = {h for h, v in scaled.items() if v < floors.get(h, 0.0)}
-        if not low:
-            return {**fixed, **scaled}
-        fixed.update({h: floors.get(h, 0.0) for h in w if h in low})  # head order, not set order: sums stay bit-exact
-        if sum(fixed.values()) >= 1.0:  # floors alone fill the budget: share in proportion to floors
-            s = sum(fixed.values())
-            return {h: fixed.get(h, 0.0) / s for h in w}
-    return {**fixed, **scaled}  # pragma: no cover
+def noise_bound(delta_o: dict[str, float], delta_o_se: dict[str, float | None] | None) -> dict[str, bool]:
+    """Heads whose |ΔO| is below its standard error: there the noise guard sets the denominator."""
+    se = delta_o_se or {}
+    return {h: se.get(h) is not None and abs(delta_o[h]) < se[h] for h in delta_o}
 
 
 def blend_weights(delta_g: dict[str, float], delta_o: dict[str, float], rule: str = "regularised",
-                  min_weight: float = 0.05, fused_min_weight: float = 0.1, delta_o_floor: float = 0.01) -> dict[str, float]:
-    """Final weights under `rule` (see the module docstring). Always >= 0 and summing to 1."""
+                  min_weight: float = 0.05, delta_o_se: dict[str, float | None] | None = None) -> dict[str, float]:
+    """Final weights under `rule` (see the module docstring). Always >= 0 and summing to 1.
+
+    `delta_o_se`: {head: standard error of ΔO} for the noise guard (None: only ΔO² >= 1e-12)."""
     heads = list(delta_g)
-    g = {h: max(delta_g[h], 0.0) if math.isfinite(delta_g[h]) else 0.0 for h in heads}  # NaN/inf: no evidence
-    o2 = {h: delta_o[h] ** 2 if math.isfinite(delta_o[h]) else math.inf for h in heads}
-    if rule == "raw":
-        o2 = {h: max(v, 1e-12) for h, v in o2.items()}
-    else:
-        top = max((v for v in o2.values() if math.isfinite(v)), default=0.0)
-        o2 = {h: max(v, delta_o_floor * top, 1e-12) for h, v in o2.items()}
+    g = _generalisation(delta_g)
+    se = delta_o_se or {}
+    o2 = {}
+    for h in heads:
+        noise = se.get(h) or 0.0
+        o2[h] = max(delta_o[h] ** 2 if math.isfinite(delta_o[h]) else math.inf,
+                    noise * noise if math.isfinite(noise) else 0.0, 1e-12)
     score = {h: g[h] / o2[h] for h in heads}
     z = sum(score.values())
-    ok = z > 0 and math.isfinite(z)
-    w = {h: (s / z if ok else 1.0 / len(heads)) for h, s in score.items()}
+    if not (z > 0 and math.isfinite(z)):
+        return {h: 1.0 / len(heads) for h in heads}  # no head generalises: no evidence to weigh by
+    w = {h: score[h] / z for h in heads}
     if rule == "regularised":
-        floors = {h: (fused_min_weight if h == "fused" else min_weight) for h in heads}
-        w = _apply_floors(w, floors)
+        lifted = [h for h in heads if g[h] == 0]
+        if lifted and min_weight > 0:
+            floor = min(min_weight, FLOOR_BUDGET / len(lifted))
+            keep = 1.0 - floor * len(lifted)
+            w = {h: floor if h in lifted else v * keep for h, v in w.items()}
     return w
 
 
@@ -88,11 +104,14 @@ def estimate_blend_weights(ctx, epoch: int, n_epochs: int, gcfg: dict) -> dict:
     randomness is seeded by (seed, epoch)."""
     from .models import EstimatorEnsemble
 
+    from .engine import rng_seed
+
     ensemble = EstimatorEnsemble(ctx.model, ctx.model_cfg).to(ctx.device)
     heads = ensemble.head_names
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-        torch.manual_seed(ctx.seed * 1000 + epoch + 1)
-        before = {s: ctx.evaluate(ensemble, s, heads) for s in ("train", "holdout")}
+        torch.manual_seed(rng_seed(ctx.seed, epoch, ctx.rank))
+        probe = ctx.bn_recalibrated(ensemble) if epoch == 0 else ensemble  # φ_0: no initial BN statistics
+        before = {s: ctx.evaluate(probe, s, heads) for s in ("train", "holdout")}
         ctx.train(ensemble, epoch, n_epochs, clip_groups=ensemble.clip_groups())
         after = {s: ctx.evaluate(ensemble, s, heads) for s in ("train", "holdout")}
     metric = gcfg["metric"]
@@ -100,17 +119,92 @@ def estimate_blend_weights(ctx, epoch: int, n_epochs: int, gcfg: dict) -> dict:
     for h in heads:
         lt_b, lv_b = loss_like(before["train"], h, metric), loss_like(before["holdout"], h, metric)
         lt_a, lv_a = loss_like(after["train"], h, metric), loss_like(after["holdout"], h, metric)
+        ses = [se_like(m, h, metric) for m in (before["train"], before["holdout"], after["train"], after["holdout"])]
         rows[h] = {"LT_before": lt_b, "LV_before": lv_b, "LT_after": lt_a, "LV_after": lv_a,
-                   **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a)}
+                   **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a), "delta_O_se": delta_o_se(*ses)}
+    return blend_row(epoch, n_epochs, gcfg, rows)
+
+
+# --- Algorithm 2 from finished runs -------------------------------------------------------------
+# recipe keys that may differ between a G-Blend run and the runs its offline terms are read from:
+# where and how fast they ran, and the G-Blend and reproduce settings themselves
+_SAME_RUN_EXCEPT = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
+                    ("dataset", "results_dir")}
+
+
+def terms_from_runs(sources: list[str], cfg: dict, modalities: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """Algorithm 2's measurements read from finished runs instead of retraining them.
+
+    Offline G-Blend's estimators start from φ_0 and train the whole run: given the same recipe and
+    seed they *are* the uni-modal run of each modality and the naive run (every backbone and head is
+    initialised from (seed, its name), data order and dropout draws depend only on (seed, epoch)),
+    so their L^T/L^V at epoch 0 and at the end are those runs' logged values (a test checks this
+    bit for bit against `estimate_blend_weights`). Returns ({head: terms}, [run names])."""
+    import tomllib
+
+    from .config import to_toml
+    from .run_folder import RunFolder
+
+    want = {m: ("unimodal", (m,)) for m in modalities} | {"fused": ("naive", tuple(modalities))}
+    found: dict[str, RunFolder] = {}
+    for src in sources:
+        f = RunFolder(src, writer=False)
+        key = f.key()
+        if key is None:
+            raise UserError(f"{src}: not a finished gblend run (gblend.estimate_from needs final.json)")
+        for head, (method, mods) in want.items():
+            if key.method == method and key.modalities == mods:
+                found[head] = f
+    missing = [h for h in want if h not in found]
+    if missing:
+        raise UserError(f"gblend.estimate_from: no {', '.join(missing)} run among {', '.join(map(str, sources))} "
+                        f"(needs the uni-modal run of each modality and the naive run)")
+    ours = tomllib.loads(to_toml(cfg))
+    n_epochs = cfg["gblend"]["estimate_epochs"] or cfg["train"]["epochs"]
+    metric = cfg["gblend"]["metric"]
+    rows = {}
+    for head, f in found.items():
+        theirs = tomllib.loads((f.path / "config.toml").read_text())
+        for section in ("dataset", "prepare", "demo", "clip", "model", "train"):
+            for k, v in ours[section].items():
+                if (section, k) not in _SAME_RUN_EXCEPT and theirs.get(section, {}).get(k) != v:
+                    raise UserError(f"{f.path}: ran with {section}.{k} = {theirs.get(section, {}).get(k)!r}, this run "
+                                    f"with {v!r}; its losses do not stand for this run's estimators (gblend.estimate_from)")
+        by_epoch = {r["epoch"]: r for r in f.metrics()}
+        a, b = by_epoch.get(0), by_epoch.get(n_epochs)
+        if not (a and b and a.get("holdout") and b.get("holdout")):
+            raise UserError(f"{f.path}/metrics.jsonl: needs T' and V losses at epochs 0 and {n_epochs}")
+        ses = [se_like(r[s], head, metric) for r in (a, b) for s in ("train", "holdout")]
+        lt_b, lv_b = loss_like(a["train"], head, metric), loss_like(a["holdout"], head, metric)
+        lt_a, lv_a = loss_like(b["train"], head, metric), loss_like(b["holdout"], head, metric)
+        rows[head] = {"LT_before": lt_b, "LV_before": lv_b, "LT_after": lt_a, "LV_after": lv_a,
+                      **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a), "delta_O_se": delta_o_se(ses[0], ses[1], ses[2], ses[3])}
+    return {h: rows[h] for h in want}, [found[h].path.name for h in want]
+
+
+def delta_o_se(*ses: float | None) -> float | None:
+    """SE(ΔO) from the standard errors of L^T and L^V before and after (treated as independent)."""
+    return None if any(x is None for x in ses) else math.sqrt(sum(x * x for x in ses))
+
+
+def blend_row(epoch: int, n_epochs: int, gcfg: dict, rows: dict[str, dict], **extra) -> dict:
+    """The blend_weights.jsonl row from each head's measured terms: w_raw, the guard flags and w."""
+    heads = list(rows)
     dg = {h: rows[h]["delta_G"] for h in heads}
     do = {h: rows[h]["delta_O"] for h in heads}
+    se = {h: rows[h].get("delta_O_se") for h in heads}
     w_raw = raw_weights(dg, do)
-    w = blend_weights(dg, do, gcfg["rule"], gcfg["min_weight"], gcfg["fused_min_weight"], gcfg["delta_o_floor"])
+    w = blend_weights(dg, do, gcfg["rule"], gcfg["min_weight"], se)
+    bound = noise_bound(do, se)
+    fallback = not any(v > 0 for v in dg.values())  # no head generalises: equal weights
     for h in heads:
         rows[h]["w_raw"] = w_raw[h]
         rows[h]["w"] = w[h]
+        rows[h]["noise_bound"] = bound[h]
+        rows[h]["floored"] = gcfg["rule"] == "regularised" and not fallback and not dg[h] > 0 and w[h] > 0
         rows[h]["ogr"] = rows[h]["ogr"] if math.isfinite(rows[h]["ogr"]) else None
-    return {"epoch": epoch, "n_epochs": n_epochs, "metric": metric, "rule": gcfg["rule"], "heads": rows}
+    return {"epoch": epoch, "n_epochs": n_epochs, "metric": gcfg["metric"], "rule": gcfg["rule"],
+            "equal_fallback": fallback, "heads": rows} | extra
 
 
 def show_weights_table(row: dict) -> None:

@@ -78,7 +78,7 @@ def prepare_data(
     flow: Optional[str] = typer.Option(None, "--flow", help="Optical flow: dis (fast) | tvl1 (paper) | none."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate frames are resampled to."),
     short_side: Optional[int] = typer.Option(None, "--short-side", help="Resize frames to this short side (px)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Demo only: seed of the generated videos."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Demo only: the data seed of the generated videos (recipe: demo.seed)."),
     label_field: Optional[str] = typer.Option(None, "--label-field", help="EPIC-Kitchens: verb|noun|action."),
     allow_outside_root: Optional[bool] = typer.Option(None, "--allow-outside-root", help="Accept manifest paths outside --root."),
     recipe: Optional[Path] = RecipeOpt,
@@ -94,9 +94,7 @@ def prepare_data(
         dataset__name=dataset, dataset__root=str(root) if root else None,
         dataset__annotations=[str(a) for a in annotations] if annotations else None,
         prepare__workers=workers, prepare__flow=flow, prepare__fps=fps, prepare__short_side=short_side,
-        dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root), sets)
-    if seed is not None:
-        cfg["_demo_seed"] = seed
+        dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root, demo__seed=seed), sets)
     out = out or data_dir(cfg)
     report = prepare_dataset(cfg, out)
     console.print(f"prepared {report['ok']} clips ({report['no_audio']} without audio), "
@@ -183,6 +181,7 @@ def train_gblend(
     weights: Optional[str] = typer.Option(None, "--weights", help="Fixed weights instead of estimating: HEAD=W,... or 'equal'."),
     metric: Optional[str] = typer.Option(None, "--metric", help="loss|accuracy: what ΔG and ΔO are measured with."),
     blend_rule: Optional[str] = typer.Option(None, "--blend-rule", help="regularised (default) | raw (the paper's formula, minimal guards)."),
+    estimate_from: Optional[str] = typer.Option(None, "--estimate-from", help="Offline: read Algorithm 2's terms from these finished runs (the uni-modal run of each modality and the naive run, same recipe and seed; comma-separated) instead of training the estimators again."),
     data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
     epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
     batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optional[str] = OptimOpt,
@@ -196,7 +195,8 @@ def train_gblend(
     mods = parse_modalities(modalities, minimum=2)
     cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from,
                      {"gblend__mode": mode, "gblend__metric": metric, "gblend__rule": blend_rule,
-                      "gblend__weights": weights})
+                      "gblend__weights": weights,
+                      "gblend__estimate_from": [p for p in estimate_from.split(",") if p] if estimate_from else None})
     train(cfg, "gblend", mods, data=data, out=out, resume=resume)
 
 

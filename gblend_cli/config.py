@@ -39,6 +39,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "decode_timeout_s": 120.0,  # per file; a file that takes longer is reported and skipped
     },
     "demo": {  # the embedded demo dataset's generator (see gblend_cli/demo_data.py)
+        "seed": 0,  # data seed: which videos are generated (training seeds are train.seed)
         "classes": 8,
         "train_videos": 400,
         "test_videos": 500,
@@ -104,9 +105,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "estimate_epochs": 0,  # offline: estimation length; 0 = the whole run (as in the paper)
         "warmup_super_epoch": 10,  # online: first super-epoch length
         "super_epoch": 5,  # online: later super-epoch length
-        "min_weight": 0.05,  # regularised rule: floor of every head's weight
-        "fused_min_weight": 0.1,  # regularised rule: floor of the fused head's weight
-        "delta_o_floor": 0.01,  # regularised rule: ΔO² floored at this × the largest head's ΔO²
+        "min_weight": 0.05,  # regularised rule: weight of a head whose ΔG <= 0 (a guard, not a knob: <= 0.05 in all)
+        "estimate_from": [],  # offline: run folders (uni-modal per modality + naive) to read Algorithm 2's terms from
     },
     "reproduce": {  # the matrix `gblend reproduce` runs and `gblend report` expects
         "seeds": [0, 1, 2],  # seeds of the main combination's rows
@@ -116,6 +116,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "gblend_modes": ["offline", "online"],  # for the main combination
         "other_gblend_modes": ["offline"],
         "jobs": 2,  # runs in parallel (one thread each)
+        "offline_from_runs": True,  # offline G-Blend reads Algorithm 2's terms from the matrix's own uni-modal and naive runs
     },
 }
 
@@ -239,11 +240,11 @@ def validate(cfg: dict) -> None:
               "gblend.super_epoch", "gblend.warmup_super_epoch", "demo.classes", "demo.fps", "demo.size"):
         _positive(cfg, k)
     for k in ("train.weight_decay", "train.warmup_epochs", "train.grad_clip", "train.workers",
-              "gblend.estimate_epochs", "prepare.workers", "gblend.min_weight", "gblend.fused_min_weight",
+              "gblend.estimate_epochs", "prepare.workers", "gblend.min_weight",
               "demo.train_videos", "demo.test_videos", "train.eval_every", "train.train_eval_size"):
         _positive(cfg, k, allow_zero=True)
-    for k in ("train.momentum", "train.gamma", "train.seed", "train.threads", "model.fusion_dropout",
-              "prepare.threads", "prepare.max_seconds", "gblend.delta_o_floor", "demo.seconds", "demo.blob_sigma",
+    for k in ("train.momentum", "train.gamma", "train.seed", "demo.seed", "train.threads", "model.fusion_dropout",
+              "prepare.threads", "prepare.max_seconds", "demo.seconds", "demo.blob_sigma",
               "demo.blob_speed", "demo.blank_fraction", "demo.pixel_noise", "demo.direction_jitter_deg",
               "demo.audio_class_fraction", "demo.audio_class_amp", "demo.audio_memo_tones", "demo.audio_memo_amp",
               "demo.audio_noise", "train.train_eval_size"):
@@ -263,6 +264,15 @@ def validate(cfg: dict) -> None:
         v = cfg["train"]["milestones"]
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v):
             raise UserError(f"recipe key '{k}' must be a list of epochs >= 0; got {v!r}")
+    if cfg["gblend"]["min_weight"] > 0.05:
+        raise UserError(f"recipe key 'gblend.min_weight' must be <= 0.05 (a guard for heads that do not generalise, "
+                        f"not a tuning knob); got {cfg['gblend']['min_weight']}")
+    rp = cfg["reproduce"]
+    for k, combos in (("reproduce.main", [rp["main"]]), ("reproduce.other_combos", rp["other_combos"])):
+        for c in combos:
+            mods = str(c).split("+")
+            if len(mods) < 2 or len(set(mods)) != len(mods) or not set(mods) <= set(MODALITIES):
+                raise UserError(f"recipe key '{k}': {c!r} is not a combination like audio+rgb of {', '.join(MODALITIES)}")
     if cfg["train"]["eval_every"] == 0:
         raise UserError("recipe key 'train.eval_every' must be > 0; got 0")
     if not 0 <= cfg["train"]["holdout_fraction"] < 1:

@@ -98,10 +98,18 @@ class RunKey:
         """The head a run is judged by."""
         return self.modalities[0] if self.method == "unimodal" else "fused"
 
+    def estimator_keys(self) -> list["RunKey"]:
+        """The runs that Algorithm 2's estimators of this offline G-Blend run are: the uni-modal run
+        of each modality and the naive run, same seed (gblend_cli/blend.py `terms_from_runs`)."""
+        if self.variant != "gblend-offline":
+            return []
+        return [RunKey("unimodal", (m,), self.seed) for m in self.modalities] + [RunKey("naive", self.modalities, self.seed)]
+
     # --- the command that trains it -----------------------------------------------------------
     def argv(self, *, recipe: str | Path | None = None, data: Path | None = None, out: Path | None = None,
-             sets=(), threads: int | None = None, resume: bool = False) -> list[str]:
-        """`gblend` arguments that train this run."""
+             sets=(), threads: int | None = None, resume: bool = False, estimate_from=()) -> list[str]:
+        """`gblend` arguments that train this run (`estimate_from`: run folders an offline G-Blend
+        run reads its weights' terms from)."""
         args = [COMMANDS[self.method]]
         if self.method == "unimodal":
             args += ["--modality", self.modalities[0]]
@@ -112,6 +120,8 @@ class RunKey:
         elif self.mode == "equal":
             args += ["--weights", "equal"]
         args += ["--seed", str(self.seed)]
+        if estimate_from:
+            args += ["--estimate-from", ",".join(str(p) for p in estimate_from)]
         if data is not None:
             args += ["--data", str(data)]
         if out is not None:

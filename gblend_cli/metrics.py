@@ -1,7 +1,9 @@
 """What every table is built from: per-sample losses, clip and video top-k, mAP and mAUC.
 
 - Loss: cross-entropy per clip (multi-label data: binary cross-entropy summed over classes), the
-  mean over clips for L^T and L^V (summing over batches would make O depend on set sizes).
+  mean over clips for L^T and L^V (summing over batches would make O depend on set sizes), with
+  its standard error (`loss_se`, from the per-clip losses; G-Blend's noise guard on ΔO uses it)
+  and the number of clips `n`.
 - Clip top-1: the argmax of one clip's logits is (one of) its label(s).
 - Video top-1/top-5: softmax (multi-label: sigmoid) averaged over a video's clips, then top-k
   (multi-label: a hit when any label is among the top k).
@@ -60,6 +62,7 @@ class ClipAccumulator:
     def __init__(self, heads: list[str], n_videos: int, n_classes: int, multilabel: bool, device: torch.device):
         self.heads, self.nv, self.nc, self.multilabel, self.device = heads, n_videos, n_classes, multilabel, device
         self.acc = {h: {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device),
+                        "loss_sq": torch.zeros((), dtype=torch.float64, device=device),
                         "probs": torch.zeros(n_videos, n_classes, device=device)} for h in heads}
         self.nclips = torch.zeros(n_videos, device=device)
         self.labels: dict[int, object] = {}
@@ -71,7 +74,9 @@ class ClipAccumulator:
         for h in self.heads:
             logits = out[h].float()
             a = self.acc[h]
-            a["loss"] += head_loss(logits, y, self.multilabel, reduction="none").sum()
+            per_clip = head_loss(logits, y, self.multilabel, reduction="none")
+            a["loss"] += per_clip.sum()
+            a["loss_sq"] += per_clip.double().square().sum()
             if self.multilabel:
                 p = torch.sigmoid(logits)
                 a["correct"] += (y.gather(1, logits.argmax(1, keepdim=True)) > 0).sum()
@@ -91,7 +96,10 @@ class ClipAccumulator:
         for h in self.heads:
             a = self.acc[h]
             sums = dist_utils.all_reduce_sum(torch.stack([a["loss"], a["correct"]]))
-            r = {"loss": float(sums[0] / n_total), "top1": 100.0 * float(sums[1] / n_total)}
+            sq = float(dist_utils.all_reduce_sum(a["loss_sq"].clone()))
+            n, mean = float(n_total), float(sums[0] / n_total)
+            var = max(0.0, sq / n - mean * mean) * n / max(1.0, n - 1)  # per-clip variance (unbiased)
+            r = {"loss": mean, "top1": 100.0 * float(sums[1] / n_total), "loss_se": (var / n) ** 0.5, "n": int(n)}
             if video_level:
                 r |= self._video_metrics((a["probs"] / self.nclips.clamp(min=1)[:, None]).cpu())
             result[h] = r

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import zlib
+
 import torch
 from torch import nn
 from torchvision.models import resnet as resnet2d
@@ -156,21 +159,41 @@ class FusionHead(nn.Module):
         return self.net(x)
 
 
+@contextlib.contextmanager
+def seeded(seed: int, name: str):
+    """Draw from a generator of its own, seeded by (seed, name); the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(f"{seed}/{name}".encode()))
+        yield
+
+
+def seeded_build(seed: int, name: str, build, *args):
+    """`build(*args)` initialised from (seed, name): a module starts from the same weights in every
+    model that has it, so the backbone and head of a uni-modal run, of a naive run and of a G-Blend
+    run with the same seed are equal at φ_0 (and Algorithm 2's estimators are those very runs)."""
+    with seeded(seed, name):
+        return build(*args)
+
+
 class MultiModalNet(nn.Module):
     """Backbones for `modalities`; a linear head per modality in `heads`, plus "fused" if asked.
+    Each backbone and head is initialised from (init_seed, its name) (see `seeded_build`).
 
     forward(inputs) -> {head: logits}; only the backbones the requested heads need are run."""
 
-    def __init__(self, modalities: list[str], heads: list[str], num_classes: int, model_cfg: dict):
+    def __init__(self, modalities: list[str], heads: list[str], num_classes: int, model_cfg: dict, init_seed: int = 0):
         super().__init__()
         self.modalities, self.head_names, self.num_classes = list(modalities), list(heads), num_classes
         for h in heads:
             if h != "fused" and h not in modalities:
                 raise ValueError(f"head {h!r} needs modality {h!r}")
-        self.backbones = nn.ModuleDict({m: build_backbone(m, model_cfg) for m in modalities})
-        self.heads = nn.ModuleDict({h: nn.Linear(self.backbones[h].out_dim, num_classes) for h in heads if h != "fused"})
+        self.backbones = nn.ModuleDict({m: seeded_build(init_seed, f"backbone/{m}", build_backbone, m, model_cfg)
+                                        for m in modalities})
+        self.heads = nn.ModuleDict({h: seeded_build(init_seed, f"head/{h}", nn.Linear, self.backbones[h].out_dim,
+                                                    num_classes) for h in heads if h != "fused"})
         if "fused" in heads:
-            self.fused = FusionHead(sum(b.out_dim for b in self.backbones.values()), num_classes, model_cfg["fusion_dropout"])
+            self.fused = seeded_build(init_seed, "fused", FusionHead, sum(b.out_dim for b in self.backbones.values()),
+                                      num_classes, model_cfg["fusion_dropout"])
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         need = self.modalities if "fused" in self.head_names else [h for h in self.head_names]

@@ -30,6 +30,17 @@ def loss_like(metrics: dict, head: str, metric: str) -> float:
     return m["loss"] if metric == "loss" else 1.0 - m["top1"] / 100.0
 
 
+def se_like(metrics: dict, head: str, metric: str) -> float | None:
+    """The standard error of `loss_like` (None for runs logged before it was recorded)."""
+    m = metrics[head]
+    if metric == "loss":
+        return m.get("loss_se")
+    if "n" not in m:
+        return None
+    e = 1.0 - m["top1"] / 100.0
+    return math.sqrt(max(e * (1 - e), 0.0) / max(1, m["n"]))
+
+
 def evaluated_epochs(rows: list[dict]) -> list[int]:
     return [r["epoch"] for r in rows if r.get("train") and (r.get("holdout") or r.get("val"))]
 

@@ -178,6 +178,11 @@ def _check_settings(out: Path, cfg: dict) -> None:
                             f"{cfg['prepare'][key]!r}; use the same settings to resume or another --out")
     if old.get("dataset", {}).get("name") != cfg["dataset"]["name"]:
         raise UserError(f"{out}: holds dataset {old['dataset'].get('name')!r}, not {cfg['dataset']['name']!r}")
+    if cfg["dataset"]["name"] == "demo":  # other generator settings would mix two datasets in one folder
+        for key, value in cfg["demo"].items():
+            if old.get("demo", {}).get(key) != value:
+                raise UserError(f"{out}: was generated with demo.{key}={old.get('demo', {}).get(key)!r}, now {value!r}; "
+                                f"use the same settings to resume or another --out")
 
 
 def _load_manifest(cfg: dict, out: Path):
@@ -213,9 +218,8 @@ def generate_demo_media(cfg: dict, media: Path) -> tuple[Path, list[Path]]:
     """Render the demo's mp4 files (resumable: existing files are kept) and its Kinetics CSVs."""
     from . import demo_data
 
-    seed = cfg["train"]["seed"] if cfg.get("_demo_seed") is None else cfg["_demo_seed"]
     p = cfg["demo"]
-    jobs = demo_data.video_jobs(media, p, seed)
+    jobs = demo_data.video_jobs(media, p, p["seed"])
     todo = [j for j in jobs if not Path(j["path"]).exists()]
     if todo:
         workers = max(1, cfg["prepare"]["workers"])

@@ -104,11 +104,28 @@ def table1(mx: Matrix) -> list[dict]:
 
 
 # --- Table 4 -------------------------------------------------------------------------------------
-def _weights(runs: list[RunFolder]) -> dict | None:
-    ws = [r.final().get("weights") for r in runs if r.final().get("weights")]
-    if not ws:
-        return None
-    return {h: round(statistics.fmean(w.get(h, 0.0) for w in ws), 3) for h in ws[0]}
+def blend_summary(runs: list[RunFolder]) -> dict:
+    """The weights a G-Blend row trained with, over its seeds: `weights` (final.json's w) and
+    `weights_raw` (the formula's w_raw of the same estimation, the last one of each run), mean and
+    std per head, and the heads whose weight a floor lifted or the noise guard set in any seed."""
+    finals = [r.final()["weights"] for r in runs if r.final().get("weights")]
+    rows = [r.blend_rows()[-1] for r in runs if r.blend_rows()]
+    out = {"weights": None, "weights_std": None, "weights_raw": None, "weights_raw_std": None,
+           "floored": [], "noise_bound": [], "weights_source": None}
+    if finals:
+        heads = list(finals[0])
+        out["weights"] = {h: round(statistics.fmean(w.get(h, 0.0) for w in finals), 3) for h in heads}
+        out["weights_std"] = {h: round(_stats([w.get(h, 0.0) for w in finals])["std"], 3) for h in heads}
+    raws = [{h: v["w_raw"] for h, v in row["heads"].items()} for row in rows]
+    if raws and all(v is not None for raw in raws for v in raw.values()):
+        heads = list(raws[0])
+        out["weights_raw"] = {h: round(statistics.fmean(r[h] for r in raws), 3) for h in heads}
+        out["weights_raw_std"] = {h: round(_stats([r[h] for r in raws])["std"], 3) for h in heads}
+    for flag in ("floored", "noise_bound"):
+        out[flag] = sorted({h for row in rows for h, v in row["heads"].items() if v.get(flag)})
+    if rows:
+        out["weights_source"] = "runs" if all(row.get("source") == "runs" for row in rows) else "estimated"
+    return out
 
 
 def table4(mx: Matrix) -> list[dict]:
@@ -134,9 +151,9 @@ def table4(mx: Matrix) -> list[dict]:
             pv = p.get(paper_key) if paper_key != "gblend" or method == "gblend-offline" else None
             if method == "gblend-online" and combo == "audio+rgb":
                 pv = paper.TABLE2["gblend-online"]
+            blend = blend_summary(runs if method.startswith("gblend") else [])
             rows.append({
-                "combo": paper.combo_label(combo), "method": label,
-                "weights": _weights(runs) if method.startswith("gblend") else None,
+                "combo": paper.combo_label(combo), "method": label, **blend,
                 "clip_top1": _mean(clip), "video_top1": _mean(v1), "video_top5": _mean(v5),
                 "clip_top1_std": _std(clip), "video_top1_std": _std(v1), "video_top5_std": _std(v5),
                 "seeds": [r.key().seed for r in runs],
@@ -262,8 +279,25 @@ def _num(v, digits: int = 1) -> str:
     return "missing" if v is None else f"{v:.{digits}f}"
 
 
-def _w(w: dict | None) -> str:
-    return "" if not w else ", ".join(f"{h} {v:.3f}" for h, v in w.items())
+def _w(w: dict | None, std: dict | None = None, marks: dict | None = None) -> str:
+    """'rgb .63±.01, fused .36' with a mark after each weight a guard moved."""
+    if not w:
+        return ""
+    marks = marks or {}
+
+    def one(h, v):
+        s = f"{h} {v:.2f}" + (f"±{std[h]:.2f}" if std and std.get(h) else "")
+        return s + marks.get(h, "")
+    return ", ".join(one(h, v) for h, v in w.items())
+
+
+WEIGHT_MARKS = "w: the weights trained with (mean±std over seeds); w_raw: the formula ΔG/ΔO²/Z with ΔG clipped at 0; " \
+               "† lifted by the floor (ΔG <= 0), ‡ ΔO within its noise (guarded)"
+
+
+def _marks(r: dict) -> dict:
+    return {h: ("†" if h in r.get("floored", []) else "") + ("‡" if h in r.get("noise_bound", []) else "")
+            for h in (r.get("weights") or {})}
 
 
 def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -274,8 +308,9 @@ def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]
                  r["best_unimodal"] or "missing", _num(r["best_unimodal_video_top1"]), _num(r["drop"]),
                  _num(r["paper_late_fusion"]), _num(r["paper_best_unimodal"]), _num(r["paper_drop"])] for r in rows]
     elif name == "table4":
-        headers = ["Combo", "Method", "Weights", "Clip", "V@1", "V@5", "Seeds", "Paper clip/V@1/V@5", "Paper weights"]
-        body = [[r["combo"], r["method"], _w(r["weights"]), _pm(r, "clip_top1"), _pm(r, "video_top1"), _pm(r, "video_top5"),
+        headers = ["Combo", "Method", "w", "w_raw", "Clip", "V@1", "V@5", "Seeds", "Paper clip/V@1/V@5", "Paper weights"]
+        body = [[r["combo"], r["method"], _w(r["weights"], r.get("weights_std"), _marks(r)),
+                 _w(r.get("weights_raw"), r.get("weights_raw_std")), _pm(r, "clip_top1"), _pm(r, "video_top1"), _pm(r, "video_top5"),
                  ",".join(map(str, r["seeds"])) or "-",
                  "/".join(_num(r[k]) for k in ("paper_clip_top1", "paper_video_top1", "paper_video_top5")) if r["paper_video_top1"] else "",
                  _w(r["paper_weights"])] for r in rows]
@@ -323,7 +358,8 @@ def render(report: dict, fmt: str) -> str:
         headers, body = display_rows(k, report[k])
         tablefmt = {"markdown": "github", "latex": "latex_booktabs"}[fmt]
         title = f"### {TITLES[k]}\n\n" if fmt == "markdown" else f"% {TITLES[k]}\n"
-        parts.append(title + tabulate(body, headers=headers, tablefmt=tablefmt))
+        parts.append(title + tabulate(body, headers=headers, tablefmt=tablefmt)
+                     + (f"\n\n{WEIGHT_MARKS}" if k == "table4" and fmt == "markdown" else ""))
         missing = sorted({c for r in report[k] for c in r.get("missing", [])})
         if missing and fmt == "markdown":
             parts.append("Missing runs (commands that would produce them):\n\n" + "\n".join(f"    {c}" for c in missing))
@@ -343,10 +379,12 @@ def print_rich(report: dict) -> None:
         headers, body = display_rows(k, report[k])
         t = Table(title=TITLES[k], title_justify="left")
         for h in headers:
-            t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "Weights", "Paper weights") else "right")
+            t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "w", "w_raw", "Paper weights") else "right")
         for row in body:
             t.add_row(*[f"[red]{c}[/red]" if c == "missing" else c for c in row])
         console.print(t)
+        if k == "table4":
+            console.print(WEIGHT_MARKS, soft_wrap=True)
         missing = sorted({c for r in report[k] for c in r.get("missing", [])})
         if missing:
             console.print("missing runs; produce them with:\n" + "\n".join(f"  {c}" for c in missing), soft_wrap=True)

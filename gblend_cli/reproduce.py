@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import data_dir, results_dir
@@ -17,9 +18,29 @@ from .storage import write_text_atomic
 from .ui import console, progress
 
 
-def _cost(key: RunKey) -> int:
-    """Rough relative cost, to start the longest runs first."""
-    return (3 if key.method == "gblend" else 1) * len(key.modalities)
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    cost: float  # rough relative cost: the longest ready runs start first
+    deps: list[str] = field(default_factory=list)  # runs that must finish first
+
+
+def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets: list[str]) -> list[Job]:
+    """A job per unfinished run. With `reproduce.offline_from_runs`, an offline G-Blend run reads
+    its terms from its estimator runs (RunKey.estimator_keys) and waits for them."""
+    jobs = []
+    for k in keys:
+        out = results / k.name
+        if RunFolder(out).is_complete():
+            continue
+        deps = k.estimator_keys() if cfg["reproduce"]["offline_from_runs"] else []
+        cost = len(k.modalities) * (3.0 if k.method == "gblend" and not deps else 1.2 if deps else 1.0)
+        jobs.append(Job(k.name, k.argv(recipe=recipe, data=data, out=out, sets=sets, threads=1,
+                                       resume=RunFolder(out).last.exists(),
+                                       estimate_from=[results / d.name for d in deps]),
+                        cost, [d.name for d in deps]))
+    return jobs
 
 
 def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: Path | None = None,
@@ -35,14 +56,9 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
         console.print(f"[bold]1/3 preparing {cfg['dataset']['name']} data in {data}")
         prepare_dataset(cfg, data)
     keys = matrix(cfg)
-    todo = [k for k in keys if not RunFolder(results / k.name).is_complete()]
-    console.print(f"[bold]2/3 training: {len(keys)} runs in the matrix, {len(keys) - len(todo)} already done, "
-                  f"{len(todo)} to run, {cfg['reproduce']['jobs']} at a time")
-    jobs = []
-    for k in sorted(todo, key=_cost, reverse=True):
-        out = results / k.name
-        jobs.append((k.name, k.argv(recipe=recipe, data=data, out=out, sets=sets, threads=1,
-                                    resume=RunFolder(out).last.exists())))
+    jobs = plan(cfg, keys, results, data, recipe, sets)
+    console.print(f"[bold]2/3 training: {len(keys)} runs in the matrix, {len(keys) - len(jobs)} already done, "
+                  f"{len(jobs)} to run, {cfg['reproduce']['jobs']} at a time")
     failed = _run_jobs(jobs, cfg["reproduce"]["jobs"], results, entry)
     console.print("[bold]3/3 report")
     rep = build(results, tables or ["table1", "table4", "overfit"], cfg, recipe_arg)
@@ -59,8 +75,9 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     return rep
 
 
-def _run_jobs(jobs: list[tuple[str, list[str]]], parallel: int, results: Path, entry) -> list[str]:
-    """Run (name, argv) commands in their own processes, `parallel` at a time, logs in results/logs/."""
+def _run_jobs(jobs: list[Job], parallel: int, results: Path, entry) -> list[str]:
+    """Run the jobs' commands in their own processes, `parallel` at a time (the costliest ready job
+    first), logs in results/logs/. A job whose dependency failed fails without running."""
     logs = results / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     from .prepare import worker_context
@@ -68,23 +85,33 @@ def _run_jobs(jobs: list[tuple[str, list[str]]], parallel: int, results: Path, e
     ctx = worker_context()
     running: list[tuple[object, str]] = []
     failed: list[str] = []
-    queue = list(jobs)
+    queue = sorted(jobs, key=lambda j: -j.cost)
+    pending = {j.name for j in jobs}
     try:
         with progress() as bar:
             task = bar.add_task("runs", total=len(jobs), info="")
             while queue or running:
-                while queue and len(running) < max(1, parallel):
-                    name, argv = queue.pop(0)
-                    proc = ctx.Process(target=_job_main, args=(entry, argv, str(logs / f"{name}.log"), os.getpid()),
-                                       name=name)
+                for job in [j for j in queue if set(j.deps) & set(failed)]:
+                    queue.remove(job)
+                    pending.discard(job.name)
+                    failed.append(job.name)
+                    console.print(f"[red]run {job.name} not started[/red]: {', '.join(set(job.deps) & set(failed))} failed")
+                    bar.update(task, advance=1)
+                ready = [j for j in queue if not set(j.deps) & pending]
+                while ready and len(running) < max(1, parallel):
+                    job = ready.pop(0)
+                    queue.remove(job)
+                    proc = ctx.Process(target=_job_main, args=(entry, job.argv, str(logs / f"{job.name}.log"),
+                                                               os.getpid()), name=job.name)
                     proc.start()
-                    running.append((proc, name))
+                    running.append((proc, job.name))
                     bar.update(task, info=", ".join(n for _, n in running))
                 time.sleep(0.2)
                 for entry_ in list(running):
                     proc, name = entry_
                     if proc.exitcode is not None:
                         running.remove(entry_)
+                        pending.discard(name)
                         if proc.exitcode != 0:
                             failed.append(name)
                             console.print(f"[red]run {name} failed[/red] (exit {proc.exitcode}); log: {logs / (name + '.log')}")

@@ -43,7 +43,8 @@ def train(cfg: dict, method: str, modalities, *, data: Path | None = None, out: 
     from .train import Trainer
 
     key = RunKey.for_config(method, modalities, cfg)
-    policy = make_policy(key, cfg)
+    cfg["dataset"]["data_dir"] = str(Path(data or data_dir(cfg)).resolve())  # config.toml records the data used
+    policy = make_policy(key, cfg)  # bad weights or estimation sources are refused before anything is written
     data_path = ensure_data(cfg, data)
     folder = RunFolder(Path(out) if out else results_dir(cfg) / key.name, writer=distributed.launch_rank() == 0)
     if not resume and folder.has_run():

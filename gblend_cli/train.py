@@ -19,7 +19,8 @@ import torch
 from . import distributed as dist_utils
 from .config import to_toml
 from .data import PreparedDataset, build_run_data
-from .engine import NonFiniteLoss, Precision, evaluate, make_optimizer, make_scheduler, train_one_epoch
+from .engine import (NonFiniteLoss, Precision, evaluate, make_optimizer, make_scheduler, recalibrated_bn, rng_seed,
+                     train_one_epoch)
 from .errors import UserError
 from .experiment import RunKey
 from .models import MultiModalNet, load_backbones, set_channels_last
@@ -40,7 +41,6 @@ class Trainer:
         self.env, device = dist_utils.setup(self.tcfg["device"])
         if device.type == "cpu":
             torch.set_num_threads(max(1, self.tcfg["threads"]))
-        torch.manual_seed(self.tcfg["seed"] + self.env.rank)
         self.precision = Precision.for_device(device, self.tcfg["amp"])
         self.scaler = self.precision.new_scaler()
 
@@ -57,7 +57,8 @@ class Trainer:
         return self.precision.device
 
     def new_model(self) -> MultiModalNet:
-        model = MultiModalNet(list(self.key.modalities), self.key.heads, len(self.data.ds.classes), self.cfg["model"])
+        model = MultiModalNet(list(self.key.modalities), self.key.heads, len(self.data.ds.classes), self.cfg["model"],
+                              init_seed=self.tcfg["seed"])
         if self.tcfg["init_from"]:
             load_backbones(model, [(str(p), load_checkpoint(p)["model"]) for p in init_checkpoints(self.tcfg["init_from"])])
         model = model.to(self.device)
@@ -95,6 +96,12 @@ class Trainer:
     def evaluate_splits(self, model) -> dict:
         """Per-epoch metrics: T' (train, eval mode), V (holdout) and the evaluation split, 1 clip each."""
         return {s: self.evaluate(model, s, self.key.heads) for s in self.data.eval_loaders}
+
+    def bn_recalibrated(self, model) -> torch.nn.Module:
+        """A copy of `model` with BatchNorm statistics recomputed on T' (engine.recalibrated_bn): what
+        the epoch-0 measurements (φ_0) are taken on."""
+        return recalibrated_bn(model, self.data.eval_loaders["train"], precision=self.precision,
+                               modalities=self.key.modalities)
 
     # --- the run --------------------------------------------------------------------------------
     def checkpoint_state(self, epoch: int, policy, best: float) -> dict:
@@ -134,7 +141,8 @@ class Trainer:
         t_start = time.perf_counter()
         model = self.wrap(self.model)
         if start == 0:
-            self._log_epoch(0, self.evaluate_splits(self.model), {}, policy.weights_for(0), 0.0)
+            torch.manual_seed(rng_seed(self.tcfg["seed"], 0, self.env.rank))
+            self._log_epoch(0, self.evaluate_splits(self.bn_recalibrated(self.model)), {}, policy.weights_for(0), 0.0)
         with progress() if main else _NullBar() as bar:
             task = bar.add_task("train", total=self.data.steps_per_epoch, info="")
             for epoch in range(start, epochs):
@@ -212,6 +220,13 @@ class RunContext:
 
     def evaluate(self, model, split: str, heads: list[str]) -> dict:
         return self._t.evaluate(model, split, heads)
+
+    def bn_recalibrated(self, model) -> torch.nn.Module:
+        return self._t.bn_recalibrated(model)
+
+    @property
+    def rank(self) -> int:
+        return self._t.env.rank
 
     def train(self, model, first_epoch: int, n_epochs: int, clip_groups=None) -> None:
         t = self._t

@@ -7,6 +7,16 @@
   codes and stderr included).
 - ``time_limit``: fail a test body that runs longer than N seconds instead of hanging.
 
+Fixtures of the README's "Guarantees" tests that several test files share, each built once per
+session (the helpers they use live in `tests/reliability.py`):
+
+- ``train_chain``: an offline G-Blend run killed, interrupted and resumed, beside an uninterrupted
+  run (test_interrupt_resume.py, test_numerical.py, test_safety.py).
+- ``train_lock_scenario``: a train run that takes over a stale lock while a second command on its
+  folder is refused (test_locks.py, test_safety.py; ``bad_config`` copies its finished run).
+- ``bad_config``: every refused command in its own folder, with snapshots before/after
+  (test_bad_input.py; its ``diverged`` case, a NaN loss, in test_numerical.py).
+
 `tests/media_factory.py` writes real media files for tests (``import media_factory``).
 """
 
@@ -15,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +109,171 @@ def time_limit():
             signal.signal(signal.SIGALRM, old)
 
     return limit
+
+
+# ============================================================================================ guarantees
+# (built once per session, shared by several test files; helpers in tests/reliability.py)
+
+@pytest.fixture(scope="session")
+def train_chain(tiny_demo, tmp_path_factory):
+    """An offline G-Blend run: SIGKILL during the estimation (before epoch 1) -> --resume, SIGINT
+    (group) after the first checkpoint -> --resume, SIGTERM (main process) after the next
+    checkpoint -> --resume to the end; an uninterrupted run with the same seed runs beside it."""
+    from reliability import Proc, gblend_args, journal_lines, safe_check, wait_for
+
+    tmp = tmp_path_factory.mktemp("train_chain")
+    args = gblend_args(tiny_demo)
+    ref = Proc([*args, "--out", tmp / "ref"], tmp, "ref")
+    run = tmp / "run"
+    last = run / "checkpoints" / "last.pt"
+    stages: dict[str, dict] = {}
+
+    p = Proc([*args, "--out", run], tmp, "kill_estimation")
+    caught = wait_for(lambda: journal_lines(run / "metrics.jsonl") >= 1, p)  # epoch 0 logged: estimation next
+    time.sleep(0.1)
+    alive = p.alive()
+    p.signal(signal.SIGKILL, group=True)
+    p.wait()
+    stages["kill_estimation"] = {"caught": caught and alive, "blend_weights": (run / "blend_weights.jsonl").exists(),
+                                 "last": last.exists(), **safe_check(run)}
+
+    for name, sig, group in (("sigint", signal.SIGINT, True), ("sigterm", signal.SIGTERM, False)):
+        before = last.stat().st_mtime_ns if last.exists() else 0
+        p = Proc([*args, "--out", run, "--resume"], tmp, name)
+        caught = wait_for(lambda: last.exists() and last.stat().st_mtime_ns != before, p)
+        alive = p.alive()
+        p.signal(sig, group=group)
+        rc = p.wait()
+        stages[name] = {"caught": caught and alive, "rc": rc, "stderr": p.stderr, "stdout": p.stdout,
+                        "final": (run / "final.json").exists(), **safe_check(run)}
+
+    p = Proc([*args, "--out", run, "--resume"], tmp, "final")
+    stages["final"] = {"rc": p.wait(), "stderr": p.stderr, **safe_check(run)}
+    stages["ref"] = {"rc": ref.wait(), "stderr": ref.stderr}
+    return tmp / "ref", run, stages
+
+
+@pytest.fixture(scope="session")
+def train_lock_scenario(tiny_demo, tmp_path_factory):
+    """A run folder holding a stale .lock (a dead pid on this host): a train-unimodal run takes it
+    over; while it holds the lock, the same command on the same --out is refused."""
+    from reliability import TINY, Proc, hold_while_stopped, write_stale_lock
+
+    tmp = tmp_path_factory.mktemp("train_lock")
+    run = tmp / "run"
+    stale = write_stale_lock(run)
+    args = ["train-unimodal", "--modality", "rgb", "--data", tiny_demo, "--out", run, "--epochs", "3", "--seed", "2",
+            *TINY]
+    first = Proc(args, tmp, "first")
+    held = hold_while_stopped(first, run, args, tmp)
+    rc1 = first.wait()
+    return {"run": run, "stale": stale, "first": first, "rc1": rc1, **held}
+
+
+@pytest.fixture(scope="session")
+def bad_config(tiny_demo, train_lock_scenario, tmp_path_factory):
+    """Every refused command in its own folder, run a few at a time; snapshots before/after."""
+    import torch
+    from reliability import TINY, run_many, snapshot
+
+    tmp = tmp_path_factory.mktemp("bad_config")
+    done_run = train_lock_scenario["run"]
+    rgb = ["train-unimodal", "--modality", "rgb", "--data", tiny_demo, "--epochs", "3", "--seed", "2", *TINY]
+    cases: dict[str, dict] = {}
+
+    def case(name: str, args: list, needles=(), code: int = 2, one_line: bool = True) -> Path:
+        d = tmp / name
+        d.mkdir()
+        cases[name] = {"args": args, "cwd": d, "needles": needles, "code": code, "one_line": one_line}
+        return d
+
+    def copy_run(d: Path) -> Path:
+        shutil.copytree(done_run, d / "run")
+        return d / "run"
+
+    def copy_data(d: Path) -> Path:
+        shutil.copytree(tiny_demo, d / "data", ignore=shutil.ignore_patterns("media"))
+        return d / "data"
+
+    d = case("unknown_recipe_key", [], ["epochz", "bad.toml"])
+    (d / "bad.toml").write_text("[train]\nepochz = 3\n")
+    cases["unknown_recipe_key"]["args"] = [*rgb, "--recipe", d / "bad.toml", "--out", d / "out"]
+    d = case("wrong_type", [], ["train.epochs", "three"])
+    (d / "bad.toml").write_text('[train]\nepochs = "three"\n')
+    cases["wrong_type"]["args"] = [*rgb, "--recipe", d / "bad.toml", "--out", d / "out"]
+    d = case("negative_epochs", [], ["train.epochs", "-1"])
+    cases["negative_epochs"]["args"] = [*rgb, "--epochs", "-1", "--out", d / "out"]
+    d = case("modality_not_prepared", [], ["flow"])
+    data = copy_data(d)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["modalities"] = ["audio", "rgb"]
+    (data / "dataset.json").write_text(json.dumps(meta))
+    cases["modality_not_prepared"]["args"] = ["train-unimodal", "--modality", "flow", "--data", data,
+                                              "--out", d / "out", *TINY]
+    d = case("resume_other_recipe", [], ["train.lr"])
+    run = copy_run(d)
+    cases["resume_other_recipe"]["args"] = [*rgb, "--out", run, "--resume", "--lr", "0.3"]
+    d = case("newer_dataset", [], ["newer"])
+    data = copy_data(d)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["format_version"] = 99
+    (data / "dataset.json").write_text(json.dumps(meta))
+    cases["newer_dataset"]["args"] = ["train-unimodal", "--modality", "rgb", "--data", data, "--out", d / "out", *TINY]
+    d = case("newer_checkpoint", [], ["newer"])
+    run = copy_run(d)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["format_version"] = 99
+    torch.save(state, run / "checkpoints" / "last.pt")
+    cases["newer_checkpoint"]["args"] = [*rgb, "--out", run, "--resume"]
+    d = case("run_folder_holds_a_run", [], ["already holds a run", "--resume"])
+    run = copy_run(d)
+    cases["run_folder_holds_a_run"]["args"] = [*rgb, "--out", run]
+    # recipes are data: strings that look like code stay strings
+    d = case("code_in_recipe", [], ["init-from"])
+    (d / "evil.toml").write_text("[train]\ninit_from = '__import__(\"os\").system(\"touch PWNED_A\")'\n"
+                                 "[dataset]\nroot = \"$(touch PWNED_B)\"\nresults_dir = \"`touch PWNED_C`\"\n")
+    cases["code_in_recipe"]["args"] = ["train-naive", "--modalities", "audio,rgb", "--recipe", d / "evil.toml",
+                                       "--data", tiny_demo, "--out", d / "out", *TINY]
+    d = case("code_in_set", [], ["train.optimizer"])
+    cases["code_in_set"]["args"] = [*rgb, "--set", "train.optimizer=__import__('os').system('touch PWNED_D')",
+                                    "--out", d / "out"]
+    # versions newer than this gblend, everywhere
+    d = case("init_from_newer_checkpoint", [], ["newer"])
+    run = copy_run(d)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["format_version"] = 99
+    torch.save(state, run / "checkpoints" / "last.pt")
+    cases["init_from_newer_checkpoint"]["args"] = ["train-naive", "--modalities", "audio,rgb", "--data", tiny_demo,
+                                                   "--epochs", "1", "--init-from", run, "--out", d / "out", *TINY]
+    d = case("report_newer_results", [], ["newer"])
+    run = copy_run(d / "results")
+    final = json.loads((run / "final.json").read_text())
+    final["format_version"] = 99
+    (run / "final.json").write_text(json.dumps(final))
+    cases["report_newer_results"]["args"] = ["report", "--results", d / "results", "--table", "1"]
+    d = case("prepare_into_newer_dataset", [], ["newer"])
+    data = d / "data"
+    shutil.copytree(tiny_demo, data)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["format_version"] = 99
+    (data / "dataset.json").write_text(json.dumps(meta))
+    cases["prepare_into_newer_dataset"]["args"] = ["prepare-data", "--dataset", "demo", "--out", data,
+                                                   "--set", "demo.train_videos=32", "--set", "demo.test_videos=16",
+                                                   "--workers", "1"]
+    # a NaN loss: epoch 1 at lr 1e-6, then the step schedule multiplies it by 1e38 -> exit 3
+    d = case("diverged", [], ["nan", "last good checkpoint"], code=3, one_line=False)
+    cases["diverged"]["args"] = [*rgb[:-len(TINY)], "--epochs", "3", *TINY, "--lr", "1e-6",
+                                 "--set", "train.schedule=step", "--set", "train.milestones=[1]",
+                                 "--set", "train.gamma=1e38", "--set", "train.eval_every=1", "--out", d / "out"]
+
+    demo_before = snapshot(tiny_demo)
+    for name, c in cases.items():
+        c["before"] = snapshot(c["cwd"])
+    run_many(cases)
+    for name, c in cases.items():
+        c["after"] = snapshot(c["cwd"])
+        for log in ("stdout", "stderr"):  # our own capture files are not the command's doing
+            c["before"].pop(str(c["cwd"] / f"{name}.{log}"), None)
+            c["after"].pop(str(c["cwd"] / f"{name}.{log}"), None)
+    assert snapshot(tiny_demo) == demo_before
+    return cases

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from gblend_cli.blend import _apply_floors, blend_weights, raw_weights
+from gblend_cli.blend import blend_weights, noise_bound, raw_weights
 from gblend_cli.policies.gblend import GradientBlending
 from gblend_cli.ogr import gradient_blend_terms, ogr_between
 
@@ -36,10 +36,11 @@ def test_raw_weights_equal_the_formula():
         assert w_raw_rule[h] == pytest.approx(s[h] / z)
 
 
-def test_raw_weights_keep_negative_terms_and_flag_undefined():
-    w = raw_weights({"a": -0.5, "b": 1.0}, {"a": 1.0, "b": 1.0})
-    assert w["a"] == pytest.approx(-0.5 / 0.5) and w["b"] == pytest.approx(1.0 / 0.5)
-    assert raw_weights({"a": 1.0, "b": -1.0}, {"a": 1.0, "b": 1.0}) == {"a": None, "b": None}  # Z = 0
+def test_raw_weights_clip_negative_generalisation_and_flag_undefined():
+    w = raw_weights({"a": -0.5, "b": 1.0}, {"a": 1.0, "b": 0.5})
+    assert w == {"a": 0.0, "b": 1.0}  # a head that does not generalise gets nothing
+    assert raw_weights({"a": 1.0, "b": 1.0}, {"a": 0.0, "b": 1.0}) == {"a": None, "b": None}  # ΔO = 0: undefined
+    assert raw_weights({"a": -1.0, "b": 0.0}, {"a": 1.0, "b": 1.0}) == {"a": None, "b": None}  # Z = 0
 
 
 def test_raw_rule_clips_negative_generalisation_to_zero():
@@ -57,58 +58,65 @@ def test_all_negative_generalisation_falls_back_to_equal_weights():
         assert sum(w.values()) == pytest.approx(1.0)
 
 
-def test_tiny_delta_o_is_floored_relative_to_the_largest():
+def test_a_delta_o_within_its_noise_is_floored_at_the_noise():
     dg = {"audio": 0.5, "rgb": 0.5, "fused": 0.5}
     do = {"audio": 1.0, "rgb": 1e-6, "fused": 0.5}
-    raw = blend_weights(dg, do, rule="raw")
-    assert raw["rgb"] > 0.999  # winner-take-all by a near-zero denominator
-    w = blend_weights(dg, do, rule="regularised", min_weight=0.0, fused_min_weight=0.0, delta_o_floor=0.01)
-    # rgb's ΔO² = 1e-12 is floored at 0.01 * 1.0: scores 0.5, 50, 2 -> normalised
+    se = {"audio": 0.05, "rgb": 0.1, "fused": 0.05}
+    assert blend_weights(dg, do, rule="raw")["rgb"] > 0.999  # without SEs: winner-take-all by a near-zero ΔO
+    w = blend_weights(dg, do, rule="raw", delta_o_se=se)
+    # rgb's ΔO² = 1e-12 is floored at SE² = 0.01; audio and fused are above their noise: scores 0.5, 50, 2
     assert w["rgb"] == pytest.approx(50 / 52.5)
     assert w["fused"] == pytest.approx(2 / 52.5)
     assert w["audio"] == pytest.approx(0.5 / 52.5)
+    # the guard is each head's own noise: how much another head overfits does not move it
+    w2 = blend_weights(dg, {**do, "audio": 10.0}, rule="raw", delta_o_se=se)
+    assert w2["rgb"] / w2["fused"] == pytest.approx(w["rgb"] / w["fused"])
+    assert noise_bound(do, se) == {"audio": False, "rgb": True, "fused": False}
 
 
-def test_floors_keep_every_head_and_the_fused_head():
+def test_floors_lift_only_heads_that_do_not_generalise():
     dg = {"audio": -0.5, "rgb": 1.2, "fused": 0.8}
     do = {"audio": 2.7, "rgb": 0.3, "fused": 1.1}
-    w = blend_weights(dg, do, rule="regularised", min_weight=0.05, fused_min_weight=0.3)
-    assert w["audio"] == pytest.approx(0.05)
-    assert w["fused"] == pytest.approx(0.3)
-    assert w["rgb"] == pytest.approx(0.65)
-    assert sum(w.values()) == pytest.approx(1.0)
-
-
-def test_apply_floors_takes_mass_proportionally():
-    w = _apply_floors({"a": 0.9, "b": 0.08, "c": 0.02}, {"a": 0.0, "b": 0.1, "c": 0.1})
-    assert w["b"] == pytest.approx(0.1) and w["c"] == pytest.approx(0.1) and w["a"] == pytest.approx(0.8)
-    # floors that exceed the budget are shared in proportion
-    w = _apply_floors({"a": 1.0, "b": 0.0}, {"a": 0.8, "b": 0.8})
-    assert w == {"a": pytest.approx(0.5), "b": pytest.approx(0.5)}
+    raw = raw_weights(dg, do)
+    w = blend_weights(dg, do, rule="regularised", min_weight=0.05)
+    assert raw["audio"] == 0.0 and w["audio"] == pytest.approx(0.05)
+    # the generalising heads keep their ratio and lose the 0.05 proportionally
+    assert w["rgb"] == pytest.approx(raw["rgb"] * 0.95) and w["fused"] == pytest.approx(raw["fused"] * 0.95)
+    # a fused head that generalises is never lifted, however small its weight
+    w = blend_weights({"audio": 0.01, "rgb": 1.2, "fused": 0.05}, {"audio": 2.0, "rgb": 0.3, "fused": 2.0},
+                      rule="regularised", min_weight=0.05)
+    assert w == pytest.approx(raw_weights({"audio": 0.01, "rgb": 1.2, "fused": 0.05}, {"audio": 2.0, "rgb": 0.3, "fused": 2.0}))
+    # two heads without generalisation share the 0.05 budget
+    w = blend_weights({"audio": -0.1, "flow": 0.0, "rgb": 1.0, "fused": 1.0}, {h: 1.0 for h in ("audio", "flow", "rgb", "fused")},
+                      rule="regularised", min_weight=0.05)
+    assert w["audio"] == pytest.approx(0.025) and w["flow"] == pytest.approx(0.025) and w["rgb"] == pytest.approx(0.475)
 
 
 def test_weights_are_a_distribution_under_any_input():
     import random
 
     rng = random.Random(0)
-    for _ in range(200):
+    for _ in range(300):
         heads = ["audio", "rgb", "flow", "fused"][: rng.randint(2, 4)]
         dg = {h: rng.uniform(-1, 1) for h in heads}
         do = {h: rng.choice([0.0, rng.uniform(-1, 1)]) for h in heads}
+        raw = raw_weights(dg, do)
         for rule in ("raw", "regularised"):
             w = blend_weights(dg, do, rule=rule)
             assert sum(w.values()) == pytest.approx(1.0)
             assert all(v >= 0 for v in w.values())
-            if rule == "regularised":
-                assert all(w[h] >= (0.1 if h == "fused" else 0.05) - 1e-9 for h in heads)
+            if raw[heads[0]] is not None:  # defined formula, no noise guard: within 0.05 of it
+                assert all(abs(w[h] - raw[h]) <= 0.05 + 1e-12 for h in heads), (dg, do, w, raw)
+            if rule == "regularised" and any(v > 0 for v in dg.values()):
+                n_lift = sum(v <= 0 for v in dg.values())
+                assert all(w[h] == pytest.approx(min(0.05, 0.05 / n_lift)) for h in heads if dg[h] <= 0)
 
 
 def test_online_schedule_has_a_warm_up_then_super_epochs():
-    g = GradientBlending({"warmup_super_epoch": 10, "super_epoch": 5, "estimate_epochs": 0}, "online", 23,
-                         ["audio", "rgb", "fused"])
+    cfg = {"gblend": {"warmup_super_epoch": 10, "super_epoch": 5, "estimate_epochs": 0}, "train": {"epochs": 23}}
+    g = GradientBlending(cfg, "online", ["audio", "rgb", "fused"])
     assert g.schedule() == {0: 10, 10: 5, 15: 5, 20: 3}
-    off = GradientBlending({"warmup_super_epoch": 10, "super_epoch": 5, "estimate_epochs": 0}, "offline", 23,
-                           ["audio", "rgb", "fused"])
+    off = GradientBlending(cfg, "offline", ["audio", "rgb", "fused"])
     assert off.schedule() == {0: 23}  # offline estimators train the whole run length, as in the paper
     off.gcfg["estimate_epochs"] = 4
     assert off.schedule() == {0: 4}

@@ -34,3 +34,24 @@ def test_a_demo_video_does_not_depend_on_what_its_process_encoded_before(tmp_pat
         assert p.returncode == 0, p.stderr[-2000:]
         digests.add(p.stdout.split()[-1])
     assert len(digests) == 1, digests
+
+
+def test_the_data_seed_chooses_the_videos_and_a_folder_keeps_its_seed(tmp_path, run_gblend):
+    small = ["--set", "demo.train_videos=8", "--set", "demo.test_videos=8", "--set", "prepare.workers=1"]
+    p = run_gblend("prepare-data", "--dataset", "demo", "--seed", "5", "--out", tmp_path / "d5", *small)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "seed = 5" in (tmp_path / "d5" / "prepare_config.toml").read_text()
+    first = sorted((tmp_path / "d5" / "media" / "videos" / "train").rglob("*.mp4"))[0]
+    assert first.name.startswith("d05t")  # the seed is part of every video id
+    # another data seed into the same folder would mix two datasets: refused, nothing changed
+    before = sorted(x.name for x in (tmp_path / "d5" / "rgb").iterdir())
+    p = run_gblend("prepare-data", "--dataset", "demo", "--seed", "6", "--out", tmp_path / "d5", *small)
+    assert p.returncode == 2 and "demo.seed" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert sorted(x.name for x in (tmp_path / "d5" / "rgb").iterdir()) == before
+    # and the seed, not the slot, decides what a video shows
+    from gblend_cli import demo_data
+    from gblend_cli.config import load_config
+
+    p_demo = load_config(None)["demo"]
+    paths = [demo_data.render_job(demo_data.video_jobs(tmp_path / f"s{seed}", p_demo, seed)[0], p_demo) for seed in (5, 6)]
+    assert Path(paths[0]).read_bytes() != Path(paths[1]).read_bytes()

@@ -73,7 +73,8 @@ DEFAULT_CURVE = [(0, (2.0, 2.0, 2.0)), (1, None), (2, (1.0, 1.5, 1.5))]  # OGR =
 
 
 def write_run(results, method: str, mods: list[str], seed: int, *, video: float, clip: float, top5: float,
-              train: float, mode: str | None = None, weights: dict | None = None, curve=DEFAULT_CURVE):
+              train: float, mode: str | None = None, weights: dict | None = None, curve=DEFAULT_CURVE,
+              blend_rows: list[dict] | None = None):
     heads = heads_of(method, mods)
     head = heads[0] if method == "unimodal" else "fused"
     d = results / RunKey(method, tuple(mods), seed, mode).name
@@ -85,6 +86,8 @@ def write_run(results, method: str, mods: list[str], seed: int, *, video: float,
              "dataset": "demo", "format_version": 1}
     if method == "gblend":
         final["mode"] = mode
+    if blend_rows:
+        (d / "blend_weights.jsonl").write_text("".join(json.dumps(r) + "\n" for r in blend_rows))
     (d / "final.json").write_text(json.dumps(final, indent=2))
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metric_rows(heads, curve)))
     return d
@@ -103,6 +106,24 @@ NUMBERS = {
     ("gblend", ("audio", "rgb"), "offline"): {0: (58, 66, 91, 90), 1: (60, 64, 92, 91), 2: (59, 65.5, 93, 92)},
     ("gblend", ("audio", "rgb"), "online"): {0: (61, 67, 94, 93), 2: (63, 69, 95, 94)},  # seed 1 not run
 }
+# w_raw of each run's last estimation; audio's ΔG <= 0 in offline seed 1 (lifted by the floor)
+GB_RAW = {
+    "offline": {0: {"audio": 0.05, "rgb": 0.55, "fused": 0.4}, 1: {"audio": 0.0, "rgb": 0.6, "fused": 0.4},
+                2: {"audio": 0.1, "rgb": 0.5, "fused": 0.4}},
+    "online": {0: {"audio": 0.0, "rgb": 0.65, "fused": 0.35}, 2: {"audio": 0.07, "rgb": 0.5, "fused": 0.43}},
+}
+
+
+def blend_rows_of(mode: str, seed: int) -> list[dict]:
+    """blend_weights.jsonl rows: online runs estimate twice (the report reads the last row)."""
+    def row(epoch, w, raw):
+        return {"epoch": epoch, "heads": {h: {"w": w[h], "w_raw": raw[h], "floored": raw[h] == 0.0 and w[h] > 0,
+                                              "noise_bound": False} for h in w}}
+    w, raw = GB_WEIGHTS[mode][seed], GB_RAW[mode][seed]
+    early = {"audio": 0.9, "rgb": 0.05, "fused": 0.05}
+    return ([row(0, early, early)] if mode == "online" else []) + [row(8 if mode == "online" else 0, w, raw)]
+
+
 GB_WEIGHTS = {
     "offline": {0: {"audio": 0.1, "rgb": 0.5, "fused": 0.4}, 1: {"audio": 0.2, "rgb": 0.4, "fused": 0.4},
                 2: {"audio": 0.15, "rgb": 0.45, "fused": 0.4}},
@@ -146,6 +167,7 @@ def make_results(root):
                 kw["curve"] = CURVES[(method, mods, seed)]
             if method == "gblend":
                 kw["weights"] = GB_WEIGHTS[mode][seed]
+                kw["blend_rows"] = blend_rows_of(mode, seed)
             write_run(results, method, list(mods), seed, video=video, clip=clip, top5=top5, train=train, mode=mode, **kw)
     return results
 
@@ -270,6 +292,15 @@ def test_table4_means_stds_seeds_weights_and_paper(results, cfg):
     assert uni["weights"] is None and naive["weights"] is None
     assert off["weights"] == {"audio": 0.15, "rgb": 0.45, "fused": 0.4}
     assert on["weights"] == {"audio": 0.06, "rgb": 0.55, "fused": 0.39}
+    # w_raw beside w, both mean ± std over seeds; the report reads each run's last estimation
+    assert off["weights_raw"] == {"audio": 0.05, "rgb": 0.55, "fused": 0.4}
+    assert off["weights_raw_std"] == {"audio": 0.05, "rgb": 0.05, "fused": 0.0}
+    assert off["weights_std"] == {"audio": 0.05, "rgb": 0.05, "fused": 0.0}
+    assert on["weights_raw"] == {"audio": 0.035, "rgb": 0.575, "fused": 0.39}
+    assert off["floored"] == ["audio"] and on["floored"] == ["audio"] and off["noise_bound"] == []
+    assert uni["weights_raw"] is None and naive["floored"] == []
+    md = render({"table4": rows}, "markdown")
+    assert "audio 0.15±0.05†" in md and "rgb 0.55±0.05" in md and "lifted by the floor" in md
     assert on["missing"] == ["gblend train-gblend --modalities audio,rgb --mode online --seed 1"]
     assert off["missing"] == [] and naive["missing"] == [] and uni["missing"] == []
 

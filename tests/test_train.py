@@ -211,17 +211,19 @@ def test_estimators_train_only_their_own_backbone_and_measure_in_eval_mode(tiny_
         return orig(self, inputs)
 
     tr._in_eval = False
-    orig_eval = tr.evaluate
 
-    def evaluate(*a, **k):
-        tr._in_eval = True
-        try:
-            return orig_eval(*a, **k)
-        finally:
-            tr._in_eval = False
+    def measuring(orig):  # evaluation passes and the BN recalibration pass at φ_0 are measurements
+        def wrapped(*a, **k):
+            tr._in_eval = True
+            try:
+                return orig(*a, **k)
+            finally:
+                tr._in_eval = False
+        return wrapped
 
     monkeypatch.setattr(MultiModalNet, "forward", spy)
-    monkeypatch.setattr(tr, "evaluate", evaluate)
+    monkeypatch.setattr(tr, "evaluate", measuring(tr.evaluate))
+    monkeypatch.setattr(tr, "bn_recalibrated", measuring(tr.bn_recalibrated))
     from gblend_cli.train import RunContext
 
     row = blend.estimate_blend_weights(RunContext(tr, tr.folder), 0, 1, tr.cfg["gblend"])
@@ -336,3 +338,65 @@ def test_disk_reads_equal_ram_cached_reads(tiny_demo):
     i = idx[0]
     n = disk.length("rgb", i)
     assert disk.rows("rgb", i, n - 2, n + 5).shape[0] == 2
+
+
+def _parallel(*cmds, timeout=300):
+    """Run gblend commands side by side; return their CompletedProcess-like results."""
+    procs = [subprocess.Popen(gblend_cmd(*c), env=gblend_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]
+    out = []
+    for p in procs:
+        so, se = p.communicate(timeout=timeout)
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, so, se))
+    return out
+
+
+def test_offline_weights_read_from_runs_equal_algorithm_2(tiny_demo, tmp_path):
+    """Algorithm 2's estimators are the uni-modal and naive runs of the same seed: reading their
+    logs gives, bit for bit, the terms and weights that training the estimators gives, and the
+    G-Blend run then trains identically."""
+    common = ["--data", tiny_demo, "--epochs", "2", "--seed", "4", *TINY]
+    runs = {"ua": ["train-unimodal", "--modality", "audio"], "ur": ["train-unimodal", "--modality", "rgb"],
+            "n": ["train-naive", "--modalities", "audio,rgb"], "self": ["train-gblend", "--modalities", "audio,rgb"]}
+    names = list(runs)
+    for a, b in ((names[0], names[1]), (names[2], names[3])):
+        for p in _parallel(runs[a] + [*common, "--out", tmp_path / a], runs[b] + [*common, "--out", tmp_path / b]):
+            assert p.returncode == 0, p.stderr[-2000:]
+    sources = ",".join(str(tmp_path / n) for n in ("ua", "ur", "n"))
+    p, bad = _parallel(["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources, *common,
+                        "--out", tmp_path / "from_runs"],
+                       ["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources,
+                        *[c if c != "4" else "5" for c in common], "--out", tmp_path / "other_seed"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    own = json.loads((tmp_path / "self" / "blend_weights.jsonl").read_text().splitlines()[0])
+    read = json.loads((tmp_path / "from_runs" / "blend_weights.jsonl").read_text().splitlines()[0])
+    assert read["source"] == "runs" and read["runs"] == ["ua", "ur", "n"] and "source" not in own
+    for h in ("audio", "rgb", "fused"):
+        for k in ("LT_before", "LV_before", "LT_after", "LV_after", "delta_O", "delta_G", "delta_O_se", "w_raw", "w"):
+            assert read["heads"][h][k] == own["heads"][h][k], (h, k)
+    assert _final_numbers(tmp_path / "from_runs") == _final_numbers(tmp_path / "self")
+    # runs of another seed do not stand for this run's estimators: refused, one line, nothing trained
+    assert bad.returncode == 2 and "train.seed" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "other_seed" / "final.json").exists()
+
+
+def test_gblend_without_a_held_out_split_is_refused(tiny_demo, tmp_path, run_gblend):
+    p = run_gblend("train-gblend", "--modalities", "audio,rgb", "--data", tiny_demo, "--out", tmp_path / "g",
+                   "--epochs", "1", *TINY, "--set", "train.holdout_fraction=0")
+    assert p.returncode == 2 and "holdout_fraction" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "g").exists()
+
+
+def test_phi0_measurements_use_batchnorm_statistics_of_the_training_clips(tiny_demo, tmp_path):
+    tr = _trainer(tiny_demo, tmp_path)
+    before = copy.deepcopy(tr.model.state_dict())
+    calibrated = tr.bn_recalibrated(tr.model)
+    frames = torch.cat([b["audio"].float().flatten() for b in tr.data.eval_loaders["train"]])
+    norm = calibrated.backbones["audio"].input_norm  # the first BatchNorm sees the raw log-mel values
+    assert norm.running_mean.item() == pytest.approx(frames.mean().item(), rel=1e-4)
+    assert norm.running_var.item() == pytest.approx(frames.var().item(), rel=1e-3)  # unbiased, as BatchNorm keeps it
+    assert tr.model.backbones["audio"].input_norm.running_mean.item() == 0.0  # the run's model is untouched
+    for k, v in tr.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not calibrated.training

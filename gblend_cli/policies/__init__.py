@@ -8,6 +8,7 @@ the class for a run's key.
 
 from __future__ import annotations
 
+from ..errors import UserError
 from ..experiment import RunKey
 from .base import EstimationContext, LossPolicy
 from .fixed import FixedWeights, parse_weights
@@ -24,6 +25,9 @@ def make_policy(key: RunKey, cfg: dict) -> LossPolicy:
         return FixedWeights({"fused": 1.0})
     if key.mode in ("fixed", "equal"):
         return FixedWeights(parse_weights(cfg["gblend"]["weights"] if key.mode == "fixed" else "equal", key.heads))
+    if cfg["train"]["holdout_fraction"] == 0 and not cfg["gblend"]["estimate_from"]:
+        raise UserError("train.holdout_fraction = 0 leaves no held-out V, and G-Blend's weights are measured on V "
+                        "(Algorithm 1); set train.holdout_fraction > 0 (the paper holds out 8%) or give --weights")
     from .gblend import GradientBlending
 
-    return GradientBlending(cfg["gblend"], key.mode, cfg["train"]["epochs"], key.heads)
+    return GradientBlending(cfg, key.mode, key.heads)

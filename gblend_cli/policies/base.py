@@ -42,8 +42,13 @@ class EstimationContext(Protocol):
     def model(self) -> torch.nn.Module:
         """The run's model as it is now (unwrapped; do not modify it)."""
 
+    rank: int  # this process's rank (0 when not distributed)
+
     def evaluate(self, model: torch.nn.Module, split: str, heads: list[str]) -> dict:
         """A clean eval-mode pass over a named split ('train' = T', 'holdout' = V): {head: {loss, top1}}."""
+
+    def bn_recalibrated(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of `model` with BatchNorm statistics recomputed on T' (for measurements at φ_0)."""
 
     def train(self, model: torch.nn.Module, first_epoch: int, n_epochs: int, clip_groups=None) -> None:
         """Train `model` (every head at weight 1) for `n_epochs` on T with the run's data order,

@@ -5,14 +5,19 @@ of every super-epoch over that super-epoch (online, Algorithm 3)."""
 
 from __future__ import annotations
 
-from ..blend import estimate_blend_weights, show_weights_table
+from ..blend import blend_row, estimate_blend_weights, show_weights_table, terms_from_runs
 
 
 class GradientBlending:
-    def __init__(self, gcfg: dict, mode: str, epochs: int, heads: list[str]):
+    """`cfg` is the run's whole recipe (offline terms read from runs are checked against it)."""
+
+    def __init__(self, cfg: dict, mode: str, heads: list[str]):
         if mode not in ("offline", "online"):
             raise ValueError(mode)
-        self.gcfg, self.mode, self.epochs, self.heads = gcfg, mode, epochs, heads
+        self.cfg, self.gcfg, self.mode, self.epochs, self.heads = cfg, cfg["gblend"], mode, cfg["train"]["epochs"], heads
+        self.from_runs = None  # offline terms read (and checked) now, before the run starts
+        if mode == "offline" and self.gcfg["estimate_from"]:
+            self.from_runs = terms_from_runs(self.gcfg["estimate_from"], cfg, [h for h in heads if h != "fused"])
         self.weights = {h: 1.0 / len(heads) for h in heads}
         self.history: list[dict] = []
 
@@ -31,7 +36,11 @@ class GradientBlending:
         n = self.schedule().get(epoch)
         if n is None:
             return
-        row = estimate_blend_weights(ctx, epoch, n, self.gcfg)
+        if self.from_runs is not None:  # Algorithm 2's estimators ran already: they are these runs
+            terms, names = self.from_runs
+            row = blend_row(epoch, n, self.gcfg, terms, source="runs", runs=names)
+        else:
+            row = estimate_blend_weights(ctx, epoch, n, self.gcfg)
         old = dict(self.weights)
         self.weights = {h: row["heads"][h]["w"] for h in self.heads}
         self.history.append({"epoch": epoch, "weights": dict(self.weights)})

@@ -1,0 +1,109 @@
+"""The README's "One writer per folder" guarantee, checked on the real entry point (`python -m gblend_cli`
+subprocesses) and on `storage.folder_lock`: locks, stale locks (a lock left by a dead process is taken
+over), a second command on the same folder is refused.
+
+The train scenario (`train_lock_scenario`) is built once per session in conftest.py: test_bad_input.py
+and test_safety.py use its finished run too."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from reliability import Proc, assert_one_line_error, hold_while_stopped, write_stale_lock
+
+
+def test_stale_train_lock_is_taken_over(train_lock_scenario):
+    s = train_lock_scenario
+    assert s["took"], "the run did not take over the stale lock"
+    assert s["rc1"] == 0, s["first"].stderr[-3000:]
+    assert (s["run"] / "final.json").exists() and not (s["run"] / ".lock").exists()
+
+
+def test_second_train_command_on_the_same_folder_is_refused(train_lock_scenario):
+    s = train_lock_scenario
+    line = assert_one_line_error(s["rc2"], s["second"].stderr, s["second"].stdout, str(s["first"].pid), ".lock")
+    assert "another gblend" in line
+    assert s["rc1"] == 0  # the first one was not disturbed
+    assert [json.loads(x)["epoch"] for x in (s["run"] / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def prepare_lock_scenario(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prep_lock")
+    out = tmp / "data"
+    write_stale_lock(out)
+    args = ["prepare-data", "--dataset", "demo", "--set", "demo.train_videos=24", "--set", "demo.test_videos=8",
+            "--workers", "1", "--flow", "none", "--out", out]
+    first = Proc(args, tmp, "first")
+    held = hold_while_stopped(first, out, args, tmp)
+    rc1 = first.wait()
+    return {"out": out, "first": first, "rc1": rc1, **held}
+
+
+def test_stale_prepare_lock_is_taken_over(prepare_lock_scenario):
+    s = prepare_lock_scenario
+    assert s["took"] and s["rc1"] == 0, s["first"].stderr[-3000:]
+    report = json.loads((s["out"] / "prepare_report.json").read_text())
+    assert (report["ok"], report["failed"]) == (32, [])
+    assert not (s["out"] / ".lock").exists()
+
+
+def test_second_prepare_on_the_same_folder_is_refused(prepare_lock_scenario):
+    s = prepare_lock_scenario
+    assert_one_line_error(s["rc2"], s["second"].stderr, s["second"].stdout, str(s["first"].pid), ".lock")
+
+
+def test_folder_lock_rules(tmp_path):
+    from gblend_cli.errors import UserError
+    from gblend_cli.storage import folder_lock
+
+    # a live owner on another host is never taken over (its pid means nothing here)
+    d = tmp_path / "other_host"
+    d.mkdir()
+    (d / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname() + "-elsewhere"}))
+    with pytest.raises(UserError, match="pid"):
+        with folder_lock(d):
+            pass
+    # a live owner on this host: refused, the lock is left alone
+    d2 = tmp_path / "live"
+    with folder_lock(d2):
+        before = (d2 / ".lock").read_bytes()
+        with pytest.raises(UserError, match=str(os.getpid())):
+            with folder_lock(d2):
+                pass
+        assert (d2 / ".lock").read_bytes() == before
+    assert not (d2 / ".lock").exists()
+    # an empty lock (its writer was killed between create and write) is stale
+    d3 = tmp_path / "empty"
+    d3.mkdir()
+    (d3 / ".lock").write_text("")
+    with folder_lock(d3):
+        assert json.loads((d3 / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_stale_lock_takeover_cannot_steal_a_fresh_lock(tmp_path, monkeypatch):
+    """Two commands start on a folder with a stale lock. A takes it over; B had read the lock
+    while it still named the dead owner (simulated: B's read returns what it saw then)."""
+    from gblend_cli.errors import UserError
+    from gblend_cli.storage import folder_lock
+
+    d = tmp_path / "run"
+    write_stale_lock(d)
+    lock = d / ".lock"
+    seen_by_b = lock.read_text()
+    with folder_lock(d):  # A
+        a_lock = lock.read_text()
+        real = Path.read_text
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: seen_by_b if self == lock else real(self, *a, **k))
+        try:
+            with pytest.raises(UserError):
+                with folder_lock(d):  # B must not get in while A holds the folder
+                    pass
+        finally:
+            monkeypatch.undo()
+        assert lock.read_text() == a_lock
