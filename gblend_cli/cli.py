@@ -1,7 +1,8 @@
 """The `gblend` command line: thin Typer wrappers over the stage modules.
 
 Heavy imports (torch, torchvision, PyAV, OpenCV) happen inside the commands so `gblend --help`
-stays fast. Every user error is one line on stderr and exit code 2."""
+stays fast. Results go to stdout; progress, logs and errors to stderr. Every bad value — ours or
+one Typer parses — is one line on stderr naming the option, with exit code 2."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import functools
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 from rich.markup import escape
 
 from .errors import UserError
-from .ui import console
+from .ui import console, stop_loading
+
+if not sys.stdout.isatty():  # help piped to a file or `less`: wide lines, no cut option names
+    import typer.rich_utils
+
+    typer.rich_utils.MAX_WIDTH = typer.rich_utils.MAX_WIDTH or 120
 
 app = typer.Typer(
     name="gblend",
@@ -25,6 +31,25 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _recipe_defaults() -> dict:
+    """The default recipe's values, shown as the defaults in --help (--recipe changes them)."""
+    from .config import DEFAULTS, load_config
+
+    try:
+        return load_config(None)
+    except UserError:  # a broken default recipe must not break --help
+        return DEFAULTS
+
+
+D = _recipe_defaults()
+
+
+def _d(dotted: str) -> str:
+    section, key = dotted.split(".")
+    v = D[section][key]
+    return escape(f"[default: {v if not isinstance(v, str) or v else '-'}]")  # help text is rich markup
 
 
 def _sigterm_to_interrupt(signum, frame):  # pragma: no cover - exercised by subprocess tests
@@ -39,7 +64,10 @@ def command(fn):
     def wrapper(*args, **kwargs):
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
         try:
-            return fn(*args, **kwargs)
+            try:
+                fn(*args, **kwargs)
+            finally:
+                stop_loading()
         except UserError as e:
             console.print("[red]error:[/red]", escape(str(e)), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
@@ -55,118 +83,141 @@ def command(fn):
     return wrapper
 
 
-def _overrides(**dotted) -> dict:
-    """CLI options -> recipe keys (None = not given). Keys use '__' for '.'."""
-    return {k.replace("__", "."): v for k, v in dotted.items() if v is not None}
+# CLI options and the recipe keys they set (a bad value is reported under the option's name)
+OPTION_KEYS = {
+    "train.epochs": "--epochs", "train.seed": "--seed", "train.batch_size": "--batch-size", "train.lr": "--lr",
+    "train.optimizer": "--optimizer", "train.device": "--device", "train.workers": "--workers",
+    "train.threads": "--threads", "train.init_from": "--init-from", "gblend.mode": "--mode",
+    "gblend.metric": "--metric", "gblend.rule": "--blend-rule", "gblend.weights": "--weights",
+    "gblend.estimate_from": "--estimate-from", "dataset.name": "--dataset", "dataset.root": "--root",
+    "dataset.annotations": "--annotations", "prepare.workers": "--workers", "prepare.flow": "--flow",
+    "prepare.fps": "--fps", "prepare.short_side": "--short-side", "demo.seed": "--seed",
+    "dataset.label_field": "--label-field", "dataset.allow_outside_root": "--allow-outside-root",
+    "reproduce.seeds": "--seeds", "reproduce.other_seeds": "--seeds", "reproduce.jobs": "--jobs", "dataset.results_dir": "--results",
+}
 
 
-RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe TOML (default: recipes/demo.toml), or a bundled name like kinetics400.")
-SetOpt = typer.Option(None, "--set", help="Override any recipe key: --set train.lr=0.1 (repeatable).")
+def _config(recipe, sets, **dotted) -> dict:
+    """The recipe with `--set` overrides and the CLI options given (keys use '__' for '.')."""
+    from .config import load_config
+
+    overrides = {k.replace("__", "."): v for k, v in dotted.items() if v is not None}
+    return load_config(recipe, overrides, sets, OPTION_KEYS)
+
+
+DATASETS = Literal["demo", "kinetics400", "kinetics600", "kinetics700", "kinetics-sounds", "audioset",
+                   "epic-kitchens", "cremad", "csv", "folder"]
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe TOML, or a bundled name like kinetics400 " + escape("[default: recipes/demo.toml]."))
+SetOpt = typer.Option(None, "--set", help="Override any recipe key, e.g. --set train.lr=0.1 (repeatable).")
 
 
 # ---------------------------------------------------------------------------------------------
-@app.command("prepare-data", epilog="Examples:\n\n  gblend prepare-data --dataset demo --out data/demo\n\n"
+@app.command("prepare-data", epilog="Examples:\n\n  gblend prepare-data --dataset demo --seed 1 --out data/demo-s1\n\n"
              "  gblend prepare-data --dataset kinetics400 --root /data/k400 --annotations train.csv "
              "--annotations validate.csv --out data/k400 --workers 16 --flow tvl1")
 @command
 def prepare_data(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="demo|kinetics400|kinetics600|kinetics700|kinetics-sounds|audioset|epic-kitchens|cremad|csv|folder"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder (default: data/<dataset>)."),
+    dataset: Optional[DATASETS] = typer.Option(None, "--dataset", "-d", help=f"Which reader {_d('dataset.name')}."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder " + escape("[default: data/DATASET].")),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder of media files."),
     annotations: Optional[List[Path]] = typer.Option(None, "--annotations", "-a", help="Annotation CSV (repeatable: train and validate)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Parallel decoding processes."),
-    flow: Optional[str] = typer.Option(None, "--flow", help="Optical flow: dis (fast) | tvl1 (paper) | none."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate frames are resampled to."),
-    short_side: Optional[int] = typer.Option(None, "--short-side", help="Resize frames to this short side (px)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Demo only: the data seed of the generated videos (recipe: demo.seed)."),
-    label_field: Optional[str] = typer.Option(None, "--label-field", help="EPIC-Kitchens: verb|noun|action."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help=f"Parallel decoding processes {_d('prepare.workers')}."),
+    flow: Optional[Literal["dis", "tvl1", "none"]] = typer.Option(None, "--flow", help=f"Optical flow: dis (fast), tvl1 (the paper's) or none {_d('prepare.flow')}."),
+    fps: Optional[float] = typer.Option(None, "--fps", help=f"Frame rate frames are resampled to {_d('prepare.fps')}."),
+    short_side: Optional[int] = typer.Option(None, "--short-side", help=f"Resize frames to this short side, px {_d('prepare.short_side')}."),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Demo only: the data seed of the generated videos {_d('demo.seed')}."),
+    label_field: Optional[Literal["verb", "noun", "action"]] = typer.Option(None, "--label-field", help="EPIC-Kitchens: which label to classify " + escape("[default: verb].")),
     allow_outside_root: Optional[bool] = typer.Option(None, "--allow-outside-root", help="Accept manifest paths outside --root."),
     recipe: Optional[Path] = RecipeOpt,
     sets: Optional[List[str]] = SetOpt,
 ):
     """Decode media into RGB frames, 16 kHz log-mel audio and optical flow, ready for training."""
-    from .config import NO_RECIPE, RECIPES_DIR, data_dir, load_config
+    from .config import NO_RECIPE, RECIPES_DIR, data_dir
     from .prepare import prepare_dataset
+    from .ui import out as stdout
 
     if recipe is None and dataset and dataset != "demo":  # a dataset's own recipe, else built-in defaults
         recipe = RECIPES_DIR / f"{dataset}.toml" if (RECIPES_DIR / f"{dataset}.toml").exists() else NO_RECIPE
-    cfg = load_config(recipe, _overrides(
-        dataset__name=dataset, dataset__root=str(root) if root else None,
-        dataset__annotations=[str(a) for a in annotations] if annotations else None,
-        prepare__workers=workers, prepare__flow=flow, prepare__fps=fps, prepare__short_side=short_side,
-        dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root, demo__seed=seed), sets)
+    cfg = _config(recipe, sets, dataset__name=dataset, dataset__root=str(root) if root else None,
+                  dataset__annotations=[str(a) for a in annotations] if annotations else None,
+                  prepare__workers=workers, prepare__flow=flow, prepare__fps=fps, prepare__short_side=short_side,
+                  dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root, demo__seed=seed)
     out = out or data_dir(cfg)
     report = prepare_dataset(cfg, out)
-    console.print(f"prepared {report['ok']} clips ({report['no_audio']} without audio), "
-                  f"{len(report['failed'])} failed -> {out}/prepare_report.json")
+    stdout.print(f"prepared {report['ok']} clips ({report['no_audio']} without audio), "
+                 f"{len(report['failed'])} failed -> {out}/prepare_report.json", soft_wrap=True, markup=False)
     for f in report["failed"][:10]:
-        console.print(f"  skipped {f['clip']}: {f['reason']}", soft_wrap=True)
+        stdout.print(f"  skipped {f['clip']}: {f['reason']}", soft_wrap=True, markup=False)
     if len(report["failed"]) > 10:
-        console.print(f"  ... and {len(report['failed']) - 10} more (see prepare_report.json)")
+        stdout.print(f"  ... and {len(report['failed']) - 10} more (see prepare_report.json)")
 
 
-def _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from, extra=None):
-    from .config import load_config
-
-    return load_config(recipe, _overrides(
-        train__epochs=epochs, train__seed=seed, train__batch_size=batch_size, train__lr=lr,
-        train__optimizer=optimizer, train__device=device, train__workers=workers, train__threads=threads,
-        train__init_from=str(init_from) if init_from else None, **(extra or {})), sets)
-
-
-DataOpt = typer.Option(None, "--data", help="Prepared dataset folder (default: the recipe's, e.g. data/demo; the demo is prepared on first use).")
-OutOpt = typer.Option(None, "--out", "-o", help="Run folder (default: results/<dataset>/<method>-<modalities>-s<seed>).")
-EpochsOpt = typer.Option(None, "--epochs", help="Training epochs (recipe: train.epochs).")
-SeedOpt = typer.Option(None, "--seed", help="Random seed (recipe: train.seed); CPU runs are deterministic given it.")
-ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt.")
-BatchOpt = typer.Option(None, "--batch-size", help="Clips per batch per process.")
-LrOpt = typer.Option(None, "--lr", help="Peak learning rate.")
-OptimOpt = typer.Option(None, "--optimizer", help="sgd|adam|adagrad (the paper's Table 3).")
-DeviceOpt = typer.Option(None, "--device", help="auto|cpu|cuda|cuda:N.")
-WorkersOpt = typer.Option(None, "--workers", help="DataLoader worker processes.")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads per process.")
+DataOpt = typer.Option(None, "--data", help="Prepared dataset folder " + escape("[default: the recipe's dataset.data_dir; the demo is prepared on first use]."))
+OutOpt = typer.Option(None, "--out", "-o", help="Run folder " + escape("[default: RESULTS/METHOD-MODALITIES-sSEED]."))
+EpochsOpt = typer.Option(None, "--epochs", help=f"Training epochs {_d('train.epochs')}.")
+SeedOpt = typer.Option(None, "--seed", help=f"Training seed; CPU runs are deterministic given it {_d('train.seed')}.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+BatchOpt = typer.Option(None, "--batch-size", help=f"Clips per batch per process {_d('train.batch_size')}.")
+LrOpt = typer.Option(None, "--lr", help=f"Peak learning rate {_d('train.lr')}.")
+OptimOpt = typer.Option(None, "--optimizer", help=f"The optimiser (the paper's Table 3) {_d('train.optimizer')}.")
+DeviceOpt = typer.Option(None, "--device", help=f"auto, cpu, cuda or cuda:N {_d('train.device')}.")
+WorkersOpt = typer.Option(None, "--workers", help=f"DataLoader worker processes {_d('train.workers')}.")
+ThreadsOpt = typer.Option(None, "--threads", help=f"CPU threads per process {_d('train.threads')}.")
 InitOpt = typer.Option(None, "--init-from", help="Run folder(s), comma-separated, whose uni-modal backbones initialise the model (the paper's pre-training baseline).")
+Optimizer = Optional[Literal["sgd", "adam", "adagrad"]]
+
+
+def _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from, **extra):
+    return _config(recipe, sets, train__epochs=epochs, train__seed=seed, train__batch_size=batch_size, train__lr=lr,
+                   train__optimizer=optimizer, train__device=device, train__workers=workers, train__threads=threads,
+                   train__init_from=str(init_from) if init_from else None, **extra)
+
+
+def _loading(what: str) -> None:
+    """A spinner before the heavy imports (torch, the data): no blank screen while they load."""
+    from .ui import start_loading
+
+    start_loading(f"{what}: loading torch and the prepared data ...")
 
 
 @app.command("train-unimodal", epilog="Examples:\n\n  gblend train-unimodal --modality audio\n\n"
              "  gblend train-unimodal --data data/k400 --modality rgb --recipe kinetics400 --out results/k400/rgb")
 @command
 def train_unimodal(
-    modality: str = typer.Option(..., "--modality", "-m", help="audio|rgb|flow"),
+    modality: Literal["audio", "rgb", "flow"] = typer.Option(..., "--modality", "-m", help="The modality to train."),
     data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
     epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
-    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optional[str] = OptimOpt,
+    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optimizer = OptimOpt,
     device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
     sets: Optional[List[str]] = SetOpt,
 ):
     """Train one modality's backbone with its own linear head (the uni-modal rows of Tables 1 and 4)."""
-    from .experiment import parse_modalities
+    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, None)
+    _loading("train-unimodal")
     from .runs import train
 
-    mods = parse_modalities(modality)
-    if len(mods) != 1:
-        raise UserError("--modality takes one of audio, rgb, flow")
-    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, None)
-    train(cfg, "unimodal", mods, data=data, out=out, resume=resume)
+    train(cfg, "unimodal", (modality,), data=data, out=out, resume=resume)
 
 
 @app.command("train-naive", epilog="Examples:\n\n  gblend train-naive --modalities audio,rgb\n\n"
              "  torchrun --nproc_per_node=8 -m gblend_cli train-naive --recipe kinetics400 --modalities audio,rgb,flow")
 @command
 def train_naive(
-    modalities: str = typer.Option(..., "--modalities", help="Two or three of audio,rgb,flow."),
+    modalities: str = typer.Option(..., "--modalities", help="Two or three of audio, rgb, flow, comma-separated."),
     data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
     epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
-    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optional[str] = OptimOpt,
+    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optimizer = OptimOpt,
     device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
     init_from: Optional[str] = InitOpt, sets: Optional[List[str]] = SetOpt,
 ):
     """Naive late fusion: every backbone trained only through the fused head's loss (Table 1)."""
     from .experiment import parse_modalities
-    from .runs import train
 
     mods = parse_modalities(modalities, minimum=2)
     cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from)
+    _loading("train-naive")
+    from .runs import train
+
     train(cfg, "naive", mods, data=data, out=out, resume=resume)
 
 
@@ -176,27 +227,28 @@ def train_naive(
              "  gblend train-gblend --modalities audio,rgb --weights equal   # auxiliary-loss baseline (Table 5)")
 @command
 def train_gblend(
-    modalities: str = typer.Option(..., "--modalities", help="Two or three of audio,rgb,flow."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="offline (Alg. 2: estimate once) | online (Alg. 3: every super-epoch)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Fixed weights instead of estimating: HEAD=W,... or 'equal'."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="loss|accuracy: what ΔG and ΔO are measured with."),
-    blend_rule: Optional[str] = typer.Option(None, "--blend-rule", help="regularised (default) | raw (the paper's formula, minimal guards)."),
+    modalities: str = typer.Option(..., "--modalities", help="Two or three of audio, rgb, flow, comma-separated."),
+    mode: Optional[Literal["offline", "online"]] = typer.Option(None, "--mode", help=f"offline: estimate once from φ0 (Alg. 2); online: every super-epoch (Alg. 3) {_d('gblend.mode')}."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Hand-set weights instead of estimating: HEAD=W,... or 'equal' (the auxiliary-loss baseline)."),
+    metric: Optional[Literal["loss", "accuracy"]] = typer.Option(None, "--metric", help=f"What ΔG and ΔO are measured with {_d('gblend.metric')}."),
+    blend_rule: Optional[Literal["regularised", "raw"]] = typer.Option(None, "--blend-rule", help=f"raw: the formula with its noise guard; regularised: also lifts heads with ΔG <= 0 to gblend.min_weight {_d('gblend.rule')}."),
     estimate_from: Optional[str] = typer.Option(None, "--estimate-from", help="Offline: read Algorithm 2's terms from these finished runs (the uni-modal run of each modality and the naive run, same recipe and seed; comma-separated) instead of training the estimators again."),
     data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
     epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
-    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optional[str] = OptimOpt,
+    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optimizer = OptimOpt,
     device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
     init_from: Optional[str] = InitOpt, sets: Optional[List[str]] = SetOpt,
 ):
     """Gradient-Blending: L = sum_k w_k CE_k over every head, w_k = ΔG_k/ΔO_k² / Z estimated by Algorithm 1."""
     from .experiment import parse_modalities
-    from .runs import train
 
     mods = parse_modalities(modalities, minimum=2)
     cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from,
-                     {"gblend__mode": mode, "gblend__metric": metric, "gblend__rule": blend_rule,
-                      "gblend__weights": weights,
-                      "gblend__estimate_from": [p for p in estimate_from.split(",") if p] if estimate_from else None})
+                     gblend__mode=mode, gblend__metric=metric, gblend__rule=blend_rule, gblend__weights=weights,
+                     gblend__estimate_from=[p for p in estimate_from.split(",") if p] if estimate_from else None)
+    _loading("train-gblend")
+    from .runs import train
+
     train(cfg, "gblend", mods, data=data, out=out, resume=resume)
 
 
@@ -205,76 +257,88 @@ def train_gblend(
 @command
 def measure_ogr(
     runs: List[Path] = typer.Argument(..., help="One or more run folders (with metrics.jsonl)."),
-    from_epoch: Optional[int] = typer.Option(None, "--from", help="Checkpoint N (default: the first evaluated epoch, 0)."),
-    to_epoch: Optional[int] = typer.Option(None, "--to", help="Checkpoint N+n (default: the last evaluated epoch)."),
-    metric: str = typer.Option("loss", "--metric", help="loss|accuracy (error rate) for O and G."),
-    fmt: str = typer.Option("table", "--format", help="table|csv|json"),
+    from_epoch: Optional[int] = typer.Option(None, "--from", help="Checkpoint N " + escape("[default: the first evaluated epoch, 0].")),
+    to_epoch: Optional[int] = typer.Option(None, "--to", help="Checkpoint N+n " + escape("[default: the last evaluated epoch].")),
+    metric: Literal["loss", "accuracy"] = typer.Option("loss", "--metric", help="O and G from the loss or the error rate."),
+    fmt: Literal["table", "csv", "json"] = typer.Option("table", "--format", help="How to print the results (on stdout)."),
 ):
     """Overfitting-to-Generalization Ratio OGR = |ΔO/ΔG| between two epochs, per head, with O = L^V - L^T."""
     from .ogr import measure, print_measure
 
-    if fmt not in ("table", "csv", "json"):
-        raise UserError(f"--format must be table, csv or json; got {fmt!r}")
-    if metric not in ("loss", "accuracy"):
-        raise UserError(f"--metric must be loss or accuracy; got {metric!r}")
-    rows = measure(runs, from_epoch, to_epoch, metric)
-    print_measure(rows, fmt)
+    print_measure(measure(runs, from_epoch, to_epoch, metric), fmt)
 
 
-@app.command("report", epilog="Examples:\n\n  gblend report --table 4\n\n"
+TableChoice = Literal["1", "4", "overfit", "all"]
+
+
+@app.command("report", epilog="Examples:\n\n  gblend report --table 4 > table4.txt\n\n"
              "  gblend report --results results/k400 --table all --format latex --out tables.tex")
 @command
 def report(
-    table: str = typer.Option("all", "--table", "-t", help="1|4|overfit|all"),
-    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default: the recipe's, results/demo)."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="markdown|csv|latex|json (default: tables on the terminal)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the formatted tables here."),
-    figure: Optional[Path] = typer.Option(None, "--figure", help="Where to write the Fig. 4 PNG (default: RESULTS/report/overfitting.png)."),
+    table: TableChoice = typer.Option("all", "--table", "-t", help="Which table."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder " + escape("[default: the recipe's, results/demo].")),
+    fmt: Optional[Literal["markdown", "csv", "latex", "json"]] = typer.Option(None, "--format", "-f", help="Text format " + escape("[default: tables for the terminal]") + ". csv: one table per file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the formatted tables here (csv with several tables: OUT_table1.csv, ...)."),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="Where to write the Fig. 4 PNG " + escape("[default: RESULTS/report/overfitting.png].")),
     recipe: Optional[Path] = RecipeOpt, sets: Optional[List[str]] = SetOpt,
 ):
-    """The paper's Table 1, Table 4 and the overfitting comparison, from run folders only (paper numbers beside)."""
-    from .config import load_config, results_dir
-    from .report import build, overfit_figure, parse_tables, print_rich, render
+    """The paper's Table 1, Table 4 and the overfitting comparison, from run folders only (paper numbers beside).
+
+    Missing runs are listed once, each with the command that trains it into RESULTS; a requested
+    table without any data exits with code 2."""
+    from .config import results_dir
+    from .report import build, empty_tables, overfit_figure, parse_tables, print_rich, render, render_csv
     from .storage import write_text_atomic
 
-    if fmt is not None and fmt not in ("markdown", "csv", "latex", "json"):
-        raise UserError(f"--format must be markdown, csv, latex or json; got {fmt!r}")
-    cfg = load_config(recipe, None, sets)
+    cfg = _config(recipe, sets)
     results = results or results_dir(cfg)
     if not results.is_dir():
         raise UserError(f"{results}: no such results folder (--results); run `gblend reproduce` or a train command first")
-    rep = build(results, parse_tables(table), cfg, str(recipe) if recipe else "")
+    tables = parse_tables(table)
+    if fmt == "csv" and len(tables) > 1 and out is None:
+        raise UserError("--format csv writes one table per file: give --table 1|4|overfit, or --out FILE.csv "
+                        "(then FILE_table1.csv, FILE_table4.csv, ...)")
+    rep = build(results, tables, cfg, str(recipe) if recipe else "", sets or [])
     if "overfit" in rep:
         fig = overfit_figure(rep["_matrix"], figure or results / "report" / "overfitting.png")
         if fig:
             console.print(f"figure: {fig}")
     if fmt is None and out is None:
         print_rich(rep)
-        return
-    text = render(rep, fmt or "markdown")
-    if out:
-        write_text_atomic(out, text)
+    elif fmt == "csv" and len(tables) > 1:
+        for k in tables:
+            path = out.with_name(f"{out.stem}_{k}{out.suffix or '.csv'}")
+            write_text_atomic(path, render_csv(rep, k))
+            console.print(f"wrote {path}")
+    elif out:
+        write_text_atomic(out, render(rep, fmt or "markdown"))
         console.print(f"wrote {out}")
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(render(rep, fmt))
+    empty = empty_tables(rep)
+    if empty:
+        raise UserError(f"{results}: no runs for {', '.join(empty)}; the commands above train them")
 
 
 @app.command("reproduce", epilog="Examples:\n\n  gblend reproduce                       # the embedded demo, CPU, minutes\n\n"
              "  gblend reproduce --seeds 0             # one seed: faster\n\n"
-             "  gblend reproduce --recipe kinetics400  # the paper's setting (GPUs)")
+             "  gblend reproduce --print-commands --recipe kinetics400 --launcher 'torchrun --nproc_per_node=8 -m gblend_cli'")
 @command
 def reproduce_cmd(
     recipe: Optional[Path] = RecipeOpt,
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of the main combination's rows, e.g. 0,1,2."),
-    table: str = typer.Option("all", "--table", "-t", help="1|4|all (which tables to print at the end)."),
-    results: Optional[Path] = typer.Option(None, "--results", help="Results folder (default: the recipe's, results/demo)."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Runs in parallel (default: recipe reproduce.jobs)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help=f"Training seeds of every combination's rows, e.g. 3,4,5 {_d('reproduce.seeds')}."),
+    table: TableChoice = typer.Option("all", "--table", "-t", help="Which tables to print at the end."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Results folder " + escape("[default: the recipe's, results/demo].")),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help=f"Runs in parallel {_d('reproduce.jobs')}."),
+    print_commands: bool = typer.Option(False, "--print-commands", help="Print the matrix's commands (unfinished runs, dependencies first), one per line, instead of running them."),
+    all_runs: bool = typer.Option(False, "--all", help="With --print-commands: every run, finished ones too (each resumes or says it is complete)."),
+    launcher: str = typer.Option("gblend", "--launcher", help="With --print-commands: what starts each command, e.g. 'torchrun --nproc_per_node=8 -m gblend_cli'."),
     sets: Optional[List[str]] = SetOpt,
 ):
     """Run a recipe's whole matrix (data, uni-modal, naive, G-Blend runs, OGR, report), resumably."""
-    from .config import load_config
+    from .config import resolve_recipe_path
     from .report import parse_tables
-    from .reproduce import reproduce
+    from .reproduce import print_commands as print_matrix, reproduce
 
     seed_list = None
     if seeds is not None:
@@ -285,24 +349,37 @@ def reproduce_cmd(
         if not seed_list:
             raise UserError("--seeds: give at least one seed")
     tables = parse_tables(table) + (["overfit"] if table in ("1", "4") else [])
-    cfg = load_config(recipe, _overrides(reproduce__seeds=seed_list, reproduce__jobs=jobs,
-                                         dataset__results_dir=str(results) if results else None), sets)
-    if seed_list is not None:
-        cfg["reproduce"]["other_seeds"] = [s for s in cfg["reproduce"]["other_seeds"] if s in seed_list] or seed_list[:1]
-    from .config import resolve_recipe_path
-
+    cfg = _config(recipe, sets, reproduce__seeds=seed_list, reproduce__other_seeds=seed_list, reproduce__jobs=jobs,
+                  dataset__results_dir=str(results) if results else None)
+    if print_commands:
+        print_matrix(cfg, resolve_recipe_path(recipe), sets or [], launcher, all_runs)
+        return
+    _loading("reproduce")
     reproduce(cfg, run_argv, resolve_recipe_path(recipe), sets or [], results, sorted(set(tables), key=tables.index),
               str(recipe) if recipe else "")
 
 
-def main() -> None:  # console-script entry point
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console-script entry point. Typer's own parsing errors (a bad --lr, a missing option, a
+    choice that is not one) get the same one-line form and exit code as ours."""
+    try:
+        code = app(args=argv, prog_name="gblend", standalone_mode=False)
+    except Exception as e:  # click's UsageError family (vendored by Typer): format_message + exit_code
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        message = " ".join(e.format_message().split()).replace("Value error, ", "")
+        option = getattr(getattr(e, "param", None), "opts", None)
+        if option and option[0] not in message:
+            message = f"{option[0]}: {message}"
+        console.print("[red]error:[/red]", escape(message), soft_wrap=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def run_argv(argv: list[str]) -> None:
     """`gblend <argv>` in this process: the entry point `reproduce` starts its runs with."""
-    app(args=argv, prog_name="gblend")
+    main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

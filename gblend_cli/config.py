@@ -187,8 +187,11 @@ def resolve_recipe_path(recipe: str | Path | None) -> Path | None:
 
 
 def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                sets: list[str] | None = None) -> dict:
-    """Defaults <- recipe file <- `--set` overrides <- explicit CLI options (dotted keys)."""
+                sets: list[str] | None = None, options: dict[str, str] | None = None) -> dict:
+    """Defaults <- recipe file <- `--set` overrides <- explicit CLI options (dotted keys).
+
+    `options` maps dotted keys to the CLI option that set them (e.g. "train.epochs": "--epochs"),
+    so a bad value is reported under the name the user typed."""
     cfg = copy.deepcopy(DEFAULTS)
     path = resolve_recipe_path(recipe)
     if path is not None:
@@ -202,27 +205,45 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
     for text in sets or []:
         section, key, value = parse_override(text)
         _merge(cfg, {section: {key: value}}, f"--set {text}")
+    given = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         section, key = dotted.split(".", 1)
-        _merge(cfg, {section: {key: value}}, f"option for {dotted}")
-    validate(cfg)
+        given[dotted] = (options or {}).get(dotted, f"option for {dotted}")
+        _merge(cfg, {section: {key: value}}, given[dotted])
+    try:
+        validate(cfg)
+    except BadValue as e:
+        if e.key in given and given[e.key].startswith("-"):
+            raise UserError(f"{given[e.key]}: {e.problem}") from None
+        raise
     cfg["_recipe"] = str(path) if path else ""
     return cfg
 
 
-def _choice(cfg: dict, dotted: str, choices: tuple[str, ...]) -> None:
+class BadValue(UserError):
+    """A recipe key with a value outside its range. The caller may name the CLI option that set it."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"recipe key '{key}' {problem}")
+        self.key, self.problem = key, problem
+
+
+def _get(cfg: dict, dotted: str):
     section, key = dotted.split(".")
-    if cfg[section][key] not in choices:
-        raise UserError(f"recipe key '{dotted}' must be one of {', '.join(choices)}; got {cfg[section][key]!r}")
+    return cfg[section][key]
+
+
+def _choice(cfg: dict, dotted: str, choices: tuple[str, ...]) -> None:
+    if _get(cfg, dotted) not in choices:
+        raise BadValue(dotted, f"must be one of {', '.join(choices)}; got {_get(cfg, dotted)!r}")
 
 
 def _positive(cfg: dict, dotted: str, allow_zero: bool = False) -> None:
-    section, key = dotted.split(".")
-    v = cfg[section][key]
+    v = _get(cfg, dotted)
     if v < 0 or (v == 0 and not allow_zero):
-        raise UserError(f"recipe key '{dotted}' must be {'>= 0' if allow_zero else '> 0'}; got {v!r}")
+        raise BadValue(dotted, f"must be {'>= 0' if allow_zero else '> 0'}; got {v!r}")
 
 
 def validate(cfg: dict) -> None:
@@ -236,50 +257,45 @@ def validate(cfg: dict) -> None:
     _choice(cfg, "gblend.rule", ("regularised", "raw"))
     _choice(cfg, "dataset.label_field", ("verb", "noun", "action"))
     for k in ("train.epochs", "train.batch_size", "clip.frames", "clip.crop", "clip.eval_clips",
-              "clip.audio_frames", "prepare.fps", "prepare.short_side", "train.lr",
-              "gblend.super_epoch", "gblend.warmup_super_epoch", "demo.classes", "demo.fps", "demo.size"):
+              "clip.audio_frames", "prepare.fps", "prepare.short_side", "train.lr", "prepare.decode_timeout_s",
+              "gblend.super_epoch", "gblend.warmup_super_epoch", "demo.classes", "demo.fps", "demo.size",
+              "train.eval_every"):
         _positive(cfg, k)
     for k in ("train.weight_decay", "train.warmup_epochs", "train.grad_clip", "train.workers",
               "gblend.estimate_epochs", "prepare.workers", "gblend.min_weight",
-              "demo.train_videos", "demo.test_videos", "train.eval_every", "train.train_eval_size"):
-        _positive(cfg, k, allow_zero=True)
-    for k in ("train.momentum", "train.gamma", "train.seed", "demo.seed", "train.threads", "model.fusion_dropout",
+              "demo.train_videos", "demo.test_videos", "train.train_eval_size",
+              "train.momentum", "train.gamma", "train.seed", "demo.seed", "train.threads", "model.fusion_dropout",
               "prepare.threads", "prepare.max_seconds", "demo.seconds", "demo.blob_sigma",
               "demo.blob_speed", "demo.blank_fraction", "demo.pixel_noise", "demo.direction_jitter_deg",
               "demo.audio_class_fraction", "demo.audio_class_amp", "demo.audio_memo_tones", "demo.audio_memo_amp",
-              "demo.audio_noise", "train.train_eval_size"):
+              "demo.audio_noise"):
         _positive(cfg, k, allow_zero=True)
-    for k in ("prepare.decode_timeout_s",):
-        _positive(cfg, k)
-    for k in ("train.momentum", "model.fusion_dropout", "demo.blank_fraction", "demo.audio_class_fraction"):
-        section, key = k.split(".")
-        if cfg[section][key] > 1 or (k == "model.fusion_dropout" and cfg[section][key] >= 1):
-            raise UserError(f"recipe key '{k}' must be {'< 1' if k == 'model.fusion_dropout' else '<= 1'}; got {cfg[section][key]}")
+    for k in ("train.momentum", "demo.blank_fraction", "demo.audio_class_fraction"):
+        if _get(cfg, k) > 1:
+            raise BadValue(k, f"must be <= 1; got {_get(cfg, k)}")
+    if cfg["model"]["fusion_dropout"] >= 1:
+        raise BadValue("model.fusion_dropout", f"must be < 1; got {cfg['model']['fusion_dropout']}")
     for k in ("model.visual_widths", "model.visual_layers", "model.audio_widths", "model.audio_layers"):
-        section, key = k.split(".")
-        v = cfg[section][key]
+        v = _get(cfg, k)
         if len(v) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
-            raise UserError(f"recipe key '{k}' must be 4 positive integers (one per ResNet stage); got {v!r}")
-    for k in ("train.milestones",):
-        v = cfg["train"]["milestones"]
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v):
-            raise UserError(f"recipe key '{k}' must be a list of epochs >= 0; got {v!r}")
+            raise BadValue(k, f"must be 4 positive integers (one per ResNet stage); got {v!r}")
+    v = cfg["train"]["milestones"]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v):
+        raise BadValue("train.milestones", f"must be a list of epochs >= 0; got {v!r}")
     if cfg["gblend"]["min_weight"] > 0.05:
-        raise UserError(f"recipe key 'gblend.min_weight' must be <= 0.05 (a guard for heads that do not generalise, "
-                        f"not a tuning knob); got {cfg['gblend']['min_weight']}")
+        raise BadValue("gblend.min_weight", f"must be <= 0.05 (a guard for heads that do not generalise, not a "
+                                            f"tuning knob); got {cfg['gblend']['min_weight']}")
     rp = cfg["reproduce"]
     for k, combos in (("reproduce.main", [rp["main"]]), ("reproduce.other_combos", rp["other_combos"])):
         for c in combos:
             mods = str(c).split("+")
             if len(mods) < 2 or len(set(mods)) != len(mods) or not set(mods) <= set(MODALITIES):
-                raise UserError(f"recipe key '{k}': {c!r} is not a combination like audio+rgb of {', '.join(MODALITIES)}")
-    if cfg["train"]["eval_every"] == 0:
-        raise UserError("recipe key 'train.eval_every' must be > 0; got 0")
+                raise BadValue(k, f"holds {c!r}, not a combination like audio+rgb of {', '.join(MODALITIES)}")
     if not 0 <= cfg["train"]["holdout_fraction"] < 1:
-        raise UserError(f"recipe key 'train.holdout_fraction' must be in [0, 1); got {cfg['train']['holdout_fraction']}")
+        raise BadValue("train.holdout_fraction", f"must be in [0, 1); got {cfg['train']['holdout_fraction']}")
     if cfg["clip"]["crop"] > cfg["prepare"]["short_side"]:
-        raise UserError(f"recipe key 'clip.crop' ({cfg['clip']['crop']}) must not exceed 'prepare.short_side' "
-                        f"({cfg['prepare']['short_side']})")
+        raise BadValue("clip.crop", f"({cfg['clip']['crop']}) must not exceed 'prepare.short_side' "
+                                    f"({cfg['prepare']['short_side']})")
 
 
 def data_dir(cfg: dict) -> Path:

@@ -119,7 +119,7 @@ def print_measure(rows: list[dict], fmt: str) -> None:
         return
     from rich.table import Table
 
-    from .ui import console
+    from .ui import out
 
     t = Table(title=f"OGR = |ΔO/ΔG| ({rows[0]['metric']}; O = L^V - L^T)", title_justify="left")
     for c in ("run", "head", "epochs", "ΔO", "ΔG", "OGR", "per-epoch OGR (median)"):
@@ -128,8 +128,8 @@ def print_measure(rows: list[dict], fmt: str) -> None:
         pe = sorted(p["ogr"] for p in r["per_epoch"] if p["ogr"] is not None)
         t.add_row(Path(r["run"]).name, r["head"], f"{r['from']}→{r['to']}", f"{r['delta_O']:.3f}", f"{r['delta_G']:.3f}",
                   "inf" if r["ogr"] is None else f"{r['ogr']:.3f}", f"{pe[len(pe) // 2]:.3f}" if pe else "-")
-    console.print(t)
+    out.print(t)
     top = most_overfitting(rows)
     if top:
-        console.print(f"overfits most: {Path(top['run']).name} ({top['head']} head), OGR {top['ogr']:.3f} "
+        out.print(f"overfits most: {Path(top['run']).name} ({top['head']} head), OGR {top['ogr']:.3f} "
                       f"(ΔO {top['delta_O']:.3f} for ΔG {top['delta_G']:.3f})")

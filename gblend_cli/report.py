@@ -10,6 +10,8 @@ import json
 import statistics
 from pathlib import Path
 
+from rich.markup import escape
+
 from . import paper
 from .errors import UserError
 from .experiment import RunKey, matrix
@@ -33,8 +35,10 @@ class Matrix:
     """The finished runs found under a results folder, grouped by (variant, combo), beside the
     matrix the recipe expects."""
 
-    def __init__(self, folders: list[RunFolder], cfg: dict | None = None, recipe_arg: str = ""):
-        self.folders, self.cfg, self.recipe_arg = folders, cfg, recipe_arg
+    def __init__(self, folders: list[RunFolder], cfg: dict | None = None, recipe_arg: str = "",
+                 results: Path | None = None, sets=()):
+        self.folders, self.cfg, self.recipe_arg, self.results, self.sets = folders, cfg, recipe_arg, results, list(sets)
+        self.data = _common_data_dir(folders)
         self.by_key: dict[tuple[str, str], list[RunFolder]] = {}
         for f in folders:
             k = f.key()
@@ -55,13 +59,18 @@ class Matrix:
     def expected_seeds(self, combo: str) -> list[int]:
         return list(self.seeds.get(combo, [0]))
 
+    def matrix_seeds(self, variant: str, combo: str) -> list[int]:
+        """The seeds the recipe's matrix has for (variant, combo), e.g. every seed of a uni-modal run."""
+        return sorted({k.seed for k in self.expected if k.variant == variant and k.combo == combo})
+
     def missing(self, variant: str, combo: str, seeds: list[int] | None = None) -> list[str]:
         """Commands that would produce the expected but absent runs of (variant, combo)."""
         have = {f.key().seed for f in self.get(variant, combo)}
         want = seeds if seeds is not None else self.expected_seeds(combo)
         method, _, mode = variant.partition("-")
-        return [RunKey(method, tuple(combo.split("+")), s, mode or None).command(recipe=self.recipe_arg or None)
-                for s in want if s not in have]
+        keys = [RunKey(method, tuple(combo.split("+")), s, mode or None) for s in want if s not in have]
+        return [k.command(recipe=self.recipe_arg or None, data=self.data,
+                          out=self.results / k.name if self.results else None, sets=self.sets) for k in keys]
 
     def metric(self, variant: str, combo: str, key: str) -> dict:
         return _stats([f.final()[key] for f in self.get(variant, combo) if f.final().get(key) is not None])
@@ -70,6 +79,20 @@ class Matrix:
         scores = {m: self.metric("unimodal", m, "video_top1")["mean"] for m in combo.split("+")}
         scores = {m: s for m, s in scores.items() if s is not None}
         return max(scores, key=scores.get) if scores else None
+
+
+def _common_data_dir(folders: list[RunFolder]) -> str | None:
+    """The prepared data every found run trained on (from their config.toml), when they agree: the
+    commands for missing runs then train on the same data."""
+    import tomllib
+
+    seen = set()
+    for f in folders:
+        try:
+            seen.add(tomllib.loads((f.path / "config.toml").read_text())["dataset"]["data_dir"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return None
+    return seen.pop() if len(seen) == 1 else None
 
 
 def _mean(stats: dict) -> float | None:
@@ -190,7 +213,7 @@ def overfit(mx: Matrix) -> tuple[list[dict], list[str]]:
             "modalities": paper.combo_label(combo), "train_top1": _mean(tr), "val_top1": _mean(va),
             "gap": None if tr["mean"] is None or va["mean"] is None else round(tr["mean"] - va["mean"], 2),
             "ogr": round(statistics.fmean(ogrs), 3) if ogrs else None, "seeds": [r.key().seed for r in runs],
-            "missing": mx.missing(method, combo, mx.expected_seeds(combo) if "+" in combo else [0]),
+            "missing": mx.missing(method, combo, mx.matrix_seeds(method, combo)),
         })
     return rows, claims(mx)
 
@@ -326,8 +349,10 @@ TITLES = {"table1": "Table 1: naive late fusion vs the best uni-modal model (vid
           "overfit": "Overfitting comparison (paper Fig. 4): final train vs validation clip top-1 (%), OGR over the run"}
 
 
-def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = "") -> dict:
-    mx = Matrix(RunFolder.discover(results), cfg, recipe_arg)
+def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = "", sets=()) -> dict:
+    """The requested tables from the run folders under `results`. Missing runs are listed (once,
+    in `_missing`) with the command that trains each into `results`."""
+    mx = Matrix(RunFolder.discover(results), cfg, recipe_arg, Path(results), sets)
     out: dict = {}
     if "table1" in tables:
         out["table1"] = table1(mx)
@@ -336,44 +361,72 @@ def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = 
     if "overfit" in tables:
         out["overfit"], out["claims"] = overfit(mx)
     out["_matrix"] = mx
+    out["_missing"] = sorted({c for k in TABLES if k in out for r in out[k] for c in r.get("missing", [])})
     return out
 
 
+TABLES = ("table1", "table4", "overfit")
+HAS_DATA = {"table1": ("naive_video_top1", "best_unimodal_video_top1"), "table4": ("video_top1",),
+            "overfit": ("train_top1",)}
+
+
+def empty_tables(report: dict) -> list[str]:
+    """Requested tables without a single measured number."""
+    return [k for k in TABLES if k in report and not any(r.get(c) is not None for r in report[k] for c in HAS_DATA[k])]
+
+
 def render(report: dict, fmt: str) -> str:
-    """markdown | csv | latex | json text of the tables in `report`."""
-    import pandas as pd
+    """markdown | latex | json text of the tables in `report` (csv: `render_csv`, one table at a time)."""
     from tabulate import tabulate
 
-    tables = [k for k in ("table1", "table4", "overfit") if k in report]
+    tables = [k for k in TABLES if k in report]
     if fmt == "json":
         doc = {k: report[k] for k in tables} | ({"claims": report["claims"]} if "claims" in report else {})
         return json.dumps(finite_or_null(doc), indent=2, allow_nan=False)
+    if fmt == "csv":
+        if len(tables) != 1:
+            raise ValueError("csv holds one table: use render_csv per table")
+        return render_csv(report, tables[0])
     parts = []
     for k in tables:
-        if fmt == "csv":
-            df = pd.DataFrame([{c: (json.dumps(v) if isinstance(v, (dict, list)) else v) for c, v in r.items()}
-                               for r in report[k]])
-            parts.append(f"# {k}\n" + df.to_csv(index=False))
-            continue
         headers, body = display_rows(k, report[k])
         tablefmt = {"markdown": "github", "latex": "latex_booktabs"}[fmt]
         title = f"### {TITLES[k]}\n\n" if fmt == "markdown" else f"% {TITLES[k]}\n"
         parts.append(title + tabulate(body, headers=headers, tablefmt=tablefmt)
                      + (f"\n\n{WEIGHT_MARKS}" if k == "table4" and fmt == "markdown" else ""))
-        missing = sorted({c for r in report[k] for c in r.get("missing", [])})
-        if missing and fmt == "markdown":
-            parts.append("Missing runs (commands that would produce them):\n\n" + "\n".join(f"    {c}" for c in missing))
+    if report.get("_missing") and fmt == "markdown":
+        parts.append("Missing runs (commands that would produce them):\n\n" + "\n".join(f"    {c}" for c in report["_missing"]))
     if "claims" in report and fmt == "markdown":
         parts.append("\n".join(f"- {c}" for c in report["claims"]))
     return "\n\n".join(parts) + "\n"
 
 
+def render_csv(report: dict, table: str) -> str:
+    """One table as CSV with plain cells: a dict of weights becomes one column per head
+    (`weights_rgb`, ...), a list becomes its items joined by ';'."""
+    import pandas as pd
+
+    rows = []
+    for r in report[table]:
+        flat = {}
+        for c, v in r.items():
+            if isinstance(v, dict):
+                flat |= {f"{c}_{h}": x for h, x in v.items()}
+            elif isinstance(v, list):
+                flat[c] = ";".join(map(str, v))
+            else:
+                flat[c] = v
+        rows.append(flat)
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
 def print_rich(report: dict) -> None:
+    """The tables on stdout (a terminal gets colours, a pipe plain text), then each missing run once."""
     from rich.table import Table
 
-    from .ui import console
+    from .ui import out
 
-    for k in ("table1", "table4", "overfit"):
+    for k in TABLES:
         if k not in report:
             continue
         headers, body = display_rows(k, report[k])
@@ -381,15 +434,15 @@ def print_rich(report: dict) -> None:
         for h in headers:
             t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "w", "w_raw", "Paper weights") else "right")
         for row in body:
-            t.add_row(*[f"[red]{c}[/red]" if c == "missing" else c for c in row])
-        console.print(t)
+            t.add_row(*[f"[red]{c}[/red]" if c == "missing" else escape(c) for c in row])
+        out.print(t)
         if k == "table4":
-            console.print(WEIGHT_MARKS, soft_wrap=True)
-        missing = sorted({c for r in report[k] for c in r.get("missing", [])})
-        if missing:
-            console.print("missing runs; produce them with:\n" + "\n".join(f"  {c}" for c in missing), soft_wrap=True)
+            out.print(WEIGHT_MARKS, soft_wrap=True)
+    if report.get("_missing"):
+        out.print("missing runs; produce them with:\n" + "\n".join(f"  {c}" for c in report["_missing"]),
+                  soft_wrap=True, markup=False)
     for c in report.get("claims", []):
-        console.print(c, soft_wrap=True)
+        out.print(c, soft_wrap=True, markup=False)
 
 
 def parse_tables(table: str) -> list[str]:

@@ -26,28 +26,51 @@ class Job:
     deps: list[str] = field(default_factory=list)  # runs that must finish first
 
 
-def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets: list[str]) -> list[Job]:
-    """A job per unfinished run. With `reproduce.offline_from_runs`, an offline G-Blend run reads
-    its terms from its estimator runs (RunKey.estimator_keys) and waits for them."""
+def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets: list[str], *,
+         threads: int | None = 1, include_complete: bool = False) -> list[Job]:
+    """A job per unfinished run (every run with `include_complete`), in matrix order, which puts
+    each run after the runs it depends on. With `reproduce.offline_from_runs`, an offline G-Blend
+    run reads its terms from its estimator runs (RunKey.estimator_keys) and waits for them."""
     jobs = []
     for k in keys:
-        out = results / k.name
-        if RunFolder(out).is_complete():
+        folder = RunFolder(results / k.name)
+        if folder.is_complete() and not include_complete:
             continue
         deps = k.estimator_keys() if cfg["reproduce"]["offline_from_runs"] else []
         cost = len(k.modalities) * (3.0 if k.method == "gblend" and not deps else 1.2 if deps else 1.0)
-        jobs.append(Job(k.name, k.argv(recipe=recipe, data=data, out=out, sets=sets, threads=1,
-                                       resume=RunFolder(out).last.exists(),
+        jobs.append(Job(k.name, k.argv(recipe=recipe, data=data, out=folder.path, sets=sets, threads=threads,
+                                       resume=folder.is_complete() or folder.has_checkpoint(),
                                        estimate_from=[results / d.name for d in deps]),
                         cost, [d.name for d in deps]))
     return jobs
+
+
+def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: str = "gblend",
+                   include_complete: bool = False) -> None:
+    """The matrix as shell commands on stdout, one per line, each run after the runs it depends on:
+    `prepare-data` first when the data is not prepared, then every unfinished run (every run with
+    `include_complete`: a finished one then answers 'already complete')."""
+    import shlex
+
+    from .ui import out
+
+    data, results = data_dir(cfg).resolve(), results_dir(cfg).resolve()
+    recipe = Path(recipe).resolve() if recipe else None
+    lines = []
+    if not (data / "dataset.json").exists():
+        lines.append(["prepare-data", "--out", str(data)] + (["--recipe", str(recipe)] if recipe else [])
+                     + [a for s in sets for a in ("--set", s)])
+    lines += [job.argv for job in plan(cfg, matrix(cfg), results, data, recipe, sets, threads=None,
+                                       include_complete=include_complete)]
+    for argv in lines:
+        out.print(f"{launcher} {shlex.join(argv)}", soft_wrap=True, markup=False, highlight=False)
 
 
 def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: Path | None = None,
               tables: list[str] | None = None, recipe_arg: str = "") -> dict:
     """`entry(argv)` runs one `gblend` command line in a child process (the CLI passes its own)."""
     from .prepare import prepare_dataset
-    from .report import build, overfit_figure, print_rich, render
+    from .report import TABLES, build, overfit_figure, print_rich, render, render_csv
 
     data = data_dir(cfg)
     results = Path(results or results_dir(cfg))
@@ -56,18 +79,21 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
         console.print(f"[bold]1/3 preparing {cfg['dataset']['name']} data in {data}")
         prepare_dataset(cfg, data)
     keys = matrix(cfg)
-    jobs = plan(cfg, keys, results, data, recipe, sets)
+    jobs = plan(cfg, keys, results, data.resolve(), recipe, sets)
     console.print(f"[bold]2/3 training: {len(keys)} runs in the matrix, {len(keys) - len(jobs)} already done, "
                   f"{len(jobs)} to run, {cfg['reproduce']['jobs']} at a time")
     failed = _run_jobs(jobs, cfg["reproduce"]["jobs"], results, entry)
     console.print("[bold]3/3 report")
-    rep = build(results, tables or ["table1", "table4", "overfit"], cfg, recipe_arg)
+    rep = build(results, tables or ["table1", "table4", "overfit"], cfg, recipe_arg, sets)
     out_dir = results / "report"
-    for fmt, name in (("markdown", "report.md"), ("json", "report.json"), ("csv", "report.csv")):
+    for fmt, name in (("markdown", "report.md"), ("json", "report.json")):
         write_text_atomic(out_dir / name, render(rep, fmt))
+    csvs = [f"report_{k}.csv" for k in TABLES if k in rep]
+    for k, name in zip([k for k in TABLES if k in rep], csvs):
+        write_text_atomic(out_dir / name, render_csv(rep, k))
     fig = overfit_figure(rep["_matrix"], out_dir / "overfitting.png")
     print_rich(rep)
-    console.print(f"report written to {out_dir}/ (report.md, report.json, report.csv"
+    console.print(f"report written to {out_dir}/ (report.md, report.json, {', '.join(csvs)}"
                   f"{', overfitting.png' if fig else ''}) in {time.perf_counter() - t0:.0f} s")
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their logs are in {results / 'logs'}; "

@@ -62,10 +62,18 @@ class RunFolder:
     # --- reading ------------------------------------------------------------------------------
     def has_run(self) -> bool:
         """A run was started here (a checkpoint) or finished (final.json)."""
-        return (self.path / "final.json").exists() or self.last.exists()
+        return self.is_complete() or self.has_checkpoint()
 
     def is_complete(self) -> bool:
         return (self.path / "final.json").exists()
+
+    def has_checkpoint(self) -> bool:
+        """Something to resume from: last.pt, or an offline estimation in progress (estimation.pt)."""
+        return self.last.exists() or self.estimation.exists()
+
+    @property
+    def estimation(self) -> Path:
+        return self.checkpoints / "estimation.pt"
 
     def final(self) -> dict | None:
         """final.json (None when absent or unreadable); refused when written by a newer gblend."""
@@ -157,15 +165,46 @@ class RunFolder:
             torch_save_atomic(self.best, state)
         torch_save_atomic(self.last, state)
 
-    def resume_state(self, cfg: dict, key: RunKey) -> dict:
-        """last.pt, checked to belong to the same run with the same recipe."""
-        state = self.load_checkpoint("last")
-        old, new = tomllib.loads(state["config"]), tomllib.loads(to_toml(cfg))
+    def save_estimation(self, state: dict) -> None:
+        """checkpoints/estimation.pt: an estimation in progress (G-Blend's estimators after an epoch)."""
+        if self.writer:
+            torch_save_atomic(self.estimation, {**state, "format_version": FORMAT_VERSION})
+
+    def estimation_state(self, cfg: dict, epoch: int, n_epochs: int) -> dict | None:
+        """The saved estimation that started at `epoch` for `n_epochs`, if there is one (checked to
+        come from the same recipe); None otherwise."""
+        if not self.estimation.exists():
+            return None
+        state = load_checkpoint(self.estimation)
+        if state.get("epoch") != epoch or state.get("n_epochs") != n_epochs:
+            return None
+        self._same_recipe(state["config"], cfg)
+        return state
+
+    def drop_estimation(self) -> None:
+        if self.writer:
+            self.estimation.unlink(missing_ok=True)
+
+    def _same_recipe(self, saved_toml: str, cfg: dict) -> None:
+        old, new = tomllib.loads(saved_toml), tomllib.loads(to_toml(cfg))
         for section, values in new.items():
             for k, value in values.items():
                 if (section, k) not in RESUME_MAY_CHANGE and old.get(section, {}).get(k) != value:
                     raise UserError(f"{self.path}: --resume with a different recipe: {section}.{k} was "
                                     f"{old.get(section, {}).get(k)!r}, now {value!r}; use the original settings or a new --out")
+
+    def check_same_recipe(self, cfg: dict) -> None:
+        """The finished run here ran with `cfg` (its config.toml), up to where and how fast."""
+        try:
+            saved = (self.path / "config.toml").read_text()
+        except OSError:
+            raise UserError(f"{self.path}: no config.toml; not a gblend run folder") from None
+        self._same_recipe(saved, cfg)
+
+    def resume_state(self, cfg: dict, key: RunKey) -> dict:
+        """last.pt, checked to belong to the same run with the same recipe."""
+        state = self.load_checkpoint("last")
+        self._same_recipe(state["config"], cfg)
         spec = state["spec"]
         if spec["modalities"] != list(key.modalities) or spec["method"] != key.method:
             raise UserError(f"{self.path}: --resume of a {spec['method']} run on {','.join(spec['modalities'])} "

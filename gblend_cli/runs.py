@@ -13,6 +13,7 @@ from .experiment import RunKey
 from .run_folder import RunFolder
 from .storage import folder_lock
 from .ui import console
+from .ui import out as stdout
 
 
 def ensure_data(cfg: dict, data: Path | None) -> Path:
@@ -50,12 +51,19 @@ def train(cfg: dict, method: str, modalities, *, data: Path | None = None, out: 
     if not resume and folder.has_run():
         raise UserError(f"{folder.path}: already holds a run; use --resume to continue it, or another --out "
                         f"(nothing was changed)")
+    if resume and folder.is_complete():
+        folder.check_same_recipe(cfg)  # a different recipe is a different run, not this finished one
+        stdout.print(f"{folder.path}: already complete (final.json); nothing to resume")
+        return folder.final()
+    if resume and not folder.has_checkpoint():
+        raise UserError(f"{folder.path}: nothing to resume (no checkpoint); run the same command without --resume "
+                        f"to start this run")
     lock = folder_lock(folder.path, "training run") if folder.writer else contextlib.nullcontext()
     with lock:  # only rank 0 writes the run folder
         trainer = Trainer(cfg, key, folder, data_path, resume=resume)
         final = trainer.fit(policy)
     if trainer.env.is_main:
-        console.print(f"{folder.path}: {key.eval_head} head video top-1 {final['video_top1']:.1f}%, clip top-1 "
+        stdout.print(f"{folder.path}: {key.eval_head} head video top-1 {final['video_top1']:.1f}%, clip top-1 "
                       f"{final['clip_top1']:.1f}%, train top-1 {final['train_top1']:.1f}%")
     distributed.cleanup()
     return final

@@ -25,11 +25,14 @@ from .errors import UserError
 from .experiment import RunKey
 from .models import MultiModalNet, load_backbones, set_channels_last
 from .run_folder import RunFolder, best_score, environment_info, load_checkpoint
-from .ui import console, progress
+from .ui import RunProgress, console
 
 
 class TrainingDiverged(UserError):
     exit_code = 3
+
+
+SPLIT_NAMES = {"train": "T'", "holdout": "V", "val": "val", "final": "val, every clip"}
 
 
 class Trainer:
@@ -51,6 +54,7 @@ class Trainer:
         self.model = self.new_model()
         self.optimizer = make_optimizer(self.model.parameters(), self.tcfg)
         self.scheduler = make_scheduler(self.optimizer, self.data.steps_per_epoch, self.tcfg)
+        self.progress = RunProgress(False, folder.path.name, 0)  # fit() shows the real bars
 
     @property
     def device(self) -> torch.device:
@@ -89,9 +93,13 @@ class Trainer:
         loader = self.data.final_loader if split == "final" else self.data.eval_loaders.get(split)
         if loader is None:
             return {}
-        return evaluate(model, loader, heads, precision=self.precision, modalities=self.key.modalities,
-                        num_classes=len(self.data.ds.classes), multilabel=self.data.ds.multilabel,
-                        video_level=video_level)
+        on_batch = self.progress.evaluating(f"evaluating {SPLIT_NAMES.get(split, split)}", len(loader.dataset))
+        try:
+            return evaluate(model, loader, heads, precision=self.precision, modalities=self.key.modalities,
+                            num_classes=len(self.data.ds.classes), multilabel=self.data.ds.multilabel,
+                            video_level=video_level, on_batch=on_batch)
+        finally:
+            self.progress.done_evaluating()
 
     def evaluate_splits(self, model) -> dict:
         """Per-epoch metrics: T' (train, eval mode), V (holdout) and the evaluation split, 1 clip each."""
@@ -140,32 +148,37 @@ class Trainer:
         ctx = RunContext(self, folder)
         t_start = time.perf_counter()
         model = self.wrap(self.model)
-        if start == 0:
-            torch.manual_seed(rng_seed(self.tcfg["seed"], 0, self.env.rank))
-            self._log_epoch(0, self.evaluate_splits(self.bn_recalibrated(self.model)), {}, policy.weights_for(0), 0.0)
-        with progress() if main else _NullBar() as bar:
-            task = bar.add_task("train", total=self.data.steps_per_epoch, info="")
+        steps = self.data.steps_per_epoch
+        estimation = sum(n for e, n in policy.estimation_plan().items() if e >= start)
+        with RunProgress(main, folder.path.name, (epochs - start + estimation) * steps) as self.progress:
+            if start == 0:
+                torch.manual_seed(rng_seed(self.tcfg["seed"], 0, self.env.rank))
+                self._log_epoch(0, self.evaluate_splits(self.bn_recalibrated(self.model)), {}, policy.weights_for(0), 0.0)
             for epoch in range(start, epochs):
                 policy.before_epoch(epoch, ctx)  # G-Blend re-estimates here (Algorithms 2 and 3)
                 weights = {h: float(policy.weights_for(epoch).get(h, 0.0)) for h in self.key.heads}
-                bar.reset(task, total=self.data.steps_per_epoch, description=f"{folder.path.name} epoch {epoch + 1}/{epochs}")
+                self.progress.phase(f"epoch {epoch + 1}/{epochs}", steps)
                 t0 = time.perf_counter()
-
-                def on_step(step, clips, loss, t0=t0):
-                    rate = clips / max(1e-9, time.perf_counter() - t0)
-                    bar.update(task, completed=step + 1, info=f"loss {loss:.3f}  {rate:.0f} clips/s")
-
-                train_stats = self.run_epoch(model, self.optimizer, self.scheduler, weights, epoch, on_step=on_step)
+                train_stats = self.run_epoch(model, self.optimizer, self.scheduler, weights, epoch,
+                                             on_step=self._on_step(t0))
                 metrics = {}
                 if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
                     metrics = self.evaluate_splits(self.model)
                 self._log_epoch(epoch + 1, metrics, train_stats, weights, time.perf_counter() - t0)
                 score = best_score(metrics, self.key.eval_head)
                 folder.save_checkpoint(self.checkpoint_state(epoch + 1, policy, max(best, score)), is_best=score > best)
+                folder.drop_estimation()  # superseded: last.pt holds the weights it estimated
                 best = max(best, score)
-        final = self.finish(policy.weights_for(epochs - 1), time.perf_counter() - t_start)
+            final = self.finish(policy.weights_for(epochs - 1), time.perf_counter() - t_start)
+        self.progress = RunProgress(False, folder.path.name, 0)
         dist_utils.barrier()
         return final
+
+    def _on_step(self, t0: float):
+        def on_step(step, clips, loss):
+            rate = clips / max(1e-9, time.perf_counter() - t0)
+            self.progress.step(step, f"loss {loss:.3f}  {rate:.0f} clips/s")
+        return on_step
 
     def _log_epoch(self, epoch: int, metrics: dict, train_stats: dict, weights: dict, seconds: float) -> None:
         if not self.env.is_main:
@@ -180,8 +193,8 @@ class Trainer:
         if metrics and epoch > 0:
             h = self.key.eval_head
             parts = [f"{s} {metrics[s][h]['top1']:.1f}" for s in ("train", "holdout", "val") if s in metrics]
-            console.print(f"{self.folder.path.name} epoch {epoch}: {h} top-1 " + ", ".join(parts)
-                          + f"  ({train_stats.get('clips_per_s', 0):.0f} clips/s)")
+            self.progress.log(f"{self.folder.path.name} epoch {epoch}: {h} top-1 " + ", ".join(parts)
+                              + f"  ({train_stats.get('clips_per_s', 0):.0f} clips/s)")
 
     def finish(self, weights: dict, seconds: float) -> dict:
         """Final evaluation: `eval_clips` clips per video on the evaluation split -> final.json."""
@@ -229,37 +242,38 @@ class RunContext:
         return self._t.env.rank
 
     def train(self, model, first_epoch: int, n_epochs: int, clip_groups=None) -> None:
+        """Algorithm 1's estimators, n epochs from `first_epoch`. After each epoch their state (model,
+        optimiser, schedule, scaler, the forked RNG) goes to checkpoints/estimation.pt, so a killed
+        or interrupted estimation resumes (--resume) where it stopped, with the same result."""
         t = self._t
         opt = make_optimizer(model.parameters(), t.tcfg)
         sched = make_scheduler(opt, t.data.steps_per_epoch, t.tcfg, offset_epochs=first_epoch)
         scaler = t.precision.new_scaler()  # its own: the main run's scale must not move
+        done = 0
+        saved = self._folder.estimation_state(t.cfg, first_epoch, n_epochs) if t.resume else None
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["lr_scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            torch.set_rng_state(saved["rng"])
+            done = saved["done"]
+            t.progress.log(f"resuming the G-Blend estimation from epoch {first_epoch} after {done}/{n_epochs} epochs")
         wrapped = t.wrap(model)
         ones = {h: 1.0 for h in model.head_names}
-        for e in range(n_epochs):
-            stats = t.run_epoch(wrapped, opt, sched, ones, first_epoch + e, scaler=scaler, clip_groups=clip_groups)
-            if self.is_main:
-                console.print(f"  G-Blend estimation {e + 1}/{n_epochs} (from epoch {first_epoch}): "
-                              + ", ".join(f"{h} {stats[h]:.3f}" for h in ones))
+        for e in range(done, n_epochs):
+            t.progress.phase(f"G-Blend estimation from epoch {first_epoch}: {e + 1}/{n_epochs}", t.data.steps_per_epoch)
+            stats = t.run_epoch(wrapped, opt, sched, ones, first_epoch + e, scaler=scaler, clip_groups=clip_groups,
+                                on_step=t._on_step(time.perf_counter()))
+            self._folder.save_estimation({"epoch": first_epoch, "n_epochs": n_epochs, "done": e + 1,
+                                          "config": to_toml(t.cfg), "model": model.state_dict(),
+                                          "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
+                                          "scaler": scaler.state_dict(), "rng": torch.get_rng_state()})
+            t.progress.log(f"  G-Blend estimation {e + 1}/{n_epochs} (from epoch {first_epoch}): "
+                           + ", ".join(f"{h} {stats[h]:.3f}" for h in ones))
 
     def record(self, row: dict) -> None:
         self._folder.log_blend(row)
-
-
-class _NullBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-    def add_task(self, *a, **k):
-        return 0
-
-    def reset(self, *a, **k):
-        pass
-
-    def update(self, *a, **k):
-        pass
 
 
 def init_checkpoints(init_from: str) -> list[Path]:

@@ -116,7 +116,8 @@ def time_limit():
 
 @pytest.fixture(scope="session")
 def train_chain(tiny_demo, tmp_path_factory):
-    """An offline G-Blend run: SIGKILL during the estimation (before epoch 1) -> --resume, SIGINT
+    """An offline G-Blend run: SIGKILL during the estimation (after its first epoch's checkpoint,
+    before the run's epoch 1) -> --resume (continues the estimation), SIGINT
     (group) after the first checkpoint -> --resume, SIGTERM (main process) after the next
     checkpoint -> --resume to the end; an uninterrupted run with the same seed runs beside it."""
     from reliability import Proc, gblend_args, journal_lines, safe_check, wait_for
@@ -129,8 +130,8 @@ def train_chain(tiny_demo, tmp_path_factory):
     stages: dict[str, dict] = {}
 
     p = Proc([*args, "--out", run], tmp, "kill_estimation")
-    caught = wait_for(lambda: journal_lines(run / "metrics.jsonl") >= 1, p)  # epoch 0 logged: estimation next
-    time.sleep(0.1)
+    # the first estimator epoch is checkpointed (estimation.pt): kill in the middle of the estimation
+    caught = wait_for(lambda: (run / "checkpoints" / "estimation.pt").exists(), p)
     alive = p.alive()
     p.signal(signal.SIGKILL, group=True)
     p.wait()
@@ -201,7 +202,7 @@ def bad_config(tiny_demo, train_lock_scenario, tmp_path_factory):
     d = case("wrong_type", [], ["train.epochs", "three"])
     (d / "bad.toml").write_text('[train]\nepochs = "three"\n')
     cases["wrong_type"]["args"] = [*rgb, "--recipe", d / "bad.toml", "--out", d / "out"]
-    d = case("negative_epochs", [], ["train.epochs", "-1"])
+    d = case("negative_epochs", [], ["--epochs", "-1"])  # named as the user typed it
     cases["negative_epochs"]["args"] = [*rgb, "--epochs", "-1", "--out", d / "out"]
     d = case("modality_not_prepared", [], ["flow"])
     data = copy_data(d)
@@ -221,6 +222,7 @@ def bad_config(tiny_demo, train_lock_scenario, tmp_path_factory):
     cases["newer_dataset"]["args"] = ["train-unimodal", "--modality", "rgb", "--data", data, "--out", d / "out", *TINY]
     d = case("newer_checkpoint", [], ["newer"])
     run = copy_run(d)
+    (run / "final.json").unlink()  # an unfinished run: --resume must read its newer checkpoint
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     state["format_version"] = 99
     torch.save(state, run / "checkpoints" / "last.pt")

@@ -113,7 +113,8 @@ def test_weights_are_a_distribution_under_any_input():
 
 
 def test_online_schedule_has_a_warm_up_then_super_epochs():
-    cfg = {"gblend": {"warmup_super_epoch": 10, "super_epoch": 5, "estimate_epochs": 0}, "train": {"epochs": 23}}
+    cfg = {"gblend": {"warmup_super_epoch": 10, "super_epoch": 5, "estimate_epochs": 0, "estimate_from": []},
+           "train": {"epochs": 23}}
     g = GradientBlending(cfg, "online", ["audio", "rgb", "fused"])
     assert g.schedule() == {0: 10, 10: 5, 15: 5, 20: 3}
     off = GradientBlending(cfg, "offline", ["audio", "rgb", "fused"])

@@ -324,7 +324,7 @@ def test_reproduce_rerun_after_kills_completes_with_the_report(reproduce_chain):
     rep = results / "report"
     json.loads((rep / "report.json").read_text())
     assert "Table" in (rep / "report.md").read_text()
-    assert (rep / "report.csv").read_text().strip()
+    assert all((rep / f"report_{k}.csv").read_text().strip() for k in ("table1", "table4", "overfit"))
     assert not [p for p in rep.iterdir() if is_temp(p.name)]
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from gblend_cli import paper
 from gblend_cli.config import load_config
-from gblend_cli.report import TITLES, build, render
+from gblend_cli.report import TITLES, build, render, render_csv
 from gblend_cli.experiment import RunKey
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -143,6 +143,14 @@ CURVES = {
 }
 
 
+def want(results, command: str, recipe=None) -> str:
+    """The command report suggests for a missing run: `command` writing into the results folder."""
+    m = re.match(r"gblend train-(\w+) --modalit(?:y|ies) ([a-z,]+)(?: --mode (\w+)| --weights (equal))? --seed (\d+)", command)
+    method, mods, mode, equal, seed = m.groups()
+    key = RunKey(method, tuple(mods.split(",")), int(seed), mode or equal)
+    return command + f" --out {results / key.name}" + (f" --recipe {recipe}" if recipe else "")
+
+
 def hand_mean(xs):
     return sum(xs) / len(xs)
 
@@ -226,9 +234,9 @@ def test_table1_numbers_best_unimodal_drop_and_paper_columns(results, cfg):
     af = by_combo(rows, "A+OF")  # no naive run: shown as missing, with its command
     assert af["naive_video_top1"] is None and af["drop"] is None and af["naive_seeds"] == 0
     assert af["best_unimodal"] == "OF"
-    assert af["missing"] == ["gblend train-naive --modalities audio,flow --seed 0"]
+    assert af["missing"] == [want(results, "gblend train-naive --modalities audio,flow --seed 0")]
     arf = by_combo(rows, "A+RGB+OF")
-    assert arf["missing"] == ["gblend train-naive --modalities audio,rgb,flow --seed 0"]
+    assert arf["missing"] == [want(results, "gblend train-naive --modalities audio,rgb,flow --seed 0")]
 
     for combo in paper.COMBOS:
         r, p = by_combo(rows, paper.combo_label(combo)), paper.TABLE1[combo]
@@ -246,13 +254,13 @@ def test_table1_deleted_naive_seed_is_missing_with_recipe_command(results, tmp_p
     # rows: the recipe's main combo, plus the combo present on disk (naive rgb+flow), nothing else
     assert [r["combo"] for r in rows] == ["A+RGB", "RGB+OF"]
     ar = by_combo(rows, "A+RGB")
-    assert ar["missing"] == [f"gblend train-naive --modalities audio,rgb --seed 1 --recipe {recipe}"]
+    assert ar["missing"] == [want(results, "gblend train-naive --modalities audio,rgb --seed 1", recipe)]
     assert ar["naive_seeds"] == 2 and close(ar["naive_video_top1"], round(hand_mean([55, 52.4]), 2))
 
     # the same folder with seed 2 deleted too: the recipe expects seeds 0 and 1 only
     shutil.rmtree(results / "naive-audio+rgb-s2")
     ar = by_combo(build(results, ["table1"], cfg, str(recipe))["table1"], "A+RGB")
-    assert ar["missing"] == [f"gblend train-naive --modalities audio,rgb --seed 1 --recipe {recipe}"]
+    assert ar["missing"] == [want(results, "gblend train-naive --modalities audio,rgb --seed 1", recipe)]
     assert ar["naive_seeds"] == 1 and close(ar["naive_video_top1"], 55.0)
 
 
@@ -263,7 +271,7 @@ def test_cli_table1_json_default_recipe_missing_seed(results, run_gblend, tmp_pa
     out = json.loads(proc.stdout)
     assert set(out) == {"table1"}
     ar = by_combo(out["table1"], "A+RGB")
-    assert ar["missing"] == ["gblend train-naive --modalities audio,rgb --seed 1"]
+    assert ar["missing"] == [want(results, "gblend train-naive --modalities audio,rgb --seed 1")]
     assert ar["naive_seeds"] == 2 and close(ar["naive_video_top1"], 53.7)  # (55 + 52.4) / 2
     assert close(ar["drop"], round(53.7 - hand_mean([60, 62.5, 58]), 2))
     assert [r["combo"] for r in out["table1"]] == ["A+RGB", "RGB+OF", "A+OF", "A+RGB+OF"]
@@ -301,7 +309,7 @@ def test_table4_means_stds_seeds_weights_and_paper(results, cfg):
     assert uni["weights_raw"] is None and naive["floored"] == []
     md = render({"table4": rows}, "markdown")
     assert "audio 0.15±0.05†" in md and "rgb 0.55±0.05" in md and "lifted by the floor" in md
-    assert on["missing"] == ["gblend train-gblend --modalities audio,rgb --mode online --seed 1"]
+    assert on["missing"] == [want(results, "gblend train-gblend --modalities audio,rgb --mode online --seed 1")]
     assert off["missing"] == [] and naive["missing"] == [] and uni["missing"] == []
 
     t4 = paper.TABLE4["audio+rgb"]
@@ -317,7 +325,7 @@ def test_table4_means_stds_seeds_weights_and_paper(results, cfg):
     assert rf[0]["seeds"] == [0] and close(rf[0]["video_top1"], 65.0) and rf[0]["video_top1_std"] == 0.0
     gb = rf[2]
     assert gb["seeds"] == [] and gb["clip_top1"] is None and gb["video_top1"] is None and gb["weights"] is None
-    assert gb["missing"] == ["gblend train-gblend --modalities rgb,flow --mode offline --seed 0"]
+    assert gb["missing"] == [want(results, "gblend train-gblend --modalities rgb,flow --mode offline --seed 0")]
     assert (gb["paper_clip_top1"], gb["paper_video_top1"], gb["paper_video_top5"]) == paper.TABLE4["rgb+flow"]["gblend"]
     assert {r["combo"] for r in rows} == {"A+RGB", "RGB+OF", "A+OF", "A+RGB+OF"}
 
@@ -347,7 +355,7 @@ def test_overfit_train_val_gap_and_ogr_from_holdout(results, cfg):
     off = rows["G-Blend offline A+RGB"]
     assert close(off["ogr"], 1.0) and close(off["val_top1"], 59.0) and close(off["gap"], 32.0)
     assert rows["naive A+OF"]["train_top1"] is None and rows["naive A+OF"]["ogr"] is None
-    assert rows["naive A+OF"]["missing"] == ["gblend train-naive --modalities audio,flow --seed 0"]
+    assert rows["naive A+OF"]["missing"] == [want(results, "gblend train-naive --modalities audio,flow --seed 0")]
 
 
 def _claim(claims, n):
@@ -404,28 +412,30 @@ def test_claim2_per_mode_verdicts_and_uncheckable(tmp_path):
 
 
 # --- formats -------------------------------------------------------------------------------------
-def csv_sections(text: str) -> dict[str, pd.DataFrame]:
-    parts = re.split(r"^# (\w+)\n", text, flags=re.M)
-    assert parts[0].strip() == ""
-    return {name: pd.read_csv(io.StringIO(body)) for name, body in zip(parts[1::2], parts[2::2])}
-
-
-def test_csv_has_the_same_numbers_as_json(results, cfg):
+def test_csv_is_one_table_per_file_with_the_same_numbers_as_json(results, cfg):
     rep = build(results, ["table1", "table4", "overfit"], cfg)
     js = json.loads(render(rep, "json"))
-    sections = csv_sections(render(rep, "csv"))
-    assert list(sections) == ["table1", "table4", "overfit"]
+    with pytest.raises(ValueError):
+        render(rep, "csv")  # several tables never share one CSV
     checked = 0
-    for name, df in sections.items():
+    for name in ("table1", "table4", "overfit"):
+        text = render_csv(rep, name)
+        assert "{" not in text and "[" not in text  # plain cells: no JSON inside
+        df = pd.read_csv(io.StringIO(text))
         rows = js[name]
-        assert len(df) == len(rows) and list(df.columns) == list(rows[0])
+        assert len(df) == len(rows)
         for i, row in enumerate(rows):
             for k, v in row.items():
+                if isinstance(v, dict):  # one column per head
+                    for h, x in v.items():
+                        assert float(df[f"{k}_{h}"].iloc[i]) == pytest.approx(x), (name, i, k, h)
+                        checked += 1
+                    continue
                 c = df[k].iloc[i]
-                if v is None:
+                if v is None or v == []:
                     assert pd.isna(c), (name, i, k, c)
-                elif isinstance(v, (list, dict)):
-                    assert json.loads(c) == v, (name, i, k, c)
+                elif isinstance(v, list):
+                    assert str(c).split(";") == [str(x) for x in v], (name, i, k, c)
                 elif isinstance(v, (int, float)):
                     assert float(c) == pytest.approx(v), (name, i, k, c)
                     checked += 1
@@ -442,9 +452,9 @@ def test_markdown_titles_missing_cells_commands_and_claims(results, cfg):
     af_line = next(line for line in text.splitlines() if line.startswith("| A+OF"))
     assert "missing" in af_line  # naive A+OF video top-1 cell
     assert "Missing runs (commands that would produce them):" in text
-    for cmd in ("gblend train-naive --modalities audio,rgb --seed 1",
-                "gblend train-naive --modalities audio,flow --seed 0",
-                "gblend train-gblend --modalities audio,rgb --mode online --seed 1"):
+    for cmd in (want(results, "gblend train-naive --modalities audio,rgb --seed 1"),
+                want(results, "gblend train-naive --modalities audio,flow --seed 0"),
+                want(results, "gblend train-gblend --modalities audio,rgb --mode online --seed 1")):
         assert f"    {cmd}" in text.splitlines(), cmd
     assert "- Claim 1 (A+RGB)" in text and "- Claim 2 (A+RGB)" in text
     v = col("unimodal", ["rgb"], None, 1)  # rgb video top-1 mean ± std in Table 4 (60.2 ± 2.2)
@@ -472,16 +482,16 @@ def test_deleted_run_folders_show_as_missing(results, cfg):
     rf = by_combo(rep["table1"], "RGB+OF")
     assert rf["naive_video_top1"] is None and rf["drop"] is None
     assert rf["best_unimodal"] == "RGB" and close(rf["best_unimodal_video_top1"], 60.17)  # flow is gone
-    assert rf["missing"] == ["gblend train-naive --modalities rgb,flow --seed 0",
-                             "gblend train-unimodal --modality flow --seed 0"]
+    assert rf["missing"] == [want(results, "gblend train-naive --modalities rgb,flow --seed 0"),
+                             want(results, "gblend train-unimodal --modality flow --seed 0")]
     naive = t4_row(rep["table4"], "RGB+OF", "naive")
     assert naive["clip_top1"] is None and naive["video_top1"] is None and naive["video_top5"] is None
-    assert naive["seeds"] == [] and naive["missing"] == ["gblend train-naive --modalities rgb,flow --seed 0"]
+    assert naive["seeds"] == [] and naive["missing"] == [want(results, "gblend train-naive --modalities rgb,flow --seed 0")]
     of = {r["run"]: r for r in rep["overfit"]}
     assert of["uni-modal OF"]["val_top1"] is None and of["uni-modal OF"]["ogr"] is None
-    assert of["uni-modal OF"]["missing"] == ["gblend train-unimodal --modality flow --seed 0"]
+    assert of["uni-modal OF"]["missing"] == [want(results, "gblend train-unimodal --modality flow --seed 0")]
     assert of["naive RGB+OF"]["train_top1"] is None
-    assert of["naive RGB+OF"]["missing"] == ["gblend train-naive --modalities rgb,flow --seed 0"]
+    assert of["naive RGB+OF"]["missing"] == [want(results, "gblend train-naive --modalities rgb,flow --seed 0")]
 
 
 # --- CLI: --out, figures, bad input --------------------------------------------------------------

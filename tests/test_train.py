@@ -400,3 +400,38 @@ def test_phi0_measurements_use_batchnorm_statistics_of_the_training_clips(tiny_d
     for k, v in tr.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert not calibrated.training
+
+
+def test_an_interrupted_estimation_resumes_to_the_same_weights(tiny_demo, tmp_path, monkeypatch):
+    """Ctrl-C (or a kill) during offline G-Blend's estimation: --resume continues the estimators
+    from checkpoints/estimation.pt and ends with the weights and numbers of an uninterrupted run."""
+    from gblend_cli import run_folder, runs
+
+    cfg = tiny_cfg(**{"train.epochs": 3, "train.seed": 6})
+    runs.train(copy.deepcopy(cfg), "gblend", ["audio", "rgb"], data=tiny_demo, out=tmp_path / "ref")
+    real = run_folder.RunFolder.save_estimation
+    saved = []
+
+    def interrupted_after_two(self, state):
+        real(self, state)
+        saved.append(state["done"])
+        if state["done"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C right after the second estimator epoch's checkpoint
+
+    monkeypatch.setattr(run_folder.RunFolder, "save_estimation", interrupted_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        runs.train(copy.deepcopy(cfg), "gblend", ["audio", "rgb"], data=tiny_demo, out=tmp_path / "run")
+    monkeypatch.setattr(run_folder.RunFolder, "save_estimation", real)
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "estimation.pt").exists() and not (run / "checkpoints" / "last.pt").exists()
+    assert not (run / "blend_weights.jsonl").exists()
+    (run / ".lock").unlink(missing_ok=True)
+    resumed = []
+    monkeypatch.setattr(run_folder.RunFolder, "save_estimation", lambda self, st: (resumed.append(st["done"]), real(self, st)))
+    runs.train(copy.deepcopy(cfg), "gblend", ["audio", "rgb"], data=tiny_demo, out=run, resume=True)
+    assert saved == [1, 2] and resumed == [3]  # only the third estimator epoch was trained again
+    ref = json.loads((tmp_path / "ref" / "blend_weights.jsonl").read_text())
+    got = json.loads((run / "blend_weights.jsonl").read_text())
+    assert got == ref
+    assert _final_numbers(run) == _final_numbers(tmp_path / "ref")
+    assert not (run / "checkpoints" / "estimation.pt").exists()  # superseded by last.pt

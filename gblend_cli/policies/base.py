@@ -23,6 +23,9 @@ class LossPolicy(Protocol):
     def weights_for(self, epoch: int) -> dict[str, float]:
         """{head: w_h} for this epoch's loss (heads left out or at 0 are not computed)."""
 
+    def estimation_plan(self) -> dict[int, int]:
+        """{epoch: n epochs} of the estimators this policy will train (for progress and its ETA)."""
+
     def state_dict(self) -> dict:
         """Plain data (saved in checkpoints, loaded with weights_only=True)."""
 

@@ -42,6 +42,9 @@ class FixedWeights:
     def weights_for(self, epoch: int) -> dict[str, float]:
         return self.weights
 
+    def estimation_plan(self) -> dict[int, int]:
+        return {}
+
     def state_dict(self) -> dict:
         return {"weights": self.weights}
 

@@ -51,6 +51,9 @@ class GradientBlending:
     def weights_for(self, epoch: int) -> dict[str, float]:
         return self.weights
 
+    def estimation_plan(self) -> dict[int, int]:
+        return {} if self.from_runs is not None else self.schedule()
+
     def state_dict(self) -> dict:
         return {"weights": self.weights, "history": self.history}
 

@@ -1,27 +1,47 @@
 #!/usr/bin/env bash
-# The Table 1 / Table 4 matrix of a recipe as separate jobs, one `gblend` command each, run one after
-# another on this machine (a plain loop; `gblend reproduce` does the same with parallel jobs).
-#   recipes/batch/matrix.sh recipes/kinetics400.toml "0 1 2"
-# Runs whose final.json exists are skipped; an interrupted run is resumed with --resume.
+# A recipe's whole matrix -- exactly the runs `gblend reproduce` runs, from
+# `gblend reproduce --print-commands` -- one command after another on this machine, then the report.
+#
+#   recipes/batch/matrix.sh [REPRODUCE OPTIONS] [-- OPTIONS FOR EVERY RUN]
+#   recipes/batch/matrix.sh --recipe kinetics400 --seeds 0,1,2
+#   recipes/batch/matrix.sh --seeds 0 -- --workers 4          # extra options go to every train command
+#   LAUNCHER="torchrun --nproc_per_node=8 -m gblend_cli" recipes/batch/matrix.sh --recipe kinetics400
+#
+# REPRODUCE OPTIONS are those of `gblend reproduce` (--recipe, --seeds, --results, --set ...).
+# Finished runs are skipped, interrupted ones resumed (--resume), so rerunning continues. Paths in
+# the printed commands are absolute: the script works from any folder. gblend is the one installed
+# beside this repository (.venv/bin/gblend) when there is one, else $GBLEND, else `gblend` on PATH.
+# DRY_RUN=1 prints the commands instead of running them.
 set -euo pipefail
-RECIPE=${1:-recipes/demo.toml}
-SEEDS=${2:-"0 1 2"}
-RESULTS=$(python -c "from gblend_cli.config import load_config, results_dir; print(results_dir(load_config('$RECIPE')))")
-LAUNCH=${LAUNCH:-gblend}   # e.g. LAUNCH="torchrun --nproc_per_node=8 -m gblend_cli"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+if [ -z "${GBLEND:-}" ]; then
+  if [ -x "$REPO/.venv/bin/gblend" ]; then GBLEND="$REPO/.venv/bin/gblend"; else GBLEND=gblend; fi
+fi
+LAUNCHER=${LAUNCHER:-$GBLEND}
+read -r -a GB <<< "$GBLEND"   # GBLEND may be several words, e.g. "python -m gblend_cli"
 
-job() {  # job RUN_NAME ARGS...
-  local run="$RESULTS/$1"; shift
-  [ -f "$run/final.json" ] && { echo "skip $run"; return; }
-  local resume=""; [ -f "$run/checkpoints/last.pt" ] && resume="--resume"
-  $LAUNCH "$@" --recipe "$RECIPE" --out "$run" $resume
-}
-
-for s in $SEEDS; do
-  for m in audio rgb flow; do job "unimodal-$m-s$s" train-unimodal --modality "$m" --seed "$s"; done
-  for c in audio,rgb rgb,flow audio,flow audio,rgb,flow; do
-    n=${c//,/+}
-    job "naive-$n-s$s" train-naive --modalities "$c" --seed "$s"
-    for mode in offline online; do job "gblend-$mode-$n-s$s" train-gblend --modalities "$c" --mode "$mode" --seed "$s"; done
-  done
+OPTS=(); EXTRA=()
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--" ]; then shift; EXTRA=("$@"); break; fi
+  OPTS+=("$1"); shift
 done
-gblend report --recipe "$RECIPE" --results "$RESULTS" --table all --format markdown --out "$RESULTS/report/report.md"
+EXTRA_Q=""
+for a in "${EXTRA[@]+"${EXTRA[@]}"}"; do EXTRA_Q+=" $(printf '%q' "$a")"; done
+
+COMMANDS=$("${GB[@]}" reproduce --print-commands --launcher "$LAUNCHER" "${OPTS[@]+"${OPTS[@]}"}")
+while IFS= read -r line; do
+  [ -n "$line" ] || continue
+  if [ -n "${DRY_RUN:-}" ]; then echo "$line$EXTRA_Q"; else eval "$line$EXTRA_Q"; fi
+done <<< "$COMMANDS"
+if [ -z "${DRY_RUN:-}" ]; then  # the tables, from the options report shares with reproduce
+  REPORT=(); i=0
+  while [ $i -lt ${#OPTS[@]} ]; do
+    case "${OPTS[$i]}" in
+      --recipe|-r|--results|--set) REPORT+=("${OPTS[$i]}" "${OPTS[$((i + 1))]}"); i=$((i + 2)) ;;
+      --recipe=*|--results=*|--set=*) REPORT+=("${OPTS[$i]}"); i=$((i + 1)) ;;
+      *) i=$((i + 1)) ;;
+    esac
+  done
+  "${GB[@]}" report --table all "${REPORT[@]+"${REPORT[@]}"}"
+fi
