@@ -1,6 +1,6 @@
 """What OGR and G-Blend stand on, on the data side (gblend_cli/data.py): the held-out split V and
 T' (`split_holdout`, `subset`), the horizontal flip (RGB mirrored; flow mirrored with its x
-component negated). Checked on small prepared
+component negated) and the audio window centred on the visual clip. Checked on small prepared
 folders written here with known arrays, against the definitions."""
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+SILENCE = np.float16(np.log(1e-6))  # a silent log-mel frame: log of the floor added to the mel power
+
 
 # ============================================================================================ V and T'
 
@@ -179,3 +182,63 @@ def test_no_flip_in_evaluation_or_when_off(tmp_path):
             b = data.__getitems__([k])
             assert np.array_equal(b["rgb"][0].numpy(), src["rgb"][2:6])
             assert np.array_equal(b["flow"][0].numpy(), src["flow"][2:6])
+
+
+# ============================================================================================ audio window
+
+def _audio_rows(window: np.ndarray) -> list:
+    """Row index of each frame of a window (the test audio's row r holds the value r), None for silence."""
+    assert (window == window[:, :1]).all()
+    return [None if v == SILENCE else int(v) for v in window[:, 0]]
+
+
+def _centred(centre_s: float, a: int, n: int) -> list:
+    """The definition: `a` frames (10 ms each) centred on `centre_s`, silence outside 0..n-1."""
+    lo = int(round(centre_s * 100 - a / 2))
+    return [r if 0 <= r < n else None for r in range(lo, lo + a)]
+
+
+@pytest.mark.parametrize("frames,fps,audio_frames", [(4, 8.0, 100), (8, 8.0, 60), (4, 15.0, 100), (16, 15.0, 100)])
+def test_audio_window_is_centred_on_the_visual_clip(tmp_path, frames, fps, audio_frames):
+    """For every clip start of a 1 s video, the log-mel window is the `audio_frames` frames centred
+    on the visual clip's centre ((start + frames / 2) / fps); where it reaches past the audio, the
+    missing frames are silence (a clip shorter than the window, e.g. 4 frames at 15 fps = 0.27 s,
+    has its window reach before 0 s at the start and past the end at the end)."""
+    from gblend_cli.data import ClipDataset, PreparedDataset
+
+    t = int(fps)  # 1 s of video, 100 log-mel frames
+    src = _clip(np.random.default_rng(2), t=t, audio_rows=100)
+    ds = PreparedDataset(write_prepared(tmp_path / "d", {"c0": src}, fps=fps))
+    starts = list(range(0, max(1, t - frames + 1)))
+    cfg = clip_cfg(frames=frames, audio_frames=audio_frames)
+    for cache in (True, False):  # RAM-cached and read-from-disk datasets
+        ds = PreparedDataset(ds.root, cache_bytes=(1 << 30) if cache else 0)
+        data = ClipDataset(ds, [(0, s) for s in starts], ["audio", "rgb"], cfg, train=False)
+        for k, s in enumerate(starts):
+            window = data.__getitems__([k])["audio"][0].numpy()
+            assert window.shape == (audio_frames, 40)
+            assert _audio_rows(window) == _centred((s + frames / 2) / fps, audio_frames, 100), (cache, s)
+
+
+def test_audio_shorter_than_the_window_is_padded_with_silence(tmp_path):
+    """A 0.5 s video (4 frames at 8 fps, 50 log-mel frames) in an 8-frame clip centred at 0.5 s:
+    its 50 frames, then silence."""
+    from gblend_cli.data import ClipDataset, PreparedDataset
+
+    src = _clip(np.random.default_rng(3), t=4, audio_rows=50)
+    ds = PreparedDataset(write_prepared(tmp_path / "d", {"c0": src}))
+    data = ClipDataset(ds, [(0, -1)], ["audio", "rgb"], clip_cfg(frames=8), train=True, seed=1)
+    window = data.__getitems__([0])["audio"][0].numpy()
+    assert _audio_rows(window) == list(range(50)) + [None] * 50
+
+
+def test_audio_track_ending_before_the_window_gives_silence(tmp_path):
+    """An audio track shorter than its video (20 log-mel frames, 1 s of video): a window centred
+    at 0.75 s lies wholly past the audio's end, so it is all silence (and no read fails)."""
+    from gblend_cli.data import ClipDataset, PreparedDataset
+
+    src = _clip(np.random.default_rng(4), t=8, audio_rows=20)
+    root = write_prepared(tmp_path / "d", {"c0": src})
+    for cache in (1 << 30, 0):
+        data = ClipDataset(PreparedDataset(root, cache_bytes=cache), [(0, 4)], ["audio", "rgb"], clip_cfg(), train=False)
+        assert _audio_rows(data.__getitems__([0])["audio"][0].numpy()) == [None] * 100
