@@ -16,6 +16,9 @@ session (the helpers they use live in `tests/reliability.py`):
   folder is refused (test_locks.py, test_safety.py; ``bad_config`` copies its finished run).
 - ``bad_config``: every refused command in its own folder, with snapshots before/after
   (test_bad_input.py; its ``diverged`` case, a NaN loss, in test_numerical.py).
+- ``matrix_runs``: the runs of one seed of the matrix on ``tiny_demo`` (uni-modal audio and RGB,
+  naive, offline G-Blend, G-Blend reading its terms from those runs with loss and with accuracy,
+  equal weights): test_train.py, test_gblend_runs.py, test_metrics.py.
 
 `tests/media_factory.py` writes real media files for tests (``import media_factory``).
 """
@@ -279,3 +282,35 @@ def bad_config(tiny_demo, train_lock_scenario, tmp_path_factory):
             c["after"].pop(str(c["cwd"] / f"{name}.{log}"), None)
     assert snapshot(tiny_demo) == demo_before
     return cases
+
+
+MATRIX_ARGS = ["--epochs", "2", "--seed", "4", "--set", "model.visual_widths=[4,8,8,8]",
+               "--set", "model.audio_widths=[4,8,8,8]", "--set", "train.batch_size=8", "--set", "clip.eval_clips=3",
+               "--set", "train.train_eval_size=16", "--set", "train.eval_every=1"]
+
+
+@pytest.fixture(scope="session")
+def matrix_runs(tiny_demo, tmp_path_factory) -> dict[str, Path]:
+    """{name: run folder}, trained through the real entry point a few at a time (seed 4, 2 epochs):
+    "ua"/"ur" uni-modal audio/RGB, "n" naive A+RGB, "self" offline G-Blend estimating its own
+    weights, "from_runs" / "from_runs_acc" offline G-Blend reading Algorithm 2's terms from ua, ur
+    and n (gblend.metric loss / accuracy), "equal" equal weights (the auxiliary-loss baseline)."""
+    tmp = tmp_path_factory.mktemp("matrix")
+    common = ["--data", tiny_demo, *MATRIX_ARGS]
+    sources = ",".join(str(tmp / n) for n in ("ua", "ur", "n"))
+    rounds = [
+        {"ua": ["train-unimodal", "--modality", "audio"], "ur": ["train-unimodal", "--modality", "rgb"]},
+        {"n": ["train-naive", "--modalities", "audio,rgb"], "self": ["train-gblend", "--modalities", "audio,rgb"]},
+        {"from_runs": ["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources],
+         "from_runs_acc": ["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources,
+                           "--metric", "accuracy"],
+         "equal": ["train-gblend", "--modalities", "audio,rgb", "--weights", "equal"]},
+    ]
+    for r in rounds:
+        procs = {name: subprocess.Popen(gblend_cmd(*args, *common, "--out", tmp / name), env=gblend_env(),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, args in r.items()}
+        for name, p in procs.items():
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, (name, err[-3000:])
+    return {name: tmp / name for r in rounds for name in r}

@@ -1,13 +1,22 @@
 """What every table is built from: `engine.evaluate` (per-clip loss, its mean, standard error and
 count, clip top-1, video top-1/top-5 from the softmax averaged over each video's clips; for
 multi-label data BCE, sigmoid averaging, mAP and mAUC), checked against references written here
-in plain NumPy from the definitions, on known logits fed through a fake model and loader."""
+in plain NumPy from the definitions, on known logits fed through a fake model and loader. And the
+final evaluation of one trained checkpoint with 1 and with 2 processes (torchrun, gloo)."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import gblend_env
 
 # ============================================================================================ references
 # (plain NumPy, float64, from the definitions; nothing here calls gblend_cli)
@@ -289,3 +298,57 @@ def test_average_precision_and_auc_per_class_with_ties_and_missing_classes():
     for t in ([[1], [1], [0]], [[1], [0], [1]]):
         assert average_precision(s, np.array(t, dtype=float))[0] == pytest.approx((1 + 2 / 3) / 2)
         assert auc(s, np.array(t, dtype=float))[0] == pytest.approx(0.75)
+
+
+# ============================================================================================ 1 vs 2 processes
+
+EVAL_SCRIPT = """
+import sys
+from pathlib import Path
+
+from gblend_cli import distributed
+from gblend_cli.config import read_saved_config
+from gblend_cli.run_folder import RunFolder, load_checkpoint
+from gblend_cli.train import Trainer
+
+run, out = Path(sys.argv[1]), Path(sys.argv[2])
+src = RunFolder(run, writer=False)
+cfg = read_saved_config(run / "config.toml")
+folder = RunFolder(out, writer=distributed.launch_rank() == 0)
+trainer = Trainer(cfg, src.key(), folder, Path(cfg["dataset"]["data_dir"]))
+trainer.model.load_state_dict(load_checkpoint(src.last)["model"])
+trainer.finish(src.final()["weights"], 0.0)  # the run's final evaluation -> out/final.json
+distributed.barrier()
+distributed.cleanup()
+"""
+
+
+def _final(path: Path) -> dict:
+    f = json.loads((path / "final.json").read_text())
+    f.pop("seconds")
+    return f
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_equals_one_process(matrix_runs, tmp_path):
+    """The final evaluation of one trained checkpoint (a 3-head G-Blend run) with 2 processes
+    (torchrun, gloo: each process evaluates whole videos, sums are all-reduced) gives the
+    final.json of 1 process: accuracies exactly, losses up to float summation order. The 1-process
+    evaluation itself reproduces the run's own final.json."""
+    run = matrix_runs["self"]
+    script = tmp_path / "evaluate_checkpoint.py"
+    script.write_text(EVAL_SCRIPT)
+    env = gblend_env() | {"MASTER_PORT": str(29500 + (os.getpid() + 7) % 1000)}
+    one = subprocess.run([sys.executable, str(script), str(run), str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                          env["MASTER_PORT"], str(script), str(run), str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _final(tmp_path / "one"), _final(tmp_path / "two")
+    assert a == _final(run), "the evaluation script does not reproduce the run's final evaluation"
+    for k in ("val_loss", "train_loss"):
+        assert b.pop(k) == pytest.approx(a.pop(k), rel=1e-5), k
+    assert b == a
+    assert set(a["heads"]) == {"audio", "rgb", "fused"}
