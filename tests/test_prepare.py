@@ -467,24 +467,35 @@ def test_failed_command_does_not_claim_the_folder(run_gblend, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-def _dataset_without_recipe() -> str | None:
+@pytest.mark.parametrize("name,recipe_dir", [("kinetics600", None), ("kinetics400", None),
+                                             ("kinetics600", "prepared/k600")])
+def test_default_out_folder_follows_the_dataset(run_gblend, tmp_path, name, recipe_dir):
+    """Without --out, prepare-data writes to the recipe's dataset.data_dir: data/<name> for a
+    dataset without a recipe of its own (kinetics600: the built-in defaults), the dataset's recipe
+    (kinetics400) or a --recipe that sets data_dir; never the demo's folder."""
+    import tomllib
+
     from gblend_cli.config import RECIPES_DIR
 
-    return next((n for n in ("kinetics600", "kinetics700", "kinetics-sounds")
-                 if not (RECIPES_DIR / f"{n}.toml").exists()), None)
-
-
-def test_default_out_folder_follows_the_dataset(run_gblend, tmp_path):
-    name = _dataset_without_recipe()
-    if name is None:
-        pytest.xfail("every Kinetics variant has its own recipe now")  # nothing left to check
+    args = []
+    if recipe_dir:
+        recipe = mf.write_bytes(tmp_path / "mine.toml", f'[dataset]\ndata_dir = "{recipe_dir}"\n')
+        args = ["--recipe", recipe]
+        want = recipe_dir
+    elif (RECIPES_DIR / f"{name}.toml").exists():
+        want = tomllib.loads((RECIPES_DIR / f"{name}.toml").read_text())["dataset"]["data_dir"]
+        assert want, name
+    else:
+        want = f"data/{name}"
     (tmp_path / "root").mkdir()
     ann = mf.write_bytes(tmp_path / "train.csv", "label,youtube_id,time_start,time_end,split\n"
                                                  "zumba,abcdefghijk,10,20,train\n")  # file missing: no decoding
-    proc = run_gblend("prepare-data", "--dataset", name, "--root", "root", "--annotations", ann)
+    proc = run_gblend("prepare-data", "--dataset", name, "--root", "root", "--annotations", ann, *args)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "data" / name / "prepare_report.json").exists()
-    assert not (tmp_path / "data" / "demo").exists()
+    reports = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.rglob("prepare_report.json"))
+    assert reports == [want], reports
+    meta = json.loads((tmp_path / want / "dataset.json").read_text())
+    assert meta["dataset"] == name
 
 
 # ------------------------------------------------------------------------------------------ help
