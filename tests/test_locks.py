@@ -13,6 +13,7 @@ import socket
 
 import pytest
 
+from conftest import seed_demo_media
 from reliability import Proc, assert_one_line_error, hold_while_stopped, write_stale_lock
 
 
@@ -32,10 +33,11 @@ def test_second_train_command_on_the_same_folder_is_refused(train_lock_scenario)
 
 
 @pytest.fixture(scope="module")
-def prepare_lock_scenario(tmp_path_factory):
+def prepare_lock_scenario(tmp_path_factory, demo_media):
     tmp = tmp_path_factory.mktemp("prep_lock")
     out = tmp / "data"
     write_stale_lock(out)
+    seed_demo_media(demo_media, out, 24, 8)
     args = ["prepare-data", "--dataset", "demo", "--set", "demo.train_videos=24", "--set", "demo.test_videos=8",
             "--workers", "1", "--flow", "none", "--out", out]
     first = Proc(args, tmp, "first")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import media_factory as mf
-from conftest import gblend_cmd, gblend_env
+from conftest import gblend_cmd, gblend_env, seed_demo_media
 from gblend_cli.config import load_config
 from gblend_cli.media import mel_band_centres_hz
 
@@ -73,9 +73,10 @@ def assert_arrays(out: Path, clip: str, frames: int, side: int, fps: float) -> t
 # ------------------------------------------------------------------------------------------ demo
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, demo_media):
     tmp = tmp_path_factory.mktemp("demo_cli")
     out = tmp / "demo"
+    seed_demo_media(demo_media, out, 24, 8)
     proc = subprocess.run(gblend_cmd("prepare-data", "--dataset", "demo", "--out", out,
                                      "--set", "demo.train_videos=24", "--set", "demo.test_videos=8"),
                           cwd=tmp, env=gblend_env(), capture_output=True, text=True, timeout=180)
@@ -315,9 +316,10 @@ def check_no_partial_arrays(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory):
+def resumed(tmp_path_factory, demo_media):
     tmp = tmp_path_factory.mktemp("resume")
     out = tmp / "demo"
+    seed_demo_media(demo_media, out, 48, 12)
     cmd = gblend_cmd("prepare-data", *RESUME_ARGS, "--out", out)
     with open(tmp / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp, env=gblend_env(), stdout=log, stderr=subprocess.STDOUT,

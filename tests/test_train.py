@@ -38,9 +38,20 @@ def _final_numbers(run: Path) -> dict:
     return f
 
 
-def test_unimodal_run_writes_the_run_folder(tiny_demo, tmp_path, run_gblend):
-    run = tmp_path / "audio"
-    p = run_gblend("train-unimodal", "--modality", "audio", "--data", tiny_demo, "--out", run, "--epochs", "2", *TINY)
+AUDIO_RUN = ["train-unimodal", "--modality", "audio", "--epochs", "2", *TINY]
+
+
+@pytest.fixture(scope="module")
+def audio_run(tiny_demo, tmp_path_factory):
+    """A finished 2-epoch uni-modal audio run (CLI), and its CompletedProcess; read-only."""
+    run = tmp_path_factory.mktemp("audio_run") / "audio"
+    p = subprocess.run(gblend_cmd(*AUDIO_RUN, "--data", tiny_demo, "--out", run), env=gblend_env(),
+                       capture_output=True, text=True, timeout=300)
+    return run, p
+
+
+def test_unimodal_run_writes_the_run_folder(audio_run, tiny_demo, run_gblend):
+    run, p = audio_run
     assert p.returncode == 0, p.stderr[-2000:]
     for name in ("config.toml", "env.json", "metrics.jsonl", "summary.csv", "final.json",
                  "checkpoints/last.pt", "checkpoints/best.pt"):
@@ -70,7 +81,7 @@ def test_unimodal_run_writes_the_run_folder(tiny_demo, tmp_path, run_gblend):
     assert not any(k.startswith("backbones.rgb.") for k in state["model"])
     # a second run into the same folder refuses and changes nothing
     before = (run / "final.json").read_bytes()
-    p2 = run_gblend("train-unimodal", "--modality", "audio", "--data", tiny_demo, "--out", run, "--epochs", "2", *TINY)
+    p2 = run_gblend(*AUDIO_RUN, "--data", tiny_demo, "--out", run)
     assert p2.returncode == 2 and "--resume" in p2.stderr and "Traceback" not in p2.stderr
     assert (run / "final.json").read_bytes() == before
 
@@ -104,6 +115,7 @@ def test_standard_backbones_match_torchvision():
     assert flow.stem[0].in_channels == 2 and [len(l) for l in flow.layers] == [3, 4, 6, 3]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_final_numbers(tiny_demo, tmp_path):
     args = ["train-naive", "--modalities", "audio,rgb", "--data", tiny_demo, "--epochs", "4", "--seed", "3", *TINY]
     ref = tmp_path / "ref"
@@ -131,13 +143,14 @@ def test_resume_after_kill_gives_the_same_final_numbers(tiny_demo, tmp_path):
     assert [strip(r) for r in rows] == [strip(r) for r in ref_rows]
 
 
-def test_resume_with_a_different_recipe_is_refused(tiny_demo, tmp_path, run_gblend):
-    run = tmp_path / "rgb"
-    p = run_gblend("train-unimodal", "--modality", "rgb", "--data", tiny_demo, "--out", run, "--epochs", "1", *TINY)
-    assert p.returncode == 0, p.stderr[-2000:]
+def test_resume_with_a_different_recipe_is_refused(audio_run, tiny_demo, tmp_path, run_gblend):
+    import shutil
+
+    assert audio_run[1].returncode == 0, audio_run[1].stderr[-2000:]
+    run = tmp_path / "audio"
+    shutil.copytree(audio_run[0], run)
     before = {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
-    p = run_gblend("train-unimodal", "--modality", "rgb", "--data", tiny_demo, "--out", run, "--epochs", "1",
-                   *TINY, "--lr", "0.3", "--resume")
+    p = run_gblend(*AUDIO_RUN, "--data", tiny_demo, "--out", run, "--lr", "0.3", "--resume")
     assert p.returncode == 2
     assert "train.lr" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
