@@ -239,13 +239,18 @@ class ClipDataset(torch.utils.data.Dataset):
         return batch
 
     def _audio_window(self, i: int, centre_s: float) -> np.ndarray:
-        """`audio_frames` log-mel frames centred on the visual clip's centre (silence outside)."""
+        """`audio_frames` log-mel frames centred on the visual clip's centre; the part of the window
+        before the start or after the end of the audio is silence (the window is never shifted:
+        the audio stays aligned with the frames it is classified with)."""
         a = self.audio_frames
         n = self.ds.length("audio", i)
-        start = max(0, min(int(round(centre_s * 100 - a / 2)), n - a))
-        out = self.ds.rows("audio", i, start, start + a)
-        if len(out) < a:
-            out = np.concatenate([out, np.full((a - len(out), out.shape[1]), SILENCE, dtype=out.dtype)])
+        lo = int(round(centre_s * 100 - a / 2))
+        first, stop = min(max(0, lo), n), max(0, min(n, lo + a))
+        rows = self.ds.rows("audio", i, first, max(first, stop))
+        if len(rows) == a:
+            return rows
+        out = np.full((a, rows.shape[1]), SILENCE, dtype=rows.dtype)
+        out[first - lo:first - lo + len(rows)] = rows
         return out
 
 

@@ -31,14 +31,21 @@ def head_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool, reduction
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-class AP (AudioSet mAP); classes without positives give NaN."""
-    order = np.argsort(-scores, axis=0, kind="stable")
-    t = np.take_along_axis(targets, order, axis=0)
-    tp = np.cumsum(t, axis=0)
-    prec = tp / np.arange(1, len(t) + 1)[:, None]
-    npos = t.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (prec * t).sum(0) / npos
+    """Per-class AP (AudioSet mAP): the step-wise AP over distinct score thresholds, so items with
+    tied scores count together (the precision of a tie group is taken after the whole group, as
+    sklearn's average_precision_score does), whatever their order; classes without positives give NaN."""
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        order = np.argsort(-scores[:, c], kind="stable")
+        s, t = scores[order, c], targets[order, c] > 0
+        npos = t.sum()
+        if not npos:
+            continue
+        last = np.r_[s[1:] != s[:-1], True]  # the last item of each group of tied scores
+        tp = np.cumsum(t)[last]
+        seen = np.flatnonzero(last) + 1
+        out[c] = float((np.diff(tp, prepend=0) / npos * tp / seen).sum())
+    return out
 
 
 def auc(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

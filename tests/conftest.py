@@ -1,5 +1,9 @@
 """Shared fixtures.
 
+- ``demo_media``: the demo's mp4 files (default generator, seed 0: the first 48 train and 16 val
+  videos) rendered once per session; ``seed_demo_media(demo_media, out, train, val)`` links those a
+  demo of that size uses into a prepare-data ``--out`` folder, so the command does not render them
+  again (it renders only missing videos). Tests of rendering itself render their own.
 - ``tiny_demo``: a prepared demo dataset (32 train + 16 val clips, 8 classes, 2 s at 8 fps,
   32 px, audio + RGB + DIS flow), built once per session; returns the prepared folder. Treat it
   as read-only (copy it with ``shutil.copytree`` before changing anything in it).
@@ -16,8 +20,15 @@ session (the helpers they use live in `tests/reliability.py`):
   folder is refused (test_locks.py, test_safety.py; ``bad_config`` copies its finished run).
 - ``bad_config``: every refused command in its own folder, with snapshots before/after
   (test_bad_input.py; its ``diverged`` case, a NaN loss, in test_numerical.py).
+- ``matrix_runs``: the runs of one seed of the matrix on ``tiny_demo`` (uni-modal audio and RGB,
+  naive, offline G-Blend, G-Blend reading its terms from those runs with loss and with accuracy,
+  equal weights): test_train.py, test_gblend_runs.py, test_metrics.py.
 
 `tests/media_factory.py` writes real media files for tests (``import media_factory``).
+
+Speed: a test is `slow` when it takes more than ~20 s on 2 cores or uses a fixture that does
+(``SLOW_FIXTURES``, marked here at collection); ``python -m pytest -q -m "not slow"`` is the fast
+subset, ``python -m pytest -q`` (CI) runs everything.
 """
 
 from __future__ import annotations
@@ -39,16 +50,54 @@ if str(TESTS_DIR) not in sys.path:  # `import media_factory` from any test file
     sys.path.insert(0, str(TESTS_DIR))
 
 TINY_DEMO_OVERRIDES = {"demo.train_videos": 32, "demo.test_videos": 16, "prepare.workers": 1}
+DEMO_MEDIA_VIDEOS = (48, 16)  # (train, val): the most any fixture's demo uses
 
 
 @pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory) -> Path:
+def demo_media(tmp_path_factory) -> Path:
+    """The rendered demo videos (see the module docstring): a prepare-data folder's `media` folder.
+    Rendered in a fresh interpreter, like every prepare-data (see `tiny_demo`)."""
+    media = tmp_path_factory.mktemp("demo_media") / "media"
+    over = {"demo.train_videos": DEMO_MEDIA_VIDEOS[0], "demo.test_videos": DEMO_MEDIA_VIDEOS[1]}
+    code = ("import json, sys\nfrom pathlib import Path\n"
+            "from gblend_cli.config import load_config\nfrom gblend_cli.prepare import generate_demo_media\n"
+            "generate_demo_media(load_config(None, json.loads(sys.argv[1])), Path(sys.argv[2]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(over), str(media)], env=gblend_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return media
+
+
+def seed_demo_media(media: Path, out: Path, train_videos: int, test_videos: int) -> int:
+    """Link (or copy) the rendered videos a demo of `train_videos` + `test_videos` (default generator
+    settings) uses into `out`/media; returns how many. Video i of a split is the same file whatever
+    the counts, so a smaller demo's videos are a subset of `demo_media`'s."""
+    from gblend_cli.config import load_config
+    from gblend_cli.demo_data import video_jobs
+
+    assert train_videos <= DEMO_MEDIA_VIDEOS[0] and test_videos <= DEMO_MEDIA_VIDEOS[1]
+    p = load_config(None, {"demo.train_videos": train_videos, "demo.test_videos": test_videos})["demo"]
+    jobs = video_jobs(Path(out) / "media", p, p["seed"])
+    for job in jobs:
+        dst = Path(job["path"])
+        src = media / dst.relative_to(Path(out) / "media")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    return len(jobs)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory, demo_media) -> Path:
     """A prepared tiny demo dataset folder (see the module docstring); read-only for tests.
 
     Runs `prepare_dataset(load_config(None, TINY_DEMO_OVERRIDES), out)` in a fresh interpreter:
     its workers are forked, and a fork of a process that already ran OpenCV code (any test using
     optical_flow) deadlocks in the worker's cv2.setNumThreads (see test_prepare.py)."""
     out = tmp_path_factory.mktemp("tiny_demo") / "prepared"
+    seed_demo_media(demo_media, out, TINY_DEMO_OVERRIDES["demo.train_videos"], TINY_DEMO_OVERRIDES["demo.test_videos"])
     code = ("import json, sys\n"
             "from gblend_cli.config import load_config\n"
             "from gblend_cli.prepare import prepare_dataset\n"
@@ -60,6 +109,16 @@ def tiny_demo(tmp_path_factory) -> Path:
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"ok": 48, "failed": []}, report
     return out
+
+
+# building any of these takes more than ~20 s on 2 cores: every test that uses one is `slow`
+SLOW_FIXTURES = {"train_chain", "bad_config", "reproduce_chain", "prepare_chain", "matrix_runs", "resumed"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def gblend_env() -> dict:
@@ -279,3 +338,35 @@ def bad_config(tiny_demo, train_lock_scenario, tmp_path_factory):
             c["after"].pop(str(c["cwd"] / f"{name}.{log}"), None)
     assert snapshot(tiny_demo) == demo_before
     return cases
+
+
+MATRIX_ARGS = ["--epochs", "2", "--seed", "4", "--set", "model.visual_widths=[4,8,8,8]",
+               "--set", "model.audio_widths=[4,8,8,8]", "--set", "train.batch_size=8", "--set", "clip.eval_clips=3",
+               "--set", "train.train_eval_size=16", "--set", "train.eval_every=1"]
+
+
+@pytest.fixture(scope="session")
+def matrix_runs(tiny_demo, tmp_path_factory) -> dict[str, Path]:
+    """{name: run folder}, trained through the real entry point a few at a time (seed 4, 2 epochs):
+    "ua"/"ur" uni-modal audio/RGB, "n" naive A+RGB, "self" offline G-Blend estimating its own
+    weights, "from_runs" / "from_runs_acc" offline G-Blend reading Algorithm 2's terms from ua, ur
+    and n (gblend.metric loss / accuracy), "equal" equal weights (the auxiliary-loss baseline)."""
+    tmp = tmp_path_factory.mktemp("matrix")
+    common = ["--data", tiny_demo, *MATRIX_ARGS]
+    sources = ",".join(str(tmp / n) for n in ("ua", "ur", "n"))
+    rounds = [
+        {"ua": ["train-unimodal", "--modality", "audio"], "ur": ["train-unimodal", "--modality", "rgb"]},
+        {"n": ["train-naive", "--modalities", "audio,rgb"], "self": ["train-gblend", "--modalities", "audio,rgb"]},
+        {"from_runs": ["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources],
+         "from_runs_acc": ["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources,
+                           "--metric", "accuracy"],
+         "equal": ["train-gblend", "--modalities", "audio,rgb", "--weights", "equal"]},
+    ]
+    for r in rounds:
+        procs = {name: subprocess.Popen(gblend_cmd(*args, *common, "--out", tmp / name), env=gblend_env(),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name, args in r.items()}
+        for name, p in procs.items():
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, (name, err[-3000:])
+    return {name: tmp / name for r in rounds for name in r}

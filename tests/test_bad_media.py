@@ -13,6 +13,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +33,21 @@ UNICODE_ID = "bäd 0000ü14"  # a youtube id (so a file name) with a space and n
 
 
 # ------------------------------------------------------------------------------------------ writers
+
+def without_permission_override() -> None:
+    """preexec_fn for a command started as root: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from
+    the capability bounding set before exec, so the command (still root, but without what lets root
+    ignore file modes) cannot read a mode-000 file, as any other user could not."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP (needs CAP_SETPCAP)
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+PREEXEC = without_permission_override if os.geteuid() == 0 else None
+
 
 def write_vfr(path: Path, times: list[float], size=(32, 32), speed_px_s: float = 10.0) -> Path:
     """Variable frame rate: frames at the irregular times `times` (s); the square's left edge at
@@ -130,10 +146,16 @@ def corpus(tmp_path_factory):
     for kind, (_, _, _, _, writer) in KINDS.items():
         if writer is not None:
             writer(clip_file(root, kind), scratch)
-    # unreadable file: a good video with mode 000 (root still reads it: detected below)
+    # unreadable file: a good video with mode 000 (as root, prepare-data runs without the
+    # capabilities that bypass file permissions: see without_permission_override)
     unreadable = mf.write_video(clip_file(root, "unreadable_permissions"), seconds=1.0)
     os.chmod(unreadable, 0)
-    perms_effective = not os.access(unreadable, os.R_OK)
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import os, sys; sys.exit(1 if os.access(sys.argv[1], os.R_OK) else 0)",
+                                str(unreadable)], preexec_fn=PREEXEC, timeout=60)
+        perms_effective = probe.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        perms_effective = False
     # a.mp4 -> b.mp4 -> a.mp4
     a, b = clip_file(root, "symlink_loop_a"), clip_file(root, "symlink_loop_b")
     a.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +173,8 @@ def corpus(tmp_path_factory):
     proc = subprocess.run(gblend_cmd("prepare-data", "--dataset", "kinetics400", "--root", root, "--annotations", ann,
                                      "--out", out, "--workers", "2", "--recipe", recipe,
                                      "--set", "prepare.decode_timeout_s=60"),
-                          cwd=tmp, env=gblend_env(), capture_output=True, text=True, timeout=240)
+                          cwd=tmp, env=gblend_env(), capture_output=True, text=True, timeout=240,
+                          preexec_fn=PREEXEC if perms_effective else None)
     seconds = time.monotonic() - t0
     os.chmod(unreadable, 0o644)
     report = json.loads((out / "prepare_report.json").read_text()) if (out / "prepare_report.json").exists() else {}
@@ -191,8 +214,8 @@ def test_bad_media_run_finishes_cleanly(corpus):
 def test_each_kind_is_kept_or_reported(corpus, kind):
     expect = KINDS[kind][3]
     if kind == "unreadable_permissions" and not corpus["perms_effective"]:
-        pytest.skip("running as root: chmod 000 does not stop reading (os.access says readable), "
-                    "so there is no unreadable file to test")
+        pytest.skip("root without CAP_SETPCAP: cannot drop the capabilities that let root read a mode-000 "
+                    "file, so there is no unreadable file to test")
     cid = clip_id(kind)
     out = corpus["out"]
     failed = {f["clip"]: f["reason"] for f in corpus["report"].get("failed", [])}

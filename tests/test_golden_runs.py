@@ -26,6 +26,7 @@ GOLDEN = TESTS / "golden" / "runs.json"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+from blend_check import check_blend_row, check_blend_run, check_fixed_weights_run  # noqa: E402
 from conftest import gblend_cmd, gblend_env  # noqa: E402
 
 SMALL = ["--set", "model.visual_widths=[4,8,8,8]", "--set", "model.audio_widths=[4,8,8,8]",
@@ -97,11 +98,31 @@ def differences(got, want, exact: bool, where: str = "") -> list[str]:
     return [] if got == want else [f"{where}: {got!r}, recorded {want!r}"]
 
 
+def test_recorded_blend_rows_follow_the_formulas():
+    """The recorded G-Blend rows (what the exact comparison pins) are themselves consistent: terms,
+    w_raw and w recomputed from their own L^T/L^V, and every recorded epoch trained with them."""
+    golden = json.loads(GOLDEN.read_text())["runs"]
+    for name in ("gblend-offline-audio+rgb", "gblend-online-audio+rgb+flow"):
+        rows = golden[name]["blend_weights"]
+        assert rows, name
+        for row in rows:
+            check_blend_row(row, {"metric": "loss", "rule": "regularised", "min_weight": 0.05})
+        for m in golden[name]["metrics"][1:]:
+            est = [r for r in rows if r["epoch"] <= m["epoch"] - 1][-1]
+            assert m["weights"] == {h: round(v["w"], 6) for h, v in est["heads"].items()}, (name, m["epoch"])
+        assert golden[name]["final"]["weights"] == {h: v["w"] for h, v in rows[-1]["heads"].items()}
+
+
 @pytest.mark.slow
 def test_runs_write_the_recorded_numbers(tiny_demo, tmp_path):
     golden = json.loads(GOLDEN.read_text())
     got = train_all(tiny_demo, tmp_path)
     exact = golden["fingerprint"] == fingerprint()
+    # the runs agree with themselves: every blend row with the formulas recomputed from its own
+    # losses, every epoch's weights with the rows (tests/blend_check.py)
+    check_blend_run(tmp_path / "gblend-offline-audio+rgb")
+    check_blend_run(tmp_path / "gblend-online-audio+rgb+flow")
+    check_fixed_weights_run(tmp_path / "gblend-equal-rgb+flow", {h: 1 / 3 for h in ("rgb", "flow", "fused")})
     diffs = [d for name in RUNS for d in differences(got[name], golden["runs"][name], exact, name)]
     assert not diffs, (f"{len(diffs)} differences ({'exact' if exact else 'loose: another machine'} comparison); "
                        "first: " + "; ".join(diffs[:5]))

@@ -328,32 +328,92 @@ def test_reproduce_rerun_after_kills_completes_with_the_report(reproduce_chain):
     assert not [p for p in rep.iterdir() if is_temp(p.name)]
 
 
+# `gblend report` whose atomic write of one file (named by GBLEND_TEST_TARGET) stops inside the
+# write - half the bytes in the temp file ("mid_write") or all of them, not yet renamed
+# ("before_rename") - signals it (GBLEND_TEST_MARKER: the full length) and waits to be killed.
+PAUSED_REPORT = """
+import io, os, sys, time
+from pathlib import Path
+
+from gblend_cli import storage
+from gblend_cli.cli import main
+
+real = storage._atomic_write
+name, stage = os.environ["GBLEND_TEST_TARGET"], os.environ["GBLEND_TEST_STAGE"]
+marker = Path(os.environ["GBLEND_TEST_MARKER"])
+
+
+def paused(path, write):
+    if Path(path).name != name:
+        return real(path, write)
+
+    def write_then_wait(f):
+        buf = io.BytesIO()
+        write(buf)
+        data = buf.getvalue()
+        f.write(data if stage == "before_rename" else data[:len(data) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        marker.write_text(str(len(data)))
+        time.sleep(600)
+
+    return real(path, write_then_wait)
+
+
+storage._atomic_write = paused
+main(sys.argv[1:])
+"""
+
+
 def test_report_out_killed_midway_is_absent_or_complete(reproduce_chain):
+    """SIGKILL while `report --out` writes its file - half of it in the temp file, or all of it
+    but not renamed, and once over an older complete report: the file is absent (or the old one,
+    intact), never partial; only a hidden temp file is left; the same command then completes."""
+    import subprocess
+    import sys
+
+    from conftest import gblend_env
+
     tmp, results, recipe, _ = reproduce_chain
     ref_dir = tmp / "report_ref"
     ref_dir.mkdir()
     base = ["report", "--recipe", recipe, "--results", results, "--table", "all", "--format", "markdown"]
-    t0 = time.monotonic()
     p = Proc([*base, "--out", ref_dir / "tables.md", "--figure", ref_dir / "fig.png"], ref_dir, "ref")
     assert p.wait() == 0, p.stderr[-2000:]
-    duration = time.monotonic() - t0
     ref = (ref_dir / "tables.md").read_bytes()
     assert ref.endswith(b"\n") and b"Table 1" in ref
-    outcomes = []
-    for i, when in enumerate(("temp_file", 0.8 * duration)):
-        d = tmp / f"report_kill{i}"
-        d.mkdir()
+    old = b"# an older report\n"
+    for stage, before in (("mid_write", None), ("before_rename", None), ("mid_write", old)):
+        d = tmp / f"report_kill_{stage}_{'over_old' if before else 'new'}"
         target = d / "out" / "tables.md"
-        p = Proc([*base, "--out", target, "--figure", d / "out" / "fig.png"], d, "kill")
-        if when == "temp_file":  # kill as soon as the atomic write's temp file shows up
-            wait_for(lambda: target.parent.exists() and any(is_temp(x.name) and "tables" in x.name
-                                                           for x in target.parent.iterdir()), p, poll=0.0005)
+        marker = d / "paused"
+        target.parent.mkdir(parents=True)
+        if before:
+            target.write_bytes(before)
+        env = gblend_env() | {"GBLEND_TEST_TARGET": "tables.md", "GBLEND_TEST_STAGE": stage,
+                              "GBLEND_TEST_MARKER": str(marker)}
+        proc = subprocess.Popen([sys.executable, "-c", PAUSED_REPORT, *map(str, base), "--out", str(target),
+                                 "--figure", str(d / "out" / "fig.png")], cwd=d, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            caught = wait_for(marker.exists, timeout=120)
+            alive = proc.poll() is None
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert caught and alive, (stage, proc.stderr.read()[-2000:])
+        assert proc.returncode == -signal.SIGKILL
+        assert int(marker.read_text()) == len(ref)  # it was writing this very report
+        if before:  # the file is intact: the older report, or no report
+            assert target.read_bytes() == before, f"{target} is half-written"
         else:
-            wait_for(lambda: False, p, timeout=when)
-        p.signal(signal.SIGKILL, group=True)
-        p.wait()
-        outcomes.append((p.p.returncode, target.exists()))
-        assert not target.exists() or target.read_bytes() == ref, f"{target} is half-written"
-        if target.parent.exists():
-            check_outputs(target.parent)
-    assert outcomes
+            assert not target.exists(), f"{target} exists ({target.stat().st_size} of {len(ref)} bytes)"
+        temps = [x for x in target.parent.iterdir() if is_temp(x.name) and "tables" in x.name]
+        assert len(temps) == 1, temps  # the kill landed inside the atomic write
+        assert temps[0].read_bytes() == (ref if stage == "before_rename" else ref[:len(ref) // 2])
+        check_outputs(target.parent)
+        again = Proc([*base, "--out", target, "--figure", d / "out" / "fig.png"], d, "again")
+        assert again.wait() == 0, again.stderr[-2000:]
+        assert target.read_bytes() == ref

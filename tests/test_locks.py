@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-from pathlib import Path
 
 import pytest
 
+from conftest import seed_demo_media
 from reliability import Proc, assert_one_line_error, hold_while_stopped, write_stale_lock
 
 
@@ -33,10 +33,11 @@ def test_second_train_command_on_the_same_folder_is_refused(train_lock_scenario)
 
 
 @pytest.fixture(scope="module")
-def prepare_lock_scenario(tmp_path_factory):
+def prepare_lock_scenario(tmp_path_factory, demo_media):
     tmp = tmp_path_factory.mktemp("prep_lock")
     out = tmp / "data"
     write_stale_lock(out)
+    seed_demo_media(demo_media, out, 24, 8)
     args = ["prepare-data", "--dataset", "demo", "--set", "demo.train_videos=24", "--set", "demo.test_videos=8",
             "--workers", "1", "--flow", "none", "--out", out]
     first = Proc(args, tmp, "first")
@@ -87,23 +88,83 @@ def test_folder_lock_rules(tmp_path):
 
 
 def test_stale_lock_takeover_cannot_steal_a_fresh_lock(tmp_path, monkeypatch):
-    """Two commands start on a folder with a stale lock. A takes it over; B had read the lock
-    while it still named the dead owner (simulated: B's read returns what it saw then)."""
+    """Two commands start on a folder with a stale lock (a dead owner). A takes it over; B read the
+    lock while it still named the dead owner. Simulated where folder_lock reads the owner (os.read
+    of the lock's descriptor): every read B makes returns the stale content. B must be refused,
+    whatever it read (only the kernel's flock decides), and A's lock is left as it is."""
     from gblend_cli.errors import UserError
     from gblend_cli.storage import folder_lock
 
     d = tmp_path / "run"
-    write_stale_lock(d)
+    dead = write_stale_lock(d)
     lock = d / ".lock"
-    seen_by_b = lock.read_text()
+    seen_by_b = lock.read_bytes()
+    assert json.loads(seen_by_b)["pid"] == dead
     with folder_lock(d):  # A
-        a_lock = lock.read_text()
-        real = Path.read_text
-        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: seen_by_b if self == lock else real(self, *a, **k))
+        a_lock = lock.read_bytes()
+        a_inode = lock.stat().st_ino
+        real_read = os.read
+        stale_reads = []
+
+        def read_as_b_saw_it(fd, n):
+            try:
+                is_lock = os.fstat(fd).st_ino == a_inode
+            except OSError:
+                is_lock = False
+            if is_lock:
+                stale_reads.append(fd)
+                return seen_by_b[:n]
+            return real_read(fd, n)
+
+        monkeypatch.setattr(os, "read", read_as_b_saw_it)
         try:
-            with pytest.raises(UserError):
+            with pytest.raises(UserError, match="another gblend"):
                 with folder_lock(d):  # B must not get in while A holds the folder
                     pass
         finally:
             monkeypatch.undo()
-        assert lock.read_text() == a_lock
+        assert stale_reads, "B never read the lock: the race was not simulated"
+        assert lock.read_bytes() == a_lock and lock.stat().st_ino == a_inode
+        with pytest.raises(UserError):  # A still holds it
+            with folder_lock(d):
+                pass
+
+
+def test_lock_file_replaced_between_open_and_flock_is_not_trusted(tmp_path, monkeypatch):
+    """A opens .lock while C owns the folder; before A's flock, C finishes (unlinking .lock) and B
+    locks a new .lock. A's flock then succeeds on the unlinked file: A must see that the file it
+    locked is no longer the folder's lock, retry, and be refused while B holds the folder."""
+    import fcntl
+
+    from gblend_cli.errors import UserError
+    from gblend_cli.storage import folder_lock
+
+    d = tmp_path / "run"
+    d.mkdir()
+    c, b = folder_lock(d), folder_lock(d)
+    c.__enter__()
+    real_flock = fcntl.flock
+    raced = []
+
+    def flock(fd, op):
+        if not raced:  # A's first flock: the race happens right before it
+            raced.append(os.fstat(fd).st_ino)
+            c.__exit__(None, None, None)
+            b.__enter__()  # (its own flock goes straight through: `raced` is set)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    try:
+        with pytest.raises(UserError, match="another gblend"):
+            with folder_lock(d):  # A
+                pass
+        assert raced and (d / ".lock").stat().st_ino != raced[0], "the race was not simulated"
+        monkeypatch.undo()
+        with pytest.raises(UserError):  # B still holds the folder
+            with folder_lock(d):
+                pass
+    finally:
+        monkeypatch.undo()
+        if raced:
+            b.__exit__(None, None, None)
+    assert not (d / ".lock").exists()

@@ -390,24 +390,60 @@ def test_decode_error_for_audio_only_file(tmp_path, name):
         decode_clip(path, fps=8, short_side=32)
 
 
+def ffmpeg_decodable_frames(path) -> int:
+    """How many video frames FFmpeg itself (PyAV, no gblend code) decodes from a file, skipping
+    packets it cannot decode and stopping where demuxing stops; 0 when it cannot open the file."""
+    n = 0
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                return 0
+            try:
+                for pkt in c.demux(c.streams.video[0]):
+                    try:
+                        n += len(pkt.decode())
+                    except av.error.FFmpegError:
+                        pass
+            except (av.error.FFmpegError, OSError):
+                pass  # the cut: what was decoded before it stays
+    except (av.error.FFmpegError, OSError):
+        return 0
+    return n
+
+
 @pytest.mark.parametrize("ext", ["mp4", "webm", "mkv"])
 @pytest.mark.parametrize("fraction", [0.02, 0.3, 0.6, 0.95])
-def test_decode_truncated_file_keeps_a_prefix_or_fails_cleanly(tmp_path, time_limit, ext, fraction):
+def test_decode_truncated_file_keeps_the_decodable_prefix_or_fails_cleanly(tmp_path, time_limit, ext, fraction):
+    """A file cut at `fraction` of its bytes: where FFmpeg can decode a prefix of its frames, that
+    prefix is the clip (every decodable frame, in order, at 8 fps like the source, with audio of the
+    same length); only a file with no decodable frame (an mp4 whose index is at its end, a cut in
+    the header) fails, with a one-line DecodeError."""
     src = mf.write_video(tmp_path / f"full.{ext}", seconds=2.0, fps=8)
     path = mf.truncate_copy(src, tmp_path / f"cut.{ext}", fraction)
+    n_ref = ffmpeg_decodable_frames(path)
     with time_limit(20):
-        try:
-            clip = decode_clip(path, fps=8, short_side=32)
-        except DecodeError as e:  # any other exception type fails the test
-            _assert_one_line_reason(e)
+        if n_ref == 0:
+            with pytest.raises(DecodeError) as ei:
+                decode_clip(path, fps=8, short_side=32)
+            _assert_one_line_reason(ei.value)
             return
+        clip = decode_clip(path, fps=8, short_side=32)  # a DecodeError here fails the test
     t = clip.frames.shape[0]
-    assert 1 <= t <= 16 and clip.frames.shape[1:] == (32, 32, 3)
+    assert t == n_ref and clip.frames.shape[1:] == (32, 32, 3), (t, n_ref)
     assert clip.seconds == pytest.approx(t / 8)
     assert clip.audio is None or len(clip.audio) == round(t / 8 * 16000)
     xs = np.array([square_centre_x(f) for f in clip.frames])
     want = np.array([expected_centre_x(k / 8, 8, (32, 32), 2.0) for k in range(t)])
     assert np.abs(xs - want).max() <= 1.0  # what is kept is the clip's beginning, in order
+
+
+def test_truncated_files_cover_both_outcomes(tmp_path):
+    """The cuts above include files with a decodable prefix and files without one."""
+    counts = {}
+    for ext in ("mp4", "webm"):
+        src = mf.write_video(tmp_path / f"full.{ext}", seconds=2.0, fps=8)
+        counts[ext] = ffmpeg_decodable_frames(mf.truncate_copy(src, tmp_path / f"cut.{ext}", 0.6))
+    assert counts["mp4"] == 0 and 0 < counts["webm"] < 16, counts
 
 
 def test_decode_truncated_mkv_keeps_the_part_that_is_there(tmp_path):

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from blend_check import check_blend_run
 from reliability import check_outputs
 
 
@@ -28,12 +29,16 @@ def test_nan_loss_exits_3_and_keeps_the_last_good_checkpoint(bad_config):
 
 
 def test_gblend_weights_in_the_run_are_a_distribution(train_chain):
-    _, run, _ = train_chain
+    """Both runs of the chain (killed and resumed, uninterrupted): weights >= 0 summing to 1, each
+    row equal to the formulas recomputed from its own losses, and trained with (blend_check.py)."""
+    ref, run, _ = train_chain
     rows = [json.loads(line) for line in (run / "blend_weights.jsonl").read_text().splitlines()]
     assert rows
     for r in rows:
         w = [h["w"] for h in r["heads"].values()]
         assert all(v >= 0 and math.isfinite(v) for v in w) and sum(w) == pytest.approx(1.0)
+    check_blend_run(run)
+    check_blend_run(ref)
 
 
 @pytest.mark.parametrize("rule", ["raw", "regularised"])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import media_factory as mf
-from conftest import gblend_cmd, gblend_env
+from conftest import gblend_cmd, gblend_env, seed_demo_media
 from gblend_cli.config import load_config
 from gblend_cli.media import mel_band_centres_hz
 
@@ -73,9 +73,10 @@ def assert_arrays(out: Path, clip: str, frames: int, side: int, fps: float) -> t
 # ------------------------------------------------------------------------------------------ demo
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, demo_media):
     tmp = tmp_path_factory.mktemp("demo_cli")
     out = tmp / "demo"
+    seed_demo_media(demo_media, out, 24, 8)
     proc = subprocess.run(gblend_cmd("prepare-data", "--dataset", "demo", "--out", out,
                                      "--set", "demo.train_videos=24", "--set", "demo.test_videos=8"),
                           cwd=tmp, env=gblend_env(), capture_output=True, text=True, timeout=180)
@@ -315,9 +316,10 @@ def check_no_partial_arrays(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory):
+def resumed(tmp_path_factory, demo_media):
     tmp = tmp_path_factory.mktemp("resume")
     out = tmp / "demo"
+    seed_demo_media(demo_media, out, 48, 12)
     cmd = gblend_cmd("prepare-data", *RESUME_ARGS, "--out", out)
     with open(tmp / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp, env=gblend_env(), stdout=log, stderr=subprocess.STDOUT,
@@ -467,24 +469,35 @@ def test_failed_command_does_not_claim_the_folder(run_gblend, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-def _dataset_without_recipe() -> str | None:
+@pytest.mark.parametrize("name,recipe_dir", [("kinetics600", None), ("kinetics400", None),
+                                             ("kinetics600", "prepared/k600")])
+def test_default_out_folder_follows_the_dataset(run_gblend, tmp_path, name, recipe_dir):
+    """Without --out, prepare-data writes to the recipe's dataset.data_dir: data/<name> for a
+    dataset without a recipe of its own (kinetics600: the built-in defaults), the dataset's recipe
+    (kinetics400) or a --recipe that sets data_dir; never the demo's folder."""
+    import tomllib
+
     from gblend_cli.config import RECIPES_DIR
 
-    return next((n for n in ("kinetics600", "kinetics700", "kinetics-sounds")
-                 if not (RECIPES_DIR / f"{n}.toml").exists()), None)
-
-
-def test_default_out_folder_follows_the_dataset(run_gblend, tmp_path):
-    name = _dataset_without_recipe()
-    if name is None:
-        pytest.xfail("every Kinetics variant has its own recipe now")  # nothing left to check
+    args = []
+    if recipe_dir:
+        recipe = mf.write_bytes(tmp_path / "mine.toml", f'[dataset]\ndata_dir = "{recipe_dir}"\n')
+        args = ["--recipe", recipe]
+        want = recipe_dir
+    elif (RECIPES_DIR / f"{name}.toml").exists():
+        want = tomllib.loads((RECIPES_DIR / f"{name}.toml").read_text())["dataset"]["data_dir"]
+        assert want, name
+    else:
+        want = f"data/{name}"
     (tmp_path / "root").mkdir()
     ann = mf.write_bytes(tmp_path / "train.csv", "label,youtube_id,time_start,time_end,split\n"
                                                  "zumba,abcdefghijk,10,20,train\n")  # file missing: no decoding
-    proc = run_gblend("prepare-data", "--dataset", name, "--root", "root", "--annotations", ann)
+    proc = run_gblend("prepare-data", "--dataset", name, "--root", "root", "--annotations", ann, *args)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "data" / name / "prepare_report.json").exists()
-    assert not (tmp_path / "data" / "demo").exists()
+    reports = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.rglob("prepare_report.json"))
+    assert reports == [want], reports
+    meta = json.loads((tmp_path / want / "dataset.json").read_text())
+    assert meta["dataset"] == name
 
 
 # ------------------------------------------------------------------------------------------ help

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from blend_check import check_blend_run
 from conftest import gblend_cmd, gblend_env
 
 TINY = ["--set", "model.visual_widths=[4,8,8,8]", "--set", "model.audio_widths=[4,8,8,8]",
@@ -37,9 +38,20 @@ def _final_numbers(run: Path) -> dict:
     return f
 
 
-def test_unimodal_run_writes_the_run_folder(tiny_demo, tmp_path, run_gblend):
-    run = tmp_path / "audio"
-    p = run_gblend("train-unimodal", "--modality", "audio", "--data", tiny_demo, "--out", run, "--epochs", "2", *TINY)
+AUDIO_RUN = ["train-unimodal", "--modality", "audio", "--epochs", "2", *TINY]
+
+
+@pytest.fixture(scope="module")
+def audio_run(tiny_demo, tmp_path_factory):
+    """A finished 2-epoch uni-modal audio run (CLI), and its CompletedProcess; read-only."""
+    run = tmp_path_factory.mktemp("audio_run") / "audio"
+    p = subprocess.run(gblend_cmd(*AUDIO_RUN, "--data", tiny_demo, "--out", run), env=gblend_env(),
+                       capture_output=True, text=True, timeout=300)
+    return run, p
+
+
+def test_unimodal_run_writes_the_run_folder(audio_run, tiny_demo, run_gblend):
+    run, p = audio_run
     assert p.returncode == 0, p.stderr[-2000:]
     for name in ("config.toml", "env.json", "metrics.jsonl", "summary.csv", "final.json",
                  "checkpoints/last.pt", "checkpoints/best.pt"):
@@ -69,7 +81,7 @@ def test_unimodal_run_writes_the_run_folder(tiny_demo, tmp_path, run_gblend):
     assert not any(k.startswith("backbones.rgb.") for k in state["model"])
     # a second run into the same folder refuses and changes nothing
     before = (run / "final.json").read_bytes()
-    p2 = run_gblend("train-unimodal", "--modality", "audio", "--data", tiny_demo, "--out", run, "--epochs", "2", *TINY)
+    p2 = run_gblend(*AUDIO_RUN, "--data", tiny_demo, "--out", run)
     assert p2.returncode == 2 and "--resume" in p2.stderr and "Traceback" not in p2.stderr
     assert (run / "final.json").read_bytes() == before
 
@@ -103,6 +115,7 @@ def test_standard_backbones_match_torchvision():
     assert flow.stem[0].in_channels == 2 and [len(l) for l in flow.layers] == [3, 4, 6, 3]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_final_numbers(tiny_demo, tmp_path):
     args = ["train-naive", "--modalities", "audio,rgb", "--data", tiny_demo, "--epochs", "4", "--seed", "3", *TINY]
     ref = tmp_path / "ref"
@@ -130,13 +143,14 @@ def test_resume_after_kill_gives_the_same_final_numbers(tiny_demo, tmp_path):
     assert [strip(r) for r in rows] == [strip(r) for r in ref_rows]
 
 
-def test_resume_with_a_different_recipe_is_refused(tiny_demo, tmp_path, run_gblend):
-    run = tmp_path / "rgb"
-    p = run_gblend("train-unimodal", "--modality", "rgb", "--data", tiny_demo, "--out", run, "--epochs", "1", *TINY)
-    assert p.returncode == 0, p.stderr[-2000:]
+def test_resume_with_a_different_recipe_is_refused(audio_run, tiny_demo, tmp_path, run_gblend):
+    import shutil
+
+    assert audio_run[1].returncode == 0, audio_run[1].stderr[-2000:]
+    run = tmp_path / "audio"
+    shutil.copytree(audio_run[0], run)
     before = {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
-    p = run_gblend("train-unimodal", "--modality", "rgb", "--data", tiny_demo, "--out", run, "--epochs", "1",
-                   *TINY, "--lr", "0.3", "--resume")
+    p = run_gblend(*AUDIO_RUN, "--data", tiny_demo, "--out", run, "--lr", "0.3", "--resume")
     assert p.returncode == 2
     assert "train.lr" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
@@ -258,6 +272,7 @@ def test_train_gblend_writes_blend_weights(tiny_demo, tmp_path, run_gblend, mode
     assert final["head"] == "fused" and set(final["heads"]) == {"audio", "rgb", "fused"}
     assert final["weights"] == pytest.approx({h: v["w"] for h, v in rows[-1]["heads"].items()})
     assert "G-Blend weights" in p.stderr
+    check_blend_run(run)
 
 
 def test_hand_set_weights_and_bad_weights(tiny_demo, tmp_path, run_gblend):
@@ -340,44 +355,45 @@ def test_disk_reads_equal_ram_cached_reads(tiny_demo):
     assert disk.rows("rgb", i, n - 2, n + 5).shape[0] == 2
 
 
-def _parallel(*cmds, timeout=300):
-    """Run gblend commands side by side; return their CompletedProcess-like results."""
-    procs = [subprocess.Popen(gblend_cmd(*c), env=gblend_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for c in cmds]
-    out = []
-    for p in procs:
-        so, se = p.communicate(timeout=timeout)
-        out.append(subprocess.CompletedProcess(p.args, p.returncode, so, se))
-    return out
-
-
-def test_offline_weights_read_from_runs_equal_algorithm_2(tiny_demo, tmp_path):
+def test_offline_weights_read_from_runs_equal_algorithm_2(matrix_runs, tiny_demo, tmp_path):
     """Algorithm 2's estimators are the uni-modal and naive runs of the same seed: reading their
     logs gives, bit for bit, the terms and weights that training the estimators gives, and the
-    G-Blend run then trains identically."""
-    common = ["--data", tiny_demo, "--epochs", "2", "--seed", "4", *TINY]
-    runs = {"ua": ["train-unimodal", "--modality", "audio"], "ur": ["train-unimodal", "--modality", "rgb"],
-            "n": ["train-naive", "--modalities", "audio,rgb"], "self": ["train-gblend", "--modalities", "audio,rgb"]}
-    names = list(runs)
-    for a, b in ((names[0], names[1]), (names[2], names[3])):
-        for p in _parallel(runs[a] + [*common, "--out", tmp_path / a], runs[b] + [*common, "--out", tmp_path / b]):
-            assert p.returncode == 0, p.stderr[-2000:]
-    sources = ",".join(str(tmp_path / n) for n in ("ua", "ur", "n"))
-    p, bad = _parallel(["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources, *common,
-                        "--out", tmp_path / "from_runs"],
-                       ["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources,
-                        *[c if c != "4" else "5" for c in common], "--out", tmp_path / "other_seed"])
-    assert p.returncode == 0, p.stderr[-2000:]
-    own = json.loads((tmp_path / "self" / "blend_weights.jsonl").read_text().splitlines()[0])
-    read = json.loads((tmp_path / "from_runs" / "blend_weights.jsonl").read_text().splitlines()[0])
+    G-Blend run then trains identically. Both runs' rows agree with the formulas recomputed from
+    their own losses, and the terms read are those runs' epoch-0 and last-epoch T' and V rows."""
+    from blend_check import check_terms_from_runs
+
+    from conftest import MATRIX_ARGS
+
+    runs = matrix_runs
+    sources = {"audio": runs["ua"], "rgb": runs["ur"], "fused": runs["n"]}
+    (own,) = check_blend_run(runs["self"])
+    read = check_terms_from_runs(runs["from_runs"], sources)
     assert read["source"] == "runs" and read["runs"] == ["ua", "ur", "n"] and "source" not in own
     for h in ("audio", "rgb", "fused"):
         for k in ("LT_before", "LV_before", "LT_after", "LV_after", "delta_O", "delta_G", "delta_O_se", "w_raw", "w"):
             assert read["heads"][h][k] == own["heads"][h][k], (h, k)
-    assert _final_numbers(tmp_path / "from_runs") == _final_numbers(tmp_path / "self")
+    assert _final_numbers(runs["from_runs"]) == _final_numbers(runs["self"])
     # runs of another seed do not stand for this run's estimators: refused, one line, nothing trained
+    args = [c if c != "4" else "5" for c in MATRIX_ARGS]
+    bad = subprocess.run(gblend_cmd("train-gblend", "--modalities", "audio,rgb", "--estimate-from",
+                                    ",".join(str(p) for p in sources.values()), "--data", tiny_demo, *args,
+                                    "--out", tmp_path / "other_seed"),
+                         env=gblend_env(), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "train.seed" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "other_seed" / "final.json").exists()
+
+
+def test_gblend_metric_accuracy_measures_error_rates(matrix_runs):
+    """gblend.metric = accuracy: L^T and L^V are error rates, 1 - top1/100 of the logged T' and V
+    evaluations, their standard errors binomial; the weights follow from those terms."""
+    from blend_check import check_terms_from_runs
+
+    sources = {"audio": matrix_runs["ua"], "rgb": matrix_runs["ur"], "fused": matrix_runs["n"]}
+    row = check_terms_from_runs(matrix_runs["from_runs_acc"], sources)
+    assert row["metric"] == "accuracy"
+    loss_row = check_terms_from_runs(matrix_runs["from_runs"], sources)
+    assert all(0 <= r[k] <= 1 for r in row["heads"].values() for k in ("LT_before", "LV_before", "LT_after", "LV_after"))
+    assert any(row["heads"][h]["LT_after"] != loss_row["heads"][h]["LT_after"] for h in row["heads"])
 
 
 def test_gblend_without_a_held_out_split_is_refused(tiny_demo, tmp_path, run_gblend):
@@ -435,3 +451,4 @@ def test_an_interrupted_estimation_resumes_to_the_same_weights(tiny_demo, tmp_pa
     assert got == ref
     assert _final_numbers(run) == _final_numbers(tmp_path / "ref")
     assert not (run / "checkpoints" / "estimation.pt").exists()  # superseded by last.pt
+    check_blend_run(run)
