@@ -49,7 +49,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "blob_sigma": 3.6,  # px at `size`
         "blob_speed": 3.0,  # px per frame at `size`
         "blank_fraction": 0.25,  # videos with no moving object
-        "pixel_noise": 0.1,
+        "pixel_noise": 0.1,  # per-pixel, per-frame noise: optical flow degrades with it faster than RGB
+        "texture_amp": 0.0,  # a static, class-free random texture per video (memorisable by RGB, not by flow)
+        "texture_block": 4,  # its block size, px at `size`
         "direction_jitter_deg": 5.0,
         "audio_class_fraction": 0.7,  # videos whose audio carries the class tone
         "audio_class_amp": 0.9,
@@ -259,6 +261,7 @@ def validate(cfg: dict) -> None:
     for k in ("train.epochs", "train.batch_size", "clip.frames", "clip.crop", "clip.eval_clips",
               "clip.audio_frames", "prepare.fps", "prepare.short_side", "train.lr", "prepare.decode_timeout_s",
               "gblend.super_epoch", "gblend.warmup_super_epoch", "demo.classes", "demo.fps", "demo.size",
+              "demo.texture_block",
               "train.eval_every"):
         _positive(cfg, k)
     for k in ("train.weight_decay", "train.warmup_epochs", "train.grad_clip", "train.workers",
@@ -267,6 +270,7 @@ def validate(cfg: dict) -> None:
               "train.momentum", "train.gamma", "train.seed", "demo.seed", "train.threads", "model.fusion_dropout",
               "prepare.threads", "prepare.max_seconds", "demo.seconds", "demo.blob_sigma",
               "demo.blob_speed", "demo.blank_fraction", "demo.pixel_noise", "demo.direction_jitter_deg",
+              "demo.texture_amp",
               "demo.audio_class_fraction", "demo.audio_class_amp", "demo.audio_memo_tones", "demo.audio_memo_amp",
               "demo.audio_noise"):
         _positive(cfg, k, allow_zero=True)
