@@ -93,6 +93,7 @@ OPTION_KEYS = {
     "dataset.annotations": "--annotations", "prepare.workers": "--workers", "prepare.flow": "--flow",
     "prepare.fps": "--fps", "prepare.short_side": "--short-side", "demo.seed": "--seed",
     "dataset.label_field": "--label-field", "dataset.allow_outside_root": "--allow-outside-root",
+    "dataset.ucf_split": "--ucf-split",
     "reproduce.seeds": "--seeds", "reproduce.other_seeds": "--seeds", "reproduce.jobs": "--jobs", "dataset.results_dir": "--results",
 }
 
@@ -106,7 +107,7 @@ def _config(recipe, sets, **dotted) -> dict:
 
 
 DATASETS = Literal["demo", "kinetics400", "kinetics600", "kinetics700", "kinetics-sounds", "audioset",
-                   "epic-kitchens", "cremad", "csv", "folder"]
+                   "epic-kitchens", "cremad", "ave", "ucf101", "vggsound", "csv", "folder"]
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe TOML, or a bundled name like kinetics400 " + escape("[default: recipes/demo.toml]."))
 SetOpt = typer.Option(None, "--set", help="Override any recipe key, e.g. --set train.lr=0.1 (repeatable).")
 
@@ -120,13 +121,14 @@ def prepare_data(
     dataset: Optional[DATASETS] = typer.Option(None, "--dataset", "-d", help=f"Which reader {_d('dataset.name')}."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder " + escape("[default: data/DATASET].")),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder of media files."),
-    annotations: Optional[List[Path]] = typer.Option(None, "--annotations", "-a", help="Annotation CSV (repeatable: train and validate)."),
+    annotations: Optional[List[Path]] = typer.Option(None, "--annotations", "-a", help="Annotation file (repeatable: train and validate); for ave and ucf101 also the folder holding them."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help=f"Parallel decoding processes {_d('prepare.workers')}."),
     flow: Optional[Literal["dis", "tvl1", "none"]] = typer.Option(None, "--flow", help=f"Optical flow: dis (fast), tvl1 (the paper's) or none {_d('prepare.flow')}."),
     fps: Optional[float] = typer.Option(None, "--fps", help=f"Frame rate frames are resampled to {_d('prepare.fps')}."),
     short_side: Optional[int] = typer.Option(None, "--short-side", help=f"Resize frames to this short side, px {_d('prepare.short_side')}."),
     seed: Optional[int] = typer.Option(None, "--seed", help=f"Demo only: the data seed of the generated videos {_d('demo.seed')}."),
     label_field: Optional[Literal["verb", "noun", "action"]] = typer.Option(None, "--label-field", help="EPIC-Kitchens: which label to classify " + escape("[default: verb].")),
+    ucf_split: Optional[int] = typer.Option(None, "--ucf-split", help="UCF-101: which official train/test split, 1, 2 or 3 " + escape("[default: 1].")),
     allow_outside_root: Optional[bool] = typer.Option(None, "--allow-outside-root", help="Accept manifest paths outside --root."),
     recipe: Optional[Path] = RecipeOpt,
     sets: Optional[List[str]] = SetOpt,
@@ -141,7 +143,8 @@ def prepare_data(
     cfg = _config(recipe, sets, dataset__name=dataset, dataset__root=str(root) if root else None,
                   dataset__annotations=[str(a) for a in annotations] if annotations else None,
                   prepare__workers=workers, prepare__flow=flow, prepare__fps=fps, prepare__short_side=short_side,
-                  dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root, demo__seed=seed)
+                  dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root, demo__seed=seed,
+                  dataset__ucf_split=ucf_split)
     out = out or data_dir(cfg)
     report = prepare_dataset(cfg, out)
     stdout.print(f"prepared {report['ok']} clips ({report['no_audio']} without audio), "

@@ -19,6 +19,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import time
 from multiprocessing.connection import wait
@@ -70,7 +71,22 @@ def prepare_one(spec: dict, settings: dict) -> dict:
             "frames": int(clip.frames.shape[0]), "height": int(clip.frames.shape[1]), "width": int(clip.frames.shape[2])}
 
 
-def _worker_main(conn, settings: dict, threads: int) -> None:
+def probe_one(spec: dict, settings: dict) -> dict:
+    """Check one clip's media file without preparing it (`prepare-data --check` on a media folder)."""
+    from .media import DecodeError, probe_media
+
+    rec = _record(spec)
+    try:
+        found = probe_media(spec["path"], spec.get("start"), spec.get("end"))
+    except DecodeError as e:
+        return {**rec, "status": "failed", "reason": str(e)}
+    return {**rec, "status": "ok", **found}
+
+
+TASKS = {"prepare": prepare_one, "probe": probe_one}
+
+
+def _worker_main(conn, settings: dict, threads: int, task: str = "prepare") -> None:
     _quiet_worker()
     try:
         import cv2
@@ -86,7 +102,7 @@ def _worker_main(conn, settings: dict, threads: int) -> None:
         if job is None:
             return
         try:
-            rec = prepare_one(job, settings)
+            rec = TASKS[task](job, settings)
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
             rec = _record(job, status="failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
         conn.send(rec)
@@ -96,27 +112,36 @@ class _Pool:
     """N worker processes fed one job at a time; a job running longer than `timeout` has its
     worker killed and replaced, and is reported as failed (a hung decoder never hangs the run)."""
 
-    def __init__(self, n: int, settings: dict, threads: int, timeout: float):
+    def __init__(self, n: int, settings: dict, threads: int, timeout: float, task: str = "prepare"):
         # forkserver: workers fork from a clean server process, never from a caller that may have
         # used OpenCV's or torch's thread pools (a fork of those deadlocks in cv2.setNumThreads)
         self.ctx = worker_context()
-        self.settings, self.threads, self.timeout = settings, threads, timeout
+        self.settings, self.threads, self.timeout, self.task = settings, threads, timeout, task
         self.workers = [self._spawn() for _ in range(max(1, n))]
 
     def _spawn(self) -> dict:
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker_main, args=(child, self.settings, self.threads), daemon=True)
+        proc = self.ctx.Process(target=_worker_main, args=(child, self.settings, self.threads, self.task), daemon=True)
         proc.start()
         child.close()
         return {"proc": proc, "conn": parent, "job": None, "since": 0.0}
 
-    def run(self, jobs: list[dict]):
-        pending = list(reversed(jobs))
-        while pending or any(w["job"] for w in self.workers):
+    def run(self, jobs):
+        """Records of `jobs` (any iterable, consumed lazily: a 260k-clip job list is never held) in
+        completion order."""
+        pending = iter(jobs)
+        exhausted = False
+        while not exhausted or any(w["job"] for w in self.workers):
             for w in self.workers:
-                if w["job"] is None and pending:
-                    w["job"], w["since"] = pending.pop(), time.monotonic()
+                if w["job"] is None and not exhausted:
+                    job = next(pending, None)
+                    if job is None:
+                        exhausted = True
+                        continue
+                    w["job"], w["since"] = job, time.monotonic()
                     w["conn"].send(w["job"])
+            if not any(w["job"] for w in self.workers):
+                continue
             busy = [w for w in self.workers if w["job"] is not None]
             ready = wait([w["conn"] for w in busy], timeout=0.5)
             for i, w in enumerate(self.workers):
@@ -178,6 +203,10 @@ def _check_settings(out: Path, cfg: dict) -> None:
                             f"{cfg['prepare'][key]!r}; use the same settings to resume or another --out")
     if old.get("dataset", {}).get("name") != cfg["dataset"]["name"]:
         raise UserError(f"{out}: holds dataset {old['dataset'].get('name')!r}, not {cfg['dataset']['name']!r}")
+    for key, default in (("ucf_split", 1), ("classes", [])):  # another split or class subset: another dataset
+        if old.get("dataset", {}).get(key, default) != cfg["dataset"][key]:
+            raise UserError(f"{out}: was prepared with dataset.{key}={old['dataset'].get(key, default)!r}, now "
+                            f"{cfg['dataset'][key]!r}; use the same settings to resume or another --out")
     if cfg["dataset"]["name"] == "demo":  # other generator settings would mix two datasets in one folder
         for key, value in cfg["demo"].items():
             if old.get("demo", {}).get(key) != value:
@@ -201,17 +230,36 @@ def _load_manifest(cfg: dict, out: Path):
         root = Path(ds["root"] or ".")
         if not root.is_dir():
             raise UserError(f"{root}: no such media folder (--root)")
-        annotations = [Path(a) for a in ds["annotations"]]
-        for a in annotations:
-            if not a.is_file():
-                raise UserError(f"{a}: no such annotation file (--annotations)")
+        annotations = annotation_files(name, ds["annotations"])
         if not annotations and name not in ("cremad", "folder"):
             raise UserError(f"--annotations is required for --dataset {name}")
     try:
         return read_manifest(name, root, annotations, allow_outside_root=ds["allow_outside_root"],
-                             label_field=ds["label_field"])
+                             label_field=ds["label_field"], classes=ds["classes"] or None, ucf_split=ds["ucf_split"])
     except ManifestError as e:
         raise UserError(str(e)) from None
+
+
+def annotation_files(name: str, given: list[str]) -> list[Path]:
+    """--annotations as files. For ave and ucf101 a folder stands for its annotation files (AVE's
+    Annotations.txt / trainSet.txt / valSet.txt / testSet.txt; UCF-101's ucfTrainTestlist/)."""
+    from .manifests import normalise_name
+
+    name = normalise_name(name)
+    files = []
+    for a in map(Path, given):
+        if a.is_dir() and name in ("ave", "ucf101"):
+            pattern = re.compile(r"(annotations|trainset|valset|testset)\.txt" if name == "ave" else
+                                 r"(classind|trainlist0[1-3]|testlist0[1-3])\.txt", re.IGNORECASE)
+            found = sorted(p for p in a.iterdir() if p.is_file() and pattern.fullmatch(p.name))
+            if not found:
+                raise UserError(f"{a}: no {name} annotation files in this folder (--annotations)")
+            files += found
+        elif not a.is_file():
+            raise UserError(f"{a}: no such annotation file (--annotations)")
+        else:
+            files.append(a)
+    return files
 
 
 def generate_demo_media(cfg: dict, media: Path) -> tuple[Path, list[Path]]:
