@@ -19,6 +19,7 @@ hidden files and directories are skipped) and matched by file stem.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import math
 import os
@@ -57,7 +58,7 @@ class ManifestError(Exception):
 @dataclass(frozen=True)
 class ClipSpec:
     clip_id: str              # unique in the manifest, only [A-Za-z0-9_.-]
-    path: Path                # absolute path of the media file
+    path: Path | str          # absolute path of the media file (a str in a ManifestStream, a Path from read_manifest)
     labels: tuple[int, ...]   # class indices
     split: str                # "train" | "val" | "test"
     start: float | None = None  # seconds into the file (None: whole file)
@@ -121,11 +122,12 @@ def _walk(root: str) -> Iterator[str]:
 
 class _Media:
     """Media files under the dataset root (indexed once, in the scratch database) plus the
-    path-safety check."""
+    path-safety check. Paths are plain strings: a pathlib.Path per clip would intern every file
+    name (sys.intern), which makes the interpreter's table of interned strings churn and grow."""
 
     def __init__(self, root: Path, allow_outside_root: bool, db):
-        self.root = Path(os.path.abspath(root))
-        self.real_root = self.root.resolve()
+        self.root = os.path.abspath(root)
+        self.real_root = os.path.realpath(self.root)
         self.allow_outside_root = allow_outside_root
         self.db = db
         self._indexed = False
@@ -136,7 +138,7 @@ class _Media:
             conn.execute("DROP TABLE IF EXISTS media")
             conn.execute("CREATE TABLE media (path TEXT, stem TEXT, lstem TEXT)")
             batch = []
-            for rel in _walk(str(self.root)):
+            for rel in _walk(self.root):
                 stem = os.path.splitext(rel.rsplit("/", 1)[-1])[0]
                 batch.append((rel, stem, stem.lower()))
                 if len(batch) >= 2048:
@@ -149,26 +151,32 @@ class _Media:
             self._indexed = True
         return conn
 
-    def files(self) -> Iterator[Path]:
-        """Relative paths of all media files, in sorted order."""
+    def files(self) -> Iterator[str]:
+        """Relative paths ('/'-separated) of all media files, in sorted order."""
         for (rel,) in self._index().execute("SELECT path FROM media ORDER BY path"):
-            yield Path(rel)
+            yield rel
 
-    def check(self, path: Path) -> tuple[Path | None, str | None]:
-        """(absolute path, None) if ``path`` is a usable file, else (None, reason)."""
-        full = path if path.is_absolute() else self.root / path
+    def _inside(self, real: str) -> bool:
+        return real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep)
+
+    def check(self, path: str) -> tuple[str | None, str | None]:
+        """(absolute path, None) if ``path`` (absolute or relative to the root) is a usable file,
+        else (None, reason)."""
+        full = path if os.path.isabs(path) else os.path.join(self.root, path)
         if not self.allow_outside_root:
             try:
-                full.resolve().relative_to(self.real_root)
-            except RuntimeError:  # Python 3.11's resolve() on a symlink loop
-                return None, f"symlink loop: {full}"
-            except (ValueError, OSError):
+                inside = self._inside(os.path.realpath(full, strict=True))
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    return None, f"symlink loop: {full}"
+                inside = self._inside(os.path.realpath(full))
+            if not inside:
                 return None, f"path escapes dataset root: {full}"
-        if not full.is_file():
+        if not os.path.isfile(full):
             return None, f"file not found: {full}"
         return full, None
 
-    def find(self, stems, hints=(), ignore_case: bool = False) -> tuple[Path | None, str | None]:
+    def find(self, stems, hints=(), ignore_case: bool = False) -> tuple[str | None, str | None]:
         """Look up the first stem that exists; among files sharing a stem prefer the one whose
         folders match most ``hints`` (split/label), else the first in sorted order."""
         wanted = {_norm(h) for h in hints if h}
@@ -179,7 +187,7 @@ class _Media:
                 f"SELECT path FROM media WHERE {column} = ? ORDER BY path", (stem.lower() if ignore_case else stem,))]
             if candidates:
                 best = max(candidates, key=lambda r: len(wanted & {_norm(p) for p in r.split("/")[:-1]}))
-                return self.check(Path(best))
+                return self.check(best)
         return None, f"file not found: {stems[0]}.*"
 
 
@@ -437,12 +445,13 @@ def _read_cremad(media: _Media) -> Reader:
     the audio file of the same stem. Speaker-disjoint split: the distinct actor ids
     are sorted and the last 10% of them (rounded up, at least one when there are two
     or more actors) form "val", all other actors "train". (7,442 clips: held in memory.)"""
-    chosen: dict[str, Path] = {}
+    chosen: dict[str, str] = {}
     for rel in media.files():
-        if _CREMAD_STEM.match(rel.stem):
-            prev = chosen.get(rel.stem)
-            if prev is None or (prev.suffix.lower() not in VIDEO_EXTS and rel.suffix.lower() in VIDEO_EXTS):
-                chosen[rel.stem] = rel
+        stem, suffix = os.path.splitext(rel.rsplit("/", 1)[-1])
+        if _CREMAD_STEM.match(stem):
+            prev = chosen.get(stem)
+            if prev is None or (os.path.splitext(prev)[1].lower() not in VIDEO_EXTS and suffix.lower() in VIDEO_EXTS):
+                chosen[stem] = rel
     actors = sorted({stem[:4] for stem in chosen})
     n_val = math.ceil(0.1 * len(actors)) if len(actors) >= 2 else 0
     val_actors = set(actors[len(actors) - n_val:])
@@ -596,7 +605,7 @@ def _read_ucf101(media: _Media, annotations: list[Path], split_no: int) -> Reade
     def entries():
         for split, rel, folder, label in items():
             stem = os.path.splitext(rel.rsplit("/", 1)[-1])[0]
-            path, reason = media.check(Path(rel))
+            path, reason = media.check(rel)
             if path is None and reason.startswith("file not found"):
                 path, _ = media.find([stem], (folder, classes[label]), ignore_case=True)
             yield ClipSpec(stem, path, (label,), split) if path else Missing(stem, reason, "file", split)
@@ -684,7 +693,7 @@ def _read_generic_csv(media: _Media, annotations: list[Path]) -> Reader:
             if start is not None and end is not None and end <= start:
                 yield Missing(raw, f"end {end:g} is not after start {start:g}", "annotation", split)
                 continue
-            path, reason = media.check(Path(raw))
+            path, reason = media.check(raw)
             yield Missing(raw, reason, "file", split) if reason else ClipSpec(clip_id, path, tuple(index[n] for n in names), split,
                                                                start, end)
 
@@ -704,7 +713,7 @@ def _read_folder(media: _Media) -> Reader:
 
     def files():
         for rel in media.files():
-            parts = rel.parts
+            parts = rel.split("/")
             if by_split and len(parts) >= 3:
                 yield rel, parts[1], SPLITS[parts[0].lower()]
             elif not by_split and len(parts) >= 2:
@@ -715,7 +724,7 @@ def _read_folder(media: _Media) -> Reader:
 
     def entries():
         for rel, label, split in files():
-            clip_id = f"{label}__{rel.stem}"
+            clip_id = f"{label}__{os.path.splitext(rel.rsplit('/', 1)[-1])[0]}"
             path, reason = media.check(rel)
             yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(clip_id, path, (index[label],), split)
 
@@ -830,5 +839,6 @@ def read_manifest(dataset: str, root: Path, annotations: list[Path], *, allow_ou
             if isinstance(entry, Missing):
                 missing.append(entry._asdict())
             else:
-                clips.append(entry)
+                clips.append(ClipSpec(entry.clip_id, Path(entry.path), entry.labels, entry.split, entry.start,
+                                      entry.end))
     return Manifest(stream.dataset, stream.classes, stream.multilabel, clips, missing, stream.rows, stream.dropped)

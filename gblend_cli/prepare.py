@@ -10,10 +10,16 @@ training clip reads only its own frames):
   DIR/prepare_report.json   {"ok", "no_audio", "failed": [{"clip", "reason"}], ...}
   DIR/progress.jsonl        journal: one line per finished clip; a rerun skips those (resume)
 Every array is written to a temp file and renamed, so a killed run leaves no partial array.
+
+The main process never holds per-clip state in memory: the manifest is read as a stream, and the
+plan (clips to do, rows without a clip, the journal's records) lives in a scratch SQLite file in
+DIR while the command runs (`_Plan`), so preparing Kinetics-400 (260k clips) costs it the same
+memory as 10k clips.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -28,8 +34,8 @@ from pathlib import Path
 from . import FORMAT_VERSION
 from .config import data_dir, to_toml
 from .errors import UserError
-from .storage import (append_jsonl, folder_lock, read_jsonl, require_known_format, save_npy_atomic,
-                      write_json_atomic, write_text_atomic)
+from .storage import (append_jsonl, folder_lock, iter_jsonl, require_known_format, save_npy_atomic,
+                      write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
 
 SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow")
@@ -214,8 +220,9 @@ def _check_settings(out: Path, cfg: dict) -> None:
                                 f"use the same settings to resume or another --out")
 
 
-def _load_manifest(cfg: dict, out: Path):
-    from .manifests import KNOWN_DATASETS, ManifestError, read_manifest
+def _load_manifest(cfg: dict, out: Path, db):
+    """The recipe's dataset as a manifest stream (manifests.open_manifest), its bookkeeping in `db`."""
+    from .manifests import KNOWN_DATASETS, ManifestError, open_manifest
 
     ds = cfg["dataset"]
     name = ds["name"]
@@ -234,7 +241,7 @@ def _load_manifest(cfg: dict, out: Path):
         if not annotations and name not in ("cremad", "folder"):
             raise UserError(f"--annotations is required for --dataset {name}")
     try:
-        return read_manifest(name, root, annotations, allow_outside_root=ds["allow_outside_root"],
+        return open_manifest(name, root, annotations, db=db, allow_outside_root=ds["allow_outside_root"],
                              label_field=ds["label_field"], classes=ds["classes"] or None, ucf_split=ds["ucf_split"])
     except ManifestError as e:
         raise UserError(str(e)) from None
@@ -305,61 +312,195 @@ def _render_demo_job(args):
     return demo_data.render_job(*args)
 
 
+class _Plan:
+    """prepare_dataset's bookkeeping — the clips to prepare, the rows without a clip, the journal's
+    records — in the scratch database, so the main process's memory does not grow with the
+    number of clips (Kinetics-400: 260k; as Python objects ~3 kB each, docs/PERFORMANCE.md)."""
+
+    CHUNK = 512
+
+    def __init__(self, db):
+        self.conn = db.conn
+        self.conn.executescript(
+            "CREATE TABLE clips (n INTEGER PRIMARY KEY, clip TEXT UNIQUE, split TEXT, spec TEXT);"
+            "CREATE TABLE missing (n INTEGER PRIMARY KEY, clip TEXT, reason TEXT, kind TEXT, split TEXT);"
+            "CREATE TABLE done (clip TEXT PRIMARY KEY, status TEXT, has_audio INTEGER, rec TEXT);")
+        self.n_clips = self.n_missing = 0
+        self._pending = 0
+
+    def add(self, stream) -> None:
+        """Every entry of a manifest stream, in order."""
+        from .manifests import Missing
+
+        clips, missing = [], []
+        for entry in stream:
+            if isinstance(entry, Missing):
+                missing.append((entry.clip, entry.reason, entry.kind, entry.split))
+            else:
+                spec = {"clip_id": entry.clip_id, "path": str(entry.path), "labels": list(entry.labels),
+                        "split": entry.split, "start": entry.start, "end": entry.end}
+                clips.append((entry.clip_id, entry.split, json.dumps(spec, separators=(",", ":"))))
+            if len(clips) + len(missing) >= 2048:
+                self._flush(clips, missing)
+        self._flush(clips, missing)
+        self.conn.commit()
+
+    def _flush(self, clips: list, missing: list) -> None:
+        self.conn.executemany("INSERT INTO clips (clip, split, spec) VALUES (?, ?, ?)", clips)
+        self.conn.executemany("INSERT INTO missing (clip, reason, kind, split) VALUES (?, ?, ?, ?)", missing)
+        self.n_clips += len(clips)
+        self.n_missing += len(missing)
+        clips.clear()
+        missing.clear()
+
+    def record(self, rec: dict) -> None:
+        """A journal record (read back on a resume, or just produced by a worker)."""
+        self.conn.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)",
+                          (rec["clip"], rec["status"], int(bool(rec.get("has_audio", True))),
+                           json.dumps(rec, separators=(",", ":"))))
+        self._pending += 1
+        if self._pending >= 1024:
+            self.conn.commit()
+            self._pending = 0
+
+    def load_journal(self, journal: Path) -> None:
+        for rec in iter_jsonl(journal):
+            if "clip" in rec and "status" in rec:
+                self.record(rec)
+        self.conn.commit()
+
+    def count_todo(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM clips WHERE clip NOT IN (SELECT clip FROM done)").fetchone()[0]
+
+    def todo(self):
+        """Specs of the clips not in the journal, in manifest order, fetched a chunk at a time
+        (records written meanwhile do not disturb the iteration: it resumes after the last n)."""
+        last = 0
+        while True:
+            rows = self.conn.execute("SELECT n, spec FROM clips WHERE n > ? AND clip NOT IN (SELECT clip FROM done) "
+                                     "ORDER BY n LIMIT ?", (last, self.CHUNK)).fetchall()
+            if not rows:
+                return
+            for n, spec in rows:
+                last = n
+                yield json.loads(spec)
+
+    def records(self, where: str = "1"):
+        """Journal records of the manifest's clips, in manifest order."""
+        self.conn.commit()
+        last = 0
+        while True:
+            rows = self.conn.execute(f"SELECT c.n, d.rec FROM clips c JOIN done d ON d.clip = c.clip WHERE c.n > ? "
+                                     f"AND ({where}) ORDER BY c.n LIMIT ?", (last, self.CHUNK)).fetchall()
+            if not rows:
+                return
+            for n, rec in rows:
+                last = n
+                yield json.loads(rec)
+
+    def missing(self):
+        last = 0
+        while True:
+            rows = self.conn.execute("SELECT n, clip, reason, kind, split FROM missing WHERE n > ? ORDER BY n LIMIT ?",
+                                     (last, self.CHUNK)).fetchall()
+            if not rows:
+                return
+            for n, clip, reason, kind, split in rows:
+                last = n
+                yield {"clip": clip, "reason": reason, "stage": "annotation" if kind == "annotation" else "file",
+                       "split": split}
+
+    def ok_per_split(self) -> dict[str, tuple[int, int]]:
+        """split -> (clips prepared, of which without audio)."""
+        rows = self.conn.execute("SELECT c.split, COUNT(*), SUM(d.has_audio = 0) FROM clips c JOIN done d "
+                                 "ON d.clip = c.clip WHERE d.status = 'ok' GROUP BY c.split ORDER BY c.split")
+        return {split: (n, no_audio or 0) for split, n, no_audio in rows}
+
+    def n_done(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM clips c JOIN done d ON d.clip = c.clip").fetchone()[0]
+
+
+def _remove_stale_scratch(out: Path) -> None:
+    """Scratch files a killed run left behind (we hold the folder's lock: none is in use)."""
+    for p in out.glob(".gblend-scratch-*.sqlite"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
-    """Prepare every clip of the recipe's dataset into `out`; resumable; returns the report."""
+    """Prepare every clip of the recipe's dataset into `out`; resumable; returns the report (whose
+    "failed" list is cut at REPORT_FAILED_MAX entries; prepare_report.json has them all).
+
+    The main process streams: manifest rows, the plan, the journal and the outputs go through a
+    scratch SQLite file in `out` (removed at the end), so its memory is the same for 10k and
+    260k clips (benchmarks/scale.py measures it)."""
+    from .storage import ScratchDB
+
     out = Path(out or data_dir(cfg))
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out)")
     with folder_lock(out, "prepare-data"):
         _check_settings(out, cfg)
-        manifest = _load_manifest(cfg, out)
-        if not manifest.clips and not manifest.missing:
-            raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
-        write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
-        journal = out / "progress.jsonl"
-        done = {r["clip"]: r for r in read_jsonl(journal)}
-        specs = [{"clip_id": c.clip_id, "path": str(c.path), "labels": list(c.labels), "split": c.split,
-                  "start": c.start, "end": c.end} for c in manifest.clips]
-        todo = [s for s in specs if s["clip_id"] not in done]
-        settings = {k: cfg["prepare"][k] for k in SETTINGS_KEYS} | {"out": str(out)}
-        if todo:
-            pool = _Pool(cfg["prepare"]["workers"], settings, cfg["prepare"]["threads"], cfg["prepare"]["decode_timeout_s"])
-            n_failed = 0
-            try:
-                with progress() as bar:
-                    task = bar.add_task("prepare clips", total=len(todo), info="")
-                    for rec in pool.run(todo):
-                        append_jsonl(journal, rec)
-                        done[rec["clip"]] = rec
-                        n_failed += rec["status"] != "ok"
-                        bar.update(task, advance=1, info=f"failed {n_failed}")
-            except KeyboardInterrupt:
+        _remove_stale_scratch(out)
+        with ScratchDB(out) as db:
+            stream = _load_manifest(cfg, out, db)
+            plan = _Plan(db)
+            plan.add(stream)
+            if not plan.n_clips and not plan.n_missing:
+                raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
+            write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
+            journal = out / "progress.jsonl"
+            plan.load_journal(journal)
+            n_todo = plan.count_todo()
+            settings = {k: cfg["prepare"][k] for k in SETTINGS_KEYS} | {"out": str(out)}
+            if n_todo:
+                pool = _Pool(cfg["prepare"]["workers"], settings, cfg["prepare"]["threads"],
+                             cfg["prepare"]["decode_timeout_s"])
+                n_failed = 0
+                try:
+                    with progress() as bar:
+                        task = bar.add_task("prepare clips", total=n_todo, info="")
+                        for rec in pool.run(plan.todo()):
+                            append_jsonl(journal, rec)
+                            plan.record(rec)
+                            n_failed += rec["status"] != "ok"
+                            bar.update(task, advance=1, info=f"failed {n_failed}")
+                except KeyboardInterrupt:
+                    pool.close()
+                    console.print(f"{plan.n_done()} of {plan.n_clips} clips are prepared in {out}")
+                    raise  # the CLI says how to resume and exits 130
                 pool.close()
-                console.print(f"{len(done)} of {len(specs)} clips are prepared in {out}")
-                raise  # the CLI says how to resume and exits 130
-            pool.close()
-        report = write_outputs(out, cfg, manifest, specs, done)
+            report = write_outputs(out, cfg, stream, plan)
     return report
 
 
-def write_outputs(out: Path, cfg: dict, manifest, specs: list[dict], done: dict) -> dict:
-    records = [done[s["clip_id"]] for s in specs if s["clip_id"] in done]
-    ok = [r for r in records if r["status"] == "ok"]
-    failed = [{"clip": r["clip"], "reason": r["reason"]} for r in records if r["status"] != "ok"]
-    failed += [{"clip": m["clip"], "reason": m["reason"]} for m in manifest.missing]
+REPORT_FAILED_MAX = 1000
+INDEX_COLUMNS = ["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status", "reason", "source"]
+
+
+def _csv_line(fields: list) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status", "reason", "source"])
-    for r in records:
-        w.writerow([r["clip"], r["split"], ";".join(map(str, r["labels"])), r.get("seconds", ""), r.get("frames", ""),
-                    str(r.get("has_audio", "")).lower(), r["status"], r.get("reason", ""), r["source"]])
-    write_text_atomic(out / "index.csv", buf.getvalue())
-    splits = sorted({r["split"] for r in ok})
+    csv.writer(buf).writerow(fields)
+    return buf.getvalue()
+
+
+def write_outputs(out: Path, cfg: dict, stream, plan: _Plan) -> dict:
+    """index.csv, dataset.json and prepare_report.json, streamed from the plan."""
+    def index_lines():
+        yield _csv_line(INDEX_COLUMNS)
+        for r in plan.records():
+            yield _csv_line([r["clip"], r["split"], ";".join(map(str, r["labels"])), r.get("seconds", ""),
+                             r.get("frames", ""), str(r.get("has_audio", "")).lower(), r["status"], r.get("reason", ""),
+                             r["source"]])
+
+    write_lines_atomic(out / "index.csv", index_lines())
+    per_split = plan.ok_per_split()
+    n_ok = sum(n for n, _ in per_split.values())
     meta = {
         "format_version": FORMAT_VERSION,
         "dataset": cfg["dataset"]["name"],
-        "classes": manifest.classes,
-        "multilabel": manifest.multilabel,
+        "classes": stream.classes,
+        "multilabel": stream.multilabel,
         "fps": cfg["prepare"]["fps"],
         "short_side": cfg["prepare"]["short_side"],
         "sample_rate": 16000,
@@ -367,25 +508,68 @@ def write_outputs(out: Path, cfg: dict, manifest, specs: list[dict], done: dict)
         "mel_bands": 40,
         "flow": cfg["prepare"]["flow"],
         "modalities": ["audio", "rgb"] + ([] if cfg["prepare"]["flow"] == "none" else ["flow"]),
-        "clips": {s: sum(r["split"] == s for r in ok) for s in splits},
+        "clips": {s: n for s, (n, _) in per_split.items()},
     }
+    if stream.dataset == "ucf101":
+        meta["ucf_split"] = cfg["dataset"]["ucf_split"]
     write_json_atomic(out / "dataset.json", meta)
+
+    def failed():
+        for r in plan.records("d.status != 'ok'"):
+            yield {"clip": r["clip"], "reason": r["reason"], "stage": "decode", "split": r["split"]}
+        yield from plan.missing()
+
+    head = []
+    n_failed = 0
+
+    def failed_json():
+        nonlocal n_failed
+        for entry in failed():
+            if len(head) < REPORT_FAILED_MAX:
+                head.append(entry)
+            n_failed += 1
+            yield entry
+
     report = {
-        "ok": len(ok),
-        "no_audio": sum(not r.get("has_audio", True) for r in ok),
-        "failed": failed,
-        "missing_files": len(manifest.missing),
-        "total": len(specs) + len(manifest.missing),
+        "ok": n_ok,
+        "no_audio": sum(a for _, a in per_split.values()),
+        "failed": failed_json(),
+        "missing_files": plan.n_missing,
+        "total": plan.n_clips + plan.n_missing,
         "dataset": cfg["dataset"]["name"],
-        "bytes_per_clip": _bytes_per_clip(out, ok[:50]),
+        "bytes_per_clip": _bytes_per_clip(out, plan),
+        "rows": stream.rows,  # annotation rows per split (the expected clips), None without annotation files
+        "dropped_rows": stream.dropped,  # rows of classes outside dataset.classes
     }
-    write_json_atomic(out / "prepare_report.json", report)
-    return report
+    write_lines_atomic(out / "prepare_report.json", _json_lines(report))
+    return report | {"failed": head, "failed_count": n_failed}
 
 
-def _bytes_per_clip(out: Path, sample: list[dict]) -> dict:
+def _json_lines(obj: dict):
+    """`obj` as indented JSON, pieces at a time; a generator value is written as a list, one
+    element per line (the report's failed list: up to one entry per annotation row)."""
+    yield "{\n"
+    items = list(obj.items())
+    for k, (key, value) in enumerate(items):
+        yield f"  {json.dumps(key)}: "
+        if hasattr(value, "__next__"):
+            first = True
+            yield "["
+            for element in value:
+                yield ("\n    " if first else ",\n    ") + json.dumps(element)
+                first = False
+            yield "]" if first else "\n  ]"
+        else:
+            yield json.dumps(value)
+        yield ",\n" if k < len(items) - 1 else "\n"
+    yield "}\n"
+
+
+def _bytes_per_clip(out: Path, plan: _Plan) -> dict:
     sizes: dict[str, list[int]] = {}
-    for r in sample:
+    for k, r in enumerate(plan.records("d.status = 'ok'")):
+        if k >= 50:
+            break
         for m in ("rgb", "audio", "flow"):
             p = out / m / f"{r['clip']}.npy"
             if p.exists():
