@@ -115,7 +115,10 @@ SetOpt = typer.Option(None, "--set", help="Override any recipe key, e.g. --set t
 # ---------------------------------------------------------------------------------------------
 @app.command("prepare-data", epilog="Examples:\n\n  gblend prepare-data --dataset demo --seed 1 --out data/demo-s1\n\n"
              "  gblend prepare-data --dataset kinetics400 --root /data/k400 --annotations train.csv "
-             "--annotations validate.csv --out data/k400 --workers 16 --flow tvl1")
+             "--annotations validate.csv --out data/k400 --workers 16 --flow tvl1\n\n"
+             "  gblend prepare-data --check /data/k400 --dataset kinetics400 --annotations train.csv --workers 16   "
+             "# before preparing\n\n"
+             "  gblend prepare-data --check data/k400 > damaged.txt   # after: exit 1 and one line per bad clip")
 @command
 def prepare_data(
     dataset: Optional[DATASETS] = typer.Option(None, "--dataset", "-d", help=f"Which reader {_d('dataset.name')}."),
@@ -130,10 +133,11 @@ def prepare_data(
     label_field: Optional[Literal["verb", "noun", "action"]] = typer.Option(None, "--label-field", help="EPIC-Kitchens: which label to classify " + escape("[default: verb].")),
     ucf_split: Optional[int] = typer.Option(None, "--ucf-split", help="UCF-101: which official train/test split, 1, 2 or 3 " + escape("[default: 1].")),
     allow_outside_root: Optional[bool] = typer.Option(None, "--allow-outside-root", help="Accept manifest paths outside --root."),
+    check: Optional[Path] = typer.Option(None, "--check", metavar="DIR", help="Check instead of preparing. DIR: a prepared folder (every clip's arrays whole) or a media folder, the dataset root read with --dataset/--annotations (every listed file present, opens, not cut short). Prints one line per damaged or missing clip on stdout (PROBLEM<TAB>CLIP<TAB>REASON; PROBLEM: missing, unreadable, damaged or incomplete) and a summary per split and class on stderr (clips without audio, annotation rows, published split sizes); exit code 0 when every clip is complete, 1 otherwise."),
     recipe: Optional[Path] = RecipeOpt,
     sets: Optional[List[str]] = SetOpt,
 ):
-    """Decode media into RGB frames, 16 kHz log-mel audio and optical flow, ready for training."""
+    """Decode media into RGB frames, 16 kHz log-mel audio and optical flow, ready for training; or, with --check, check a dataset."""
     from .config import NO_RECIPE, RECIPES_DIR, data_dir
     from .prepare import prepare_dataset
     from .ui import out as stdout
@@ -145,14 +149,20 @@ def prepare_data(
                   prepare__workers=workers, prepare__flow=flow, prepare__fps=fps, prepare__short_side=short_side,
                   dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root, demo__seed=seed,
                   dataset__ucf_split=ucf_split)
+    if check is not None:
+        from .doctor import check as check_dataset
+
+        problems = check_dataset(check, cfg)
+        raise typer.Exit(1 if problems else 0)
     out = out or data_dir(cfg)
     report = prepare_dataset(cfg, out)
+    n_failed = report.get("failed_count", len(report["failed"]))
     stdout.print(f"prepared {report['ok']} clips ({report['no_audio']} without audio), "
-                 f"{len(report['failed'])} failed -> {out}/prepare_report.json", soft_wrap=True, markup=False)
+                 f"{n_failed} failed -> {out}/prepare_report.json", soft_wrap=True, markup=False)
     for f in report["failed"][:10]:
         stdout.print(f"  skipped {f['clip']}: {f['reason']}", soft_wrap=True, markup=False)
-    if len(report["failed"]) > 10:
-        stdout.print(f"  ... and {len(report['failed']) - 10} more (see prepare_report.json)")
+    if n_failed > 10:
+        stdout.print(f"  ... and {n_failed - 10} more (see prepare_report.json)")
 
 
 DataOpt = typer.Option(None, "--data", help="Prepared dataset folder " + escape("[default: the recipe's dataset.data_dir; the demo is prepared on first use]."))
