@@ -36,6 +36,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "short_side": 32,  # frames resized so the short side has this many pixels
         "max_seconds": 0.0,  # keep at most this much of each clip (0: all)
         "flow": "dis",  # dis|tvl1|none
+        "store": "npy",  # npy: raw arrays (exact, 16.5 MB per 10-s clip at short side 128); packed: JPEG frames in one file per clip (~1/10; docs/PERFORMANCE.md)
         "workers": 1,
         "threads": 1,  # OpenCV/torch threads per worker
         "decode_timeout_s": 120.0,  # per file; a file that takes longer is reported and skipped
@@ -251,6 +252,7 @@ def _positive(cfg: dict, dotted: str, allow_zero: bool = False) -> None:
 def validate(cfg: dict) -> None:
     """Value checks beyond types; each failure names the key."""
     _choice(cfg, "prepare.flow", ("dis", "tvl1", "none"))
+    _choice(cfg, "prepare.store", ("npy", "packed"))
     _choice(cfg, "train.optimizer", ("sgd", "adam", "adagrad"))
     _choice(cfg, "train.schedule", ("cosine", "step", "constant"))
     _choice(cfg, "train.amp", ("auto", "bf16", "fp16", "none"))

@@ -28,6 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from . import DATASET_FORMAT_VERSION
 from .errors import UserError
 from .storage import require_known_format
 from .ui import console
@@ -156,6 +157,27 @@ def _npy_problem(path: Path, rows: int | None, dtype: str, trailing: int | None)
 ARRAYS = {"rgb": ("uint8", 3), "flow": ("uint8", 2), "audio": ("float16", 40)}
 
 
+def _packed_check(folder: Path, meta: dict):
+    """row of index.csv -> None or what is wrong with the clip's packed file (head, offsets and size
+    consistent, first and last frames decode, frames and log-mel rows as index.csv says)."""
+    from .store import SUFFIX, Reader, check_file
+
+    modalities = meta.get("modalities", ["audio", "rgb"])
+    reader = Reader(folder, keep=1)
+
+    def problem(row: dict) -> str | None:
+        path = folder / "clips" / f"{row['clip_id']}{SUFFIX}"
+        found = check_file(path, int(row["frames"]), modalities)
+        if found:
+            return f"clips/{path.name}: {found}"
+        n, want = reader.length(row["clip_id"], "audio"), round(float(row["seconds"]) * 100)
+        if abs(n - want) > 1:
+            return f"clips/{path.name}: {n} log-mel frames, {row['seconds']} s needs {want}"
+        return None
+
+    return problem
+
+
 def _array_check(folder: Path, meta: dict):
     """row of index.csv -> None or what is wrong with the clip's stored arrays (one .npy per
     modality: frames rows of RGB/flow, 100 log-mel rows per second)."""
@@ -190,7 +212,7 @@ def check_prepared(folder: Path) -> int:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{meta_path}: not a readable dataset.json ({e})") from None
-    require_known_format(meta, meta_path)
+    require_known_format(meta, meta_path, DATASET_FORMAT_VERSION)
     tally = _Tally(meta.get("classes", []))
     report_path = folder / "prepare_report.json"
     report = {}
@@ -205,7 +227,7 @@ def check_prepared(folder: Path) -> int:
                                          "command again to complete it")
         tally.summary(f"check {folder}: {meta.get('dataset', '?')} (prepared)", None, {})
         return tally.n_problems
-    per_clip = _array_check(folder, meta)
+    per_clip = _packed_check(folder, meta) if meta.get("store", "npy") == "packed" else _array_check(folder, meta)
     in_index = set()
     with open(index_path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):

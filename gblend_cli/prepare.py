@@ -31,14 +31,15 @@ import time
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from . import FORMAT_VERSION
+from . import DATASET_FORMAT_VERSION, FORMAT_VERSION
 from .config import data_dir, to_toml
 from .errors import UserError
 from .storage import (append_jsonl, folder_lock, iter_jsonl, require_known_format, save_npy_atomic,
                       write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
 
-SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow")
+SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "store")
+LEGACY_SETTINGS = {"store": "npy"}  # what a folder prepared before a key existed used
 
 
 def _record(spec: dict, **fields) -> dict:
@@ -68,11 +69,17 @@ def prepare_one(spec: dict, settings: dict) -> dict:
     if len(mel) < n_audio:  # pad a short tail with the last frame
         pad = silence_log_mel(n_audio - len(mel)) if len(mel) == 0 else np.repeat(mel[-1:], n_audio - len(mel), axis=0)
         mel = np.concatenate([mel, pad])
-    mel = mel[:n_audio]
-    save_npy_atomic(out / "rgb" / f"{spec['clip_id']}.npy", clip.frames)
-    save_npy_atomic(out / "audio" / f"{spec['clip_id']}.npy", mel.astype(np.float16))
-    if settings["flow"] != "none":
-        save_npy_atomic(out / "flow" / f"{spec['clip_id']}.npy", optical_flow(clip.frames, settings["flow"]))
+    mel = mel[:n_audio].astype(np.float16)
+    flow = optical_flow(clip.frames, settings["flow"]) if settings["flow"] != "none" else None
+    if settings.get("store", "npy") == "packed":
+        from .store import SUFFIX, write_clip
+
+        write_clip(out / "clips" / f"{spec['clip_id']}{SUFFIX}", clip.frames, flow, mel)
+    else:
+        save_npy_atomic(out / "rgb" / f"{spec['clip_id']}.npy", clip.frames)
+        save_npy_atomic(out / "audio" / f"{spec['clip_id']}.npy", mel)
+        if flow is not None:
+            save_npy_atomic(out / "flow" / f"{spec['clip_id']}.npy", flow)
     return {**rec, "status": "ok", "has_audio": has_audio, "seconds": round(clip.seconds, 4),
             "frames": int(clip.frames.shape[0]), "height": int(clip.frames.shape[1]), "width": int(clip.frames.shape[2])}
 
@@ -196,7 +203,7 @@ def _check_settings(out: Path, cfg: dict) -> None:
     meta = out / "dataset.json"
     if meta.exists():
         try:
-            require_known_format(json.loads(meta.read_text()), meta)
+            require_known_format(json.loads(meta.read_text()), meta, DATASET_FORMAT_VERSION)
         except json.JSONDecodeError:
             raise UserError(f"{meta}: not valid JSON; use another --out") from None
     saved = out / "prepare_config.toml"
@@ -204,8 +211,9 @@ def _check_settings(out: Path, cfg: dict) -> None:
         return
     old = tomllib.loads(saved.read_text())
     for key in SETTINGS_KEYS:
-        if old.get("prepare", {}).get(key) != cfg["prepare"][key]:
-            raise UserError(f"{out}: was prepared with prepare.{key}={old['prepare'].get(key)!r}, now "
+        before = old.get("prepare", {}).get(key, LEGACY_SETTINGS.get(key))
+        if before != cfg["prepare"][key]:
+            raise UserError(f"{out}: was prepared with prepare.{key}={before!r}, now "
                             f"{cfg['prepare'][key]!r}; use the same settings to resume or another --out")
     if old.get("dataset", {}).get("name") != cfg["dataset"]["name"]:
         raise UserError(f"{out}: holds dataset {old['dataset'].get('name')!r}, not {cfg['dataset']['name']!r}")
@@ -496,8 +504,10 @@ def write_outputs(out: Path, cfg: dict, stream, plan: _Plan) -> dict:
     write_lines_atomic(out / "index.csv", index_lines())
     per_split = plan.ok_per_split()
     n_ok = sum(n for n, _ in per_split.values())
+    packed = cfg["prepare"]["store"] == "packed"
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": DATASET_FORMAT_VERSION if packed else FORMAT_VERSION,  # older gblends read npy folders
+        "store": cfg["prepare"]["store"],
         "dataset": cfg["dataset"]["name"],
         "classes": stream.classes,
         "multilabel": stream.multilabel,
@@ -537,7 +547,7 @@ def write_outputs(out: Path, cfg: dict, stream, plan: _Plan) -> dict:
         "missing_files": plan.n_missing,
         "total": plan.n_clips + plan.n_missing,
         "dataset": cfg["dataset"]["name"],
-        "bytes_per_clip": _bytes_per_clip(out, plan),
+        "bytes_per_clip": _bytes_per_clip(out, plan, cfg["prepare"]["store"]),
         "rows": stream.rows,  # annotation rows per split (the expected clips), None without annotation files
         "dropped_rows": stream.dropped,  # rows of classes outside dataset.classes
     }
@@ -565,11 +575,24 @@ def _json_lines(obj: dict):
     yield "}\n"
 
 
-def _bytes_per_clip(out: Path, plan: _Plan) -> dict:
+def _bytes_per_clip(out: Path, plan: _Plan, store: str = "npy") -> dict:
+    """Mean bytes per clip and modality over the first 50 prepared clips ("file": the whole packed
+    file, index included)."""
+    from .store import Reader, StoreError
+
     sizes: dict[str, list[int]] = {}
+    reader = Reader(out, keep=1)
     for k, r in enumerate(plan.records("d.status = 'ok'")):
         if k >= 50:
             break
+        if store == "packed":
+            try:
+                found = reader.head(r["clip"]).bytes_of() | {"file": reader.path(r["clip"]).stat().st_size}
+            except (OSError, StoreError):
+                continue
+            for m, n in found.items():
+                sizes.setdefault(m, []).append(n)
+            continue
         for m in ("rgb", "audio", "flow"):
             p = out / m / f"{r['clip']}.npy"
             if p.exists():

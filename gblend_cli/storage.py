@@ -19,14 +19,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def require_known_format(meta: dict, where: Path | str) -> None:
-    """Refuse files written by a newer gblend (their `format_version` is above ours) rather than
-    guess at a layout this version does not know."""
+def require_known_format(meta: dict, where: Path | str, current: int | None = None) -> None:
+    """Refuse files written by a newer gblend (their `format_version` is above ours, `current`,
+    default FORMAT_VERSION) rather than guess at a layout this version does not know."""
     from . import FORMAT_VERSION
 
+    current = FORMAT_VERSION if current is None else current
     version = meta.get("format_version", 0)
-    if version > FORMAT_VERSION:
-        raise UserError(f"{where}: written by a newer gblend (format {version} > {FORMAT_VERSION}); upgrade gblend")
+    if version > current:
+        raise UserError(f"{where}: written by a newer gblend (format {version} > {current}); upgrade gblend")
 
 
 def finite_or_null(o):
