@@ -578,10 +578,11 @@ def _json_lines(obj: dict):
 def _bytes_per_clip(out: Path, plan: _Plan, store: str = "npy") -> dict:
     """Mean bytes per clip and modality over the first 50 prepared clips ("file": the whole packed
     file, index included)."""
-    from .store import Reader, StoreError
-
     sizes: dict[str, list[int]] = {}
-    reader = Reader(out, keep=1)
+    if store == "packed":  # (numpy, which the store's index needs, stays out of the main process otherwise)
+        from .store import Reader, StoreError
+
+        reader = Reader(out, keep=1)
     for k, r in enumerate(plan.records("d.status = 'ok'")):
         if k >= 50:
             break

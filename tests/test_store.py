@@ -7,11 +7,9 @@ old folders (raw .npy) still load and resume."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
