@@ -2,6 +2,7 @@
 
     python -m benchmarks._child decode  --spec SPEC.json --out RESULT.json
     python -m benchmarks._child memory  --spec SPEC.json --out RESULT.json
+    python -m benchmarks._child scale   --spec SPEC.json --out RESULT.json
 
 `decode`: prepare-data clips/s with 1 and 2 workers vs the ffmpeg command line on the same files,
 interleaved, plus a per-stage breakdown of one clip's preparation (in this process).
@@ -9,6 +10,8 @@ interleaved, plus a per-stage breakdown of one clip's preparation (in this proce
 process (VmHWM), the max RSS of the largest other preparing process (getrusage(RUSAGE_CHILDREN)
 once the forkserver, which reaps its workers, is stopped and reaped) and the sampled peak of the
 whole process tree's RSS and PSS.
+`scale`: prepare_dataset on a simulated Kinetics-400 manifest (benchmarks/scale.py): peak RSS of
+this (main) process and the wall time of the planner's phases.
 
 prepare_dataset starts its workers from a forkserver that re-imports the main module, so this
 module does its work only under `if __name__ == "__main__"`.
@@ -94,6 +97,23 @@ def child_decode(spec: dict) -> dict:
         wall = time.perf_counter() - t0
         return {"wall_s": wall, "clips_per_s": n / wall}
 
+    concat = work / "concat.txt"
+    concat.parent.mkdir(parents=True, exist_ok=True)
+    concat.write_text("".join("file '" + p.replace("'", "'\\''") + "'\n" for p in paths))
+
+    def run_ffmpeg_long() -> dict:
+        """The stable baseline: every clip decoded by ONE ffmpeg command (concat demuxer), so its
+        start-up is a small part of the time instead of most of it (2-s clips: 20 of 27 ms)."""
+        cmd = ffmpeg_decode_cmd(spec["ffmpeg"], str(concat))
+        i = cmd.index("-i")
+        cmd[i:i] = ["-f", "concat", "-safe", "0"]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"ffmpeg (concat) failed: {r.stderr.strip()[:300]}")
+        return {"wall_s": wall, "clips_per_s": n / wall}
+
     def run_ffmpeg_start() -> dict:
         """The fixed cost of one ffmpeg command: a 1-frame synthetic input, nothing decoded from disk."""
         k = 20
@@ -107,7 +127,7 @@ def child_decode(spec: dict) -> dict:
 
     subjects = {"prepare_w1": lambda: run_prepare(1), "prepare_w2": lambda: run_prepare(2)}
     if spec["ffmpeg"]:
-        subjects = {"ffmpeg": run_ffmpeg, "ffmpeg_start": run_ffmpeg_start} | subjects
+        subjects = {"ffmpeg": run_ffmpeg, "ffmpeg_long": run_ffmpeg_long, "ffmpeg_start": run_ffmpeg_start} | subjects
     t0 = time.perf_counter()
     warm = {name: fn() for name, fn in subjects.items()}  # starts the forkserver; fills the file cache
     print(f"decode: warm-up {time.perf_counter() - t0:.1f}s (forkserver start "
@@ -250,14 +270,64 @@ def child_memory(spec: dict) -> dict:
             "maxrss_children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, **peak}
 
 
+def _vm_rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def child_scale(spec: dict) -> dict:
+    """prepare_dataset on a simulated Kinetics manifest (benchmarks/scale.py): the main process's
+    peak RSS and the wall time of its phases (timed by wrapping the planner's steps, where this
+    gblend_cli has them)."""
+    import gblend_cli.prepare as prepare
+    from benchmarks.scale import config
+
+    phases: dict[str, float] = {}
+
+    def timed(owner, name: str, label: str):
+        fn = getattr(owner, name, None)
+        if fn is None:
+            return
+
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[label] = phases.get(label, 0.0) + time.perf_counter() - t
+
+        setattr(owner, name, wrapper)
+
+    plan = getattr(prepare, "_Plan", None)
+    if plan is not None:
+        timed(plan, "add", "read+match+plan")
+        timed(plan, "load_journal", "journal")
+    else:
+        timed(prepare, "_load_manifest", "read+match")
+    timed(prepare, "write_outputs", "outputs")
+    cfg = config(spec["root"], spec["annotations"][0], spec["out"])
+    print(f"scale: gblend_cli from {Path(prepare.__file__).parent}", file=sys.stderr)
+    rss_before = _vm_rss_kb()
+    t0 = time.perf_counter()
+    report = prepare.prepare_dataset(cfg, Path(spec["out"]))
+    wall = time.perf_counter() - t0
+    phases["rest (journal, pool, workers' 32 stubs)" if plan is None else "pool (32 stubs)"] = wall - sum(phases.values())
+    return {"wall_s": wall, "rows_per_s": spec["rows"] / wall, "phases": phases, "vm_hwm_kb": _vm_hwm_kb(),
+            "rss_before_kb": rss_before, "gblend_cli": str(Path(prepare.__file__).parent), "ok": report["ok"], "failed": report.get("failed_count", len(report["failed"])),
+            "total": report["total"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=("decode", "memory"))
+    ap.add_argument("mode", choices=("decode", "memory", "scale"))
     ap.add_argument("--spec", required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     spec = json.loads(Path(a.spec).read_text())
-    result = child_decode(spec) if a.mode == "decode" else child_memory(spec)
+    result = {"decode": child_decode, "memory": child_memory, "scale": child_scale}[a.mode](spec)
     Path(a.out).write_text(json.dumps(result, indent=1))
 
 

@@ -28,10 +28,10 @@ DEMO_RECIPE = REPO / "recipes" / "demo.toml"
 SIZES = {
     "quick": {"train_videos": 320, "test_videos": 80, "mem_small": 80, "decode_clips": 80, "reps": 5,
               "stage_clips": 20, "est_epochs": 1, "scaling": [64, 128, 256], "ddp_epochs": 7, "ddp_pairs": 2,
-              "disk_clips": 24},
+              "disk_clips": 24, "store_clips": 12, "store_batches": 4},
     "full": {"train_videos": 800, "test_videos": 200, "mem_small": 100, "decode_clips": 200, "reps": 7,
              "stage_clips": 40, "est_epochs": 2, "scaling": [128, 256, 512], "ddp_epochs": 8, "ddp_pairs": 5,
-             "disk_clips": 64},
+             "disk_clips": 64, "store_clips": 24, "store_batches": 8},
 }
 
 _T0 = time.perf_counter()

@@ -17,6 +17,10 @@ Sections (see docs/PERFORMANCE.md for what each figure means and the latest numb
   4 gblend   G-Blend epoch vs naive epoch; Algorithm 1 in one data pass vs k+1 separate trainings;
              whole online/offline G-Blend run vs naive, computed from the measured components
   5 scaling  epoch time vs training clips (linear fit); torchrun 2 CPU processes vs 1
+  6 scale    prepare-data's bookkeeping on a simulated 260k-row Kinetics-400 manifest vs 10k rows:
+             main-process peak memory (flat) and wall time (benchmarks/scale.py)
+  7 store    the prepared store: raw .npy vs packed JPEG vs H.264 on the same clips: bytes per clip,
+             fidelity, one loader core's clips/s from the page cache and cold (benchmarks/store.py)
 
 Each section is a module, benchmarks/<name>.py with `section_<name>(ctx)`, that reaches the training
 core only through its public interfaces; benchmarks/common.py holds the set-up (`Ctx`), the
@@ -39,7 +43,8 @@ from pathlib import Path
 from .common import REPO, SIZES, Ctx, Table, elapsed, log, machine_info, machine_slug, write_atomic
 
 RESULTS_DIR = REPO / "benchmarks" / "results"
-SECTIONS = ("decode", "loading", "core", "gblend", "scaling")
+SECTIONS = ("decode", "loading", "core", "gblend", "scaling", "scale", "store")
+NO_CORPUS = {"scale", "store"}  # sections that make their own data (no demo corpus, no prepared demo)
 
 
 def run_sections(ctx: Ctx, only: list[str]) -> list[str]:
@@ -47,9 +52,10 @@ def run_sections(ctx: Ctx, only: list[str]) -> list[str]:
     here: --render needs neither torch nor gblend_cli). A failed section, its import included,
     becomes a table row and an error; the others still report. Returns the errors."""
     errors = []
-    ctx.corpus()
+    if set(only) - NO_CORPUS:
+        ctx.corpus()
     for name in only:
-        if name != "decode":
+        if name not in ("decode", *NO_CORPUS):
             ctx.ensure_prepared()
         before = os.getloadavg()[0]
         try:

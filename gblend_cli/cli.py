@@ -93,6 +93,7 @@ OPTION_KEYS = {
     "dataset.annotations": "--annotations", "prepare.workers": "--workers", "prepare.flow": "--flow",
     "prepare.fps": "--fps", "prepare.short_side": "--short-side", "demo.seed": "--seed",
     "dataset.label_field": "--label-field", "dataset.allow_outside_root": "--allow-outside-root",
+    "dataset.ucf_split": "--ucf-split",
     "reproduce.seeds": "--seeds", "reproduce.other_seeds": "--seeds", "reproduce.jobs": "--jobs", "dataset.results_dir": "--results",
 }
 
@@ -106,7 +107,7 @@ def _config(recipe, sets, **dotted) -> dict:
 
 
 DATASETS = Literal["demo", "kinetics400", "kinetics600", "kinetics700", "kinetics-sounds", "audioset",
-                   "epic-kitchens", "cremad", "csv", "folder"]
+                   "epic-kitchens", "cremad", "ave", "ucf101", "vggsound", "csv", "folder"]
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="Recipe TOML, or a bundled name like kinetics400 " + escape("[default: recipes/demo.toml]."))
 SetOpt = typer.Option(None, "--set", help="Override any recipe key, e.g. --set train.lr=0.1 (repeatable).")
 
@@ -114,24 +115,29 @@ SetOpt = typer.Option(None, "--set", help="Override any recipe key, e.g. --set t
 # ---------------------------------------------------------------------------------------------
 @app.command("prepare-data", epilog="Examples:\n\n  gblend prepare-data --dataset demo --seed 1 --out data/demo-s1\n\n"
              "  gblend prepare-data --dataset kinetics400 --root /data/k400 --annotations train.csv "
-             "--annotations validate.csv --out data/k400 --workers 16 --flow tvl1")
+             "--annotations validate.csv --out data/k400 --workers 16 --flow tvl1\n\n"
+             "  gblend prepare-data --check /data/k400 --dataset kinetics400 --annotations train.csv --workers 16   "
+             "# before preparing\n\n"
+             "  gblend prepare-data --check data/k400 > damaged.txt   # after: exit 1 and one line per bad clip")
 @command
 def prepare_data(
     dataset: Optional[DATASETS] = typer.Option(None, "--dataset", "-d", help=f"Which reader {_d('dataset.name')}."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Prepared dataset folder " + escape("[default: data/DATASET].")),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder of media files."),
-    annotations: Optional[List[Path]] = typer.Option(None, "--annotations", "-a", help="Annotation CSV (repeatable: train and validate)."),
+    annotations: Optional[List[Path]] = typer.Option(None, "--annotations", "-a", help="Annotation file (repeatable: train and validate); for ave and ucf101 also the folder holding them."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help=f"Parallel decoding processes {_d('prepare.workers')}."),
     flow: Optional[Literal["dis", "tvl1", "none"]] = typer.Option(None, "--flow", help=f"Optical flow: dis (fast), tvl1 (the paper's) or none {_d('prepare.flow')}."),
     fps: Optional[float] = typer.Option(None, "--fps", help=f"Frame rate frames are resampled to {_d('prepare.fps')}."),
     short_side: Optional[int] = typer.Option(None, "--short-side", help=f"Resize frames to this short side, px {_d('prepare.short_side')}."),
     seed: Optional[int] = typer.Option(None, "--seed", help=f"Demo only: the data seed of the generated videos {_d('demo.seed')}."),
     label_field: Optional[Literal["verb", "noun", "action"]] = typer.Option(None, "--label-field", help="EPIC-Kitchens: which label to classify " + escape("[default: verb].")),
+    ucf_split: Optional[int] = typer.Option(None, "--ucf-split", help="UCF-101: which official train/test split, 1, 2 or 3 " + escape("[default: 1].")),
     allow_outside_root: Optional[bool] = typer.Option(None, "--allow-outside-root", help="Accept manifest paths outside --root."),
+    check: Optional[Path] = typer.Option(None, "--check", metavar="DIR", help="Check instead of preparing. DIR: a prepared folder (every clip's arrays whole) or a media folder, the dataset root read with --dataset/--annotations (every listed file present, opens, not cut short). Prints one line per damaged or missing clip on stdout (PROBLEM<TAB>CLIP<TAB>REASON; PROBLEM: missing, unreadable, damaged or incomplete) and a summary per split and class on stderr (clips without audio, annotation rows, published split sizes); exit code 0 when every clip is complete, 1 otherwise."),
     recipe: Optional[Path] = RecipeOpt,
     sets: Optional[List[str]] = SetOpt,
 ):
-    """Decode media into RGB frames, 16 kHz log-mel audio and optical flow, ready for training."""
+    """Decode media into RGB frames, 16 kHz log-mel audio and optical flow, ready for training; or, with --check, check a dataset."""
     from .config import NO_RECIPE, RECIPES_DIR, data_dir
     from .prepare import prepare_dataset
     from .ui import out as stdout
@@ -141,15 +147,22 @@ def prepare_data(
     cfg = _config(recipe, sets, dataset__name=dataset, dataset__root=str(root) if root else None,
                   dataset__annotations=[str(a) for a in annotations] if annotations else None,
                   prepare__workers=workers, prepare__flow=flow, prepare__fps=fps, prepare__short_side=short_side,
-                  dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root, demo__seed=seed)
+                  dataset__label_field=label_field, dataset__allow_outside_root=allow_outside_root, demo__seed=seed,
+                  dataset__ucf_split=ucf_split)
+    if check is not None:
+        from .doctor import check as check_dataset
+
+        problems = check_dataset(check, cfg)
+        raise typer.Exit(1 if problems else 0)
     out = out or data_dir(cfg)
     report = prepare_dataset(cfg, out)
+    n_failed = report.get("failed_count", len(report["failed"]))
     stdout.print(f"prepared {report['ok']} clips ({report['no_audio']} without audio), "
-                 f"{len(report['failed'])} failed -> {out}/prepare_report.json", soft_wrap=True, markup=False)
+                 f"{n_failed} failed -> {out}/prepare_report.json", soft_wrap=True, markup=False)
     for f in report["failed"][:10]:
         stdout.print(f"  skipped {f['clip']}: {f['reason']}", soft_wrap=True, markup=False)
-    if len(report["failed"]) > 10:
-        stdout.print(f"  ... and {len(report['failed']) - 10} more (see prepare_report.json)")
+    if n_failed > 10:
+        stdout.print(f"  ... and {n_failed - 10} more (see prepare_report.json)")
 
 
 DataOpt = typer.Option(None, "--data", help="Prepared dataset folder " + escape("[default: the recipe's dataset.data_dir; the demo is prepared on first use]."))

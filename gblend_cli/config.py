@@ -21,9 +21,11 @@ MODALITIES = ("audio", "rgb", "flow")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "dataset": {
-        "name": "demo",  # demo|kinetics400|kinetics600|kinetics700|kinetics-sounds|audioset|epic-kitchens|cremad|csv|folder
+        "name": "demo",  # demo|kinetics400|kinetics600|kinetics700|kinetics-sounds|audioset|epic-kitchens|cremad|ave|ucf101|vggsound|csv|folder
         "root": "",  # folder of media files
-        "annotations": [],  # annotation CSV files
+        "annotations": [],  # annotation files (CSV / txt; for ave and ucf101 also their folder)
+        "classes": [],  # Kinetics readers: keep only these classes ([]: all); kinetics-sounds needs its subset (recipes/kinetics-sounds.toml)
+        "ucf_split": 1,  # ucf101: which official train/test split (trainlist0N/testlist0N): 1, 2 or 3
         "data_dir": "",  # prepared dataset; "" -> data/<name>
         "results_dir": "",  # run folders; "" -> results/<name>
         "label_field": "verb",  # EPIC-Kitchens: verb|noun|action
@@ -34,6 +36,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "short_side": 32,  # frames resized so the short side has this many pixels
         "max_seconds": 0.0,  # keep at most this much of each clip (0: all)
         "flow": "dis",  # dis|tvl1|none
+        "store": "npy",  # npy: raw arrays (exact, 16.5 MB per 10-s clip at short side 128); packed: JPEG frames in one file per clip (~1/10; docs/PERFORMANCE.md)
         "workers": 1,
         "threads": 1,  # OpenCV/torch threads per worker
         "decode_timeout_s": 120.0,  # per file; a file that takes longer is reported and skipped
@@ -251,6 +254,7 @@ def _positive(cfg: dict, dotted: str, allow_zero: bool = False) -> None:
 def validate(cfg: dict) -> None:
     """Value checks beyond types; each failure names the key."""
     _choice(cfg, "prepare.flow", ("dis", "tvl1", "none"))
+    _choice(cfg, "prepare.store", ("npy", "packed"))
     _choice(cfg, "train.optimizer", ("sgd", "adam", "adagrad"))
     _choice(cfg, "train.schedule", ("cosine", "step", "constant"))
     _choice(cfg, "train.amp", ("auto", "bf16", "fp16", "none"))
@@ -258,6 +262,10 @@ def validate(cfg: dict) -> None:
     _choice(cfg, "gblend.metric", ("loss", "accuracy"))
     _choice(cfg, "gblend.rule", ("regularised", "raw"))
     _choice(cfg, "dataset.label_field", ("verb", "noun", "action"))
+    if cfg["dataset"]["ucf_split"] not in (1, 2, 3):
+        raise BadValue("dataset.ucf_split", f"must be 1, 2 or 3 (UCF-101's official splits); got {cfg['dataset']['ucf_split']!r}")
+    if not all(isinstance(c, str) and c for c in cfg["dataset"]["classes"]):
+        raise BadValue("dataset.classes", f"must be a list of class names; got {cfg['dataset']['classes']!r}")
     for k in ("train.epochs", "train.batch_size", "clip.frames", "clip.crop", "clip.eval_clips",
               "clip.audio_frames", "prepare.fps", "prepare.short_side", "train.lr", "prepare.decode_timeout_s",
               "gblend.super_epoch", "gblend.warmup_super_epoch", "demo.classes", "demo.fps", "demo.size",

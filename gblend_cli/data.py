@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import DATASET_FORMAT_VERSION
 from .errors import UserError
 from .media import LOG_EPS
 from .storage import require_known_format
+from .store import Reader as PackedReader, StoreError
 
 SILENCE = float(np.log(LOG_EPS))
 
@@ -48,7 +50,11 @@ class PreparedDataset:
             self.meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError:
             raise UserError(f"{meta_path}: not valid JSON") from None
-        require_known_format(self.meta, meta_path)
+        require_known_format(self.meta, meta_path, DATASET_FORMAT_VERSION)
+        self.store = self.meta.get("store", "npy")
+        if self.store not in ("npy", "packed"):
+            raise UserError(f"{meta_path}: unknown store {self.store!r}; upgrade gblend")
+        self._packed = PackedReader(self.root) if self.store == "packed" else None
         self.classes: list[str] = self.meta["classes"]
         self.multilabel: bool = self.meta["multilabel"]
         self.fps: float = self.meta["fps"]
@@ -65,7 +71,19 @@ class PreparedDataset:
         self._cache_ok = self._estimate_bytes() <= cache_bytes
 
     def _estimate_bytes(self) -> int:
+        """Bytes the dataset takes in RAM (decoded, for the packed store)."""
         total = 0
+        if self._packed is not None:
+            sizes = []
+            for c in self.clips[:20]:
+                try:
+                    h = self._packed.head(c.clip_id)
+                except (OSError, StoreError):
+                    continue
+                pixels = h.frames * h.height * h.width
+                sizes.append(3 * pixels * ("rgb" in self.modalities) + 2 * pixels * (h.flow is not None)
+                             + h.mel_rows * 80)
+            return int(np.mean(sizes)) * len(self.clips) if sizes else 0
         for m in self.modalities:
             sample = [self.root / m / f"{c.clip_id}.npy" for c in self.clips[:20]]
             sizes = [p.stat().st_size for p in sample if p.exists()]
@@ -80,8 +98,11 @@ class PreparedDataset:
         key = (modality, self.clips[i].clip_id)
         arr = self._cache.get(key)
         if arr is None:
-            path = self.root / modality / f"{key[1]}.npy"
-            arr = np.load(path, mmap_mode=None if self._cache_ok else "r")
+            if self._packed is not None:
+                arr = self._read_packed(modality, i, 0, self._packed.length(key[1], modality))
+            else:
+                path = self.root / modality / f"{key[1]}.npy"
+                arr = np.load(path, mmap_mode=None if self._cache_ok else "r")
             if self._cache_ok:
                 self._cache[key] = arr
         return arr
@@ -106,13 +127,25 @@ class PreparedDataset:
         key = (modality, self.clips[i].clip_id)
         if key in self._cache:
             return len(self._cache[key])
+        if self._packed is not None:
+            return self._packed.length(key[1], modality)
         return self._header(modality, i)[1][0]
+
+    def _read_packed(self, modality: str, i: int, lo: int, hi: int) -> np.ndarray:
+        try:
+            return self._packed.rows(self.clips[i].clip_id, modality, lo, hi)
+        except StoreError as e:
+            raise UserError(f"{self._packed.path(self.clips[i].clip_id)}: {e}; `gblend prepare-data --check "
+                            f"{self.root}` lists every damaged clip") from None
 
     def rows(self, modality: str, i: int, lo: int, hi: int) -> np.ndarray:
         """array[lo:hi] of a clip. From disk this is one `pread` of the contiguous rows (3.3x faster
-        than page-faulting through a memory map: docs/PERFORMANCE.md)."""
+        than page-faulting through a memory map: docs/PERFORMANCE.md); from the packed store, a
+        pread of the window's JPEG frames and their decoding."""
         if self._cache_ok:
             return self.array(modality, i)[lo:hi]
+        if self._packed is not None:
+            return self._read_packed(modality, i, lo, hi)
         path, shape, dtype, offset = self._header(modality, i)
         lo, hi = max(0, lo), min(shape[0], hi)
         row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize

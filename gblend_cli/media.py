@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import av
@@ -94,6 +95,58 @@ def decode_clip(path: str, *, fps: float, short_side: int, start: float | None =
         seconds = len(frames) / fps
         wave = audio.finish(seconds) if audio is not None else None
     return DecodedClip(frames=frames, audio=wave, seconds=seconds)
+
+
+def probe_media(path: str, start: float | None = None, end: float | None = None) -> dict:
+    """A cheap integrity check of one media file (what `prepare-data --check` runs on a media
+    folder): it opens, has a video stream, its first video frame decodes, and its video packets
+    (demuxed, not decoded) reach the end the container declares, or `end` — a download cut short
+    stops early. Returns {"has_audio", "seconds"}; raises DecodeError with the reason."""
+    if not os.access(path, os.R_OK):
+        raise DecodeError("file not readable (permissions)" if os.path.exists(path) else "file not found")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise DecodeError(f"cannot open: {_reason(e)}") from None
+    with container:
+        if not container.streams.video:
+            raise DecodeError("no video stream")
+        vstream = container.streams.video[0]
+        origin = (container.start_time or 0) / av.time_base
+        declared = None
+        if vstream.duration and vstream.time_base:
+            declared = float(vstream.duration * vstream.time_base)
+        elif container.duration:
+            declared = container.duration / av.time_base
+        t0 = float(start or 0.0)
+        target = min(declared, float(end)) if (declared and end is not None) else (float(end) if end is not None
+                                                                                 else declared)
+        if t0 > 0:
+            container.seek(int((origin + t0) * av.time_base), backward=True, any_frame=False)
+        first_frame, last = False, None
+        try:
+            for packet in container.demux(vstream):
+                if packet.pts is None or packet.time_base is None:
+                    continue
+                t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - origin
+                last = t if last is None else max(last, t)
+                if not first_frame and packet.size:
+                    try:
+                        first_frame = bool(packet.decode())
+                    except av.error.FFmpegError:
+                        pass
+                if end is not None and t >= float(end) and first_frame:
+                    break
+            if not first_frame:
+                first_frame = bool(vstream.codec_context.decode(None))
+        except (av.error.FFmpegError, ValueError, MemoryError) as e:
+            raise DecodeError(f"truncated or damaged: {_reason(e)}") from None
+        if not first_frame:
+            raise DecodeError("no decodable video frames")
+        if target and last is not None and last < target - max(0.25, 0.1 * (target - t0)):
+            raise DecodeError(f"truncated: video data ends at {last:.2f} s of {target:.2f} s")
+        has_audio = bool(container.streams.audio)
+    return {"has_audio": has_audio, "seconds": round((last or 0.0) - t0, 3)}
 
 
 def _reason(e: Exception) -> str:

@@ -10,28 +10,36 @@ training clip reads only its own frames):
   DIR/prepare_report.json   {"ok", "no_audio", "failed": [{"clip", "reason"}], ...}
   DIR/progress.jsonl        journal: one line per finished clip; a rerun skips those (resume)
 Every array is written to a temp file and renamed, so a killed run leaves no partial array.
+
+The main process never holds per-clip state in memory: the manifest is read as a stream, and the
+plan (clips to do, rows without a clip, the journal's records) lives in a scratch SQLite file in
+DIR while the command runs (`_Plan`), so preparing Kinetics-400 (260k clips) costs it the same
+memory as 10k clips.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from . import FORMAT_VERSION
+from . import DATASET_FORMAT_VERSION, FORMAT_VERSION
 from .config import data_dir, to_toml
 from .errors import UserError
-from .storage import (append_jsonl, folder_lock, read_jsonl, require_known_format, save_npy_atomic,
-                      write_json_atomic, write_text_atomic)
+from .storage import (append_jsonl, folder_lock, iter_jsonl, require_known_format, save_npy_atomic,
+                      write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
 
-SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow")
+SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "store")
+LEGACY_SETTINGS = {"store": "npy"}  # what a folder prepared before a key existed used
 
 
 def _record(spec: dict, **fields) -> dict:
@@ -61,16 +69,37 @@ def prepare_one(spec: dict, settings: dict) -> dict:
     if len(mel) < n_audio:  # pad a short tail with the last frame
         pad = silence_log_mel(n_audio - len(mel)) if len(mel) == 0 else np.repeat(mel[-1:], n_audio - len(mel), axis=0)
         mel = np.concatenate([mel, pad])
-    mel = mel[:n_audio]
-    save_npy_atomic(out / "rgb" / f"{spec['clip_id']}.npy", clip.frames)
-    save_npy_atomic(out / "audio" / f"{spec['clip_id']}.npy", mel.astype(np.float16))
-    if settings["flow"] != "none":
-        save_npy_atomic(out / "flow" / f"{spec['clip_id']}.npy", optical_flow(clip.frames, settings["flow"]))
+    mel = mel[:n_audio].astype(np.float16)
+    flow = optical_flow(clip.frames, settings["flow"]) if settings["flow"] != "none" else None
+    if settings.get("store", "npy") == "packed":
+        from .store import SUFFIX, write_clip
+
+        write_clip(out / "clips" / f"{spec['clip_id']}{SUFFIX}", clip.frames, flow, mel)
+    else:
+        save_npy_atomic(out / "rgb" / f"{spec['clip_id']}.npy", clip.frames)
+        save_npy_atomic(out / "audio" / f"{spec['clip_id']}.npy", mel)
+        if flow is not None:
+            save_npy_atomic(out / "flow" / f"{spec['clip_id']}.npy", flow)
     return {**rec, "status": "ok", "has_audio": has_audio, "seconds": round(clip.seconds, 4),
             "frames": int(clip.frames.shape[0]), "height": int(clip.frames.shape[1]), "width": int(clip.frames.shape[2])}
 
 
-def _worker_main(conn, settings: dict, threads: int) -> None:
+def probe_one(spec: dict, settings: dict) -> dict:
+    """Check one clip's media file without preparing it (`prepare-data --check` on a media folder)."""
+    from .media import DecodeError, probe_media
+
+    rec = _record(spec)
+    try:
+        found = probe_media(spec["path"], spec.get("start"), spec.get("end"))
+    except DecodeError as e:
+        return {**rec, "status": "failed", "reason": str(e)}
+    return {**rec, "status": "ok", **found}
+
+
+TASKS = {"prepare": prepare_one, "probe": probe_one}
+
+
+def _worker_main(conn, settings: dict, threads: int, task: str = "prepare") -> None:
     _quiet_worker()
     try:
         import cv2
@@ -86,7 +115,7 @@ def _worker_main(conn, settings: dict, threads: int) -> None:
         if job is None:
             return
         try:
-            rec = prepare_one(job, settings)
+            rec = TASKS[task](job, settings)
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
             rec = _record(job, status="failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
         conn.send(rec)
@@ -96,27 +125,36 @@ class _Pool:
     """N worker processes fed one job at a time; a job running longer than `timeout` has its
     worker killed and replaced, and is reported as failed (a hung decoder never hangs the run)."""
 
-    def __init__(self, n: int, settings: dict, threads: int, timeout: float):
+    def __init__(self, n: int, settings: dict, threads: int, timeout: float, task: str = "prepare"):
         # forkserver: workers fork from a clean server process, never from a caller that may have
         # used OpenCV's or torch's thread pools (a fork of those deadlocks in cv2.setNumThreads)
         self.ctx = worker_context()
-        self.settings, self.threads, self.timeout = settings, threads, timeout
+        self.settings, self.threads, self.timeout, self.task = settings, threads, timeout, task
         self.workers = [self._spawn() for _ in range(max(1, n))]
 
     def _spawn(self) -> dict:
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker_main, args=(child, self.settings, self.threads), daemon=True)
+        proc = self.ctx.Process(target=_worker_main, args=(child, self.settings, self.threads, self.task), daemon=True)
         proc.start()
         child.close()
         return {"proc": proc, "conn": parent, "job": None, "since": 0.0}
 
-    def run(self, jobs: list[dict]):
-        pending = list(reversed(jobs))
-        while pending or any(w["job"] for w in self.workers):
+    def run(self, jobs):
+        """Records of `jobs` (any iterable, consumed lazily: a 260k-clip job list is never held) in
+        completion order."""
+        pending = iter(jobs)
+        exhausted = False
+        while not exhausted or any(w["job"] for w in self.workers):
             for w in self.workers:
-                if w["job"] is None and pending:
-                    w["job"], w["since"] = pending.pop(), time.monotonic()
+                if w["job"] is None and not exhausted:
+                    job = next(pending, None)
+                    if job is None:
+                        exhausted = True
+                        continue
+                    w["job"], w["since"] = job, time.monotonic()
                     w["conn"].send(w["job"])
+            if not any(w["job"] for w in self.workers):
+                continue
             busy = [w for w in self.workers if w["job"] is not None]
             ready = wait([w["conn"] for w in busy], timeout=0.5)
             for i, w in enumerate(self.workers):
@@ -165,7 +203,7 @@ def _check_settings(out: Path, cfg: dict) -> None:
     meta = out / "dataset.json"
     if meta.exists():
         try:
-            require_known_format(json.loads(meta.read_text()), meta)
+            require_known_format(json.loads(meta.read_text()), meta, DATASET_FORMAT_VERSION)
         except json.JSONDecodeError:
             raise UserError(f"{meta}: not valid JSON; use another --out") from None
     saved = out / "prepare_config.toml"
@@ -173,11 +211,16 @@ def _check_settings(out: Path, cfg: dict) -> None:
         return
     old = tomllib.loads(saved.read_text())
     for key in SETTINGS_KEYS:
-        if old.get("prepare", {}).get(key) != cfg["prepare"][key]:
-            raise UserError(f"{out}: was prepared with prepare.{key}={old['prepare'].get(key)!r}, now "
+        before = old.get("prepare", {}).get(key, LEGACY_SETTINGS.get(key))
+        if before != cfg["prepare"][key]:
+            raise UserError(f"{out}: was prepared with prepare.{key}={before!r}, now "
                             f"{cfg['prepare'][key]!r}; use the same settings to resume or another --out")
     if old.get("dataset", {}).get("name") != cfg["dataset"]["name"]:
         raise UserError(f"{out}: holds dataset {old['dataset'].get('name')!r}, not {cfg['dataset']['name']!r}")
+    for key, default in (("ucf_split", 1), ("classes", [])):  # another split or class subset: another dataset
+        if old.get("dataset", {}).get(key, default) != cfg["dataset"][key]:
+            raise UserError(f"{out}: was prepared with dataset.{key}={old['dataset'].get(key, default)!r}, now "
+                            f"{cfg['dataset'][key]!r}; use the same settings to resume or another --out")
     if cfg["dataset"]["name"] == "demo":  # other generator settings would mix two datasets in one folder
         for key, value in cfg["demo"].items():
             if old.get("demo", {}).get(key) != value:
@@ -185,8 +228,9 @@ def _check_settings(out: Path, cfg: dict) -> None:
                                 f"use the same settings to resume or another --out")
 
 
-def _load_manifest(cfg: dict, out: Path):
-    from .manifests import KNOWN_DATASETS, ManifestError, read_manifest
+def _load_manifest(cfg: dict, out: Path, db):
+    """The recipe's dataset as a manifest stream (manifests.open_manifest), its bookkeeping in `db`."""
+    from .manifests import KNOWN_DATASETS, ManifestError, open_manifest
 
     ds = cfg["dataset"]
     name = ds["name"]
@@ -201,17 +245,36 @@ def _load_manifest(cfg: dict, out: Path):
         root = Path(ds["root"] or ".")
         if not root.is_dir():
             raise UserError(f"{root}: no such media folder (--root)")
-        annotations = [Path(a) for a in ds["annotations"]]
-        for a in annotations:
-            if not a.is_file():
-                raise UserError(f"{a}: no such annotation file (--annotations)")
+        annotations = annotation_files(name, ds["annotations"])
         if not annotations and name not in ("cremad", "folder"):
             raise UserError(f"--annotations is required for --dataset {name}")
     try:
-        return read_manifest(name, root, annotations, allow_outside_root=ds["allow_outside_root"],
-                             label_field=ds["label_field"])
+        return open_manifest(name, root, annotations, db=db, allow_outside_root=ds["allow_outside_root"],
+                             label_field=ds["label_field"], classes=ds["classes"] or None, ucf_split=ds["ucf_split"])
     except ManifestError as e:
         raise UserError(str(e)) from None
+
+
+def annotation_files(name: str, given: list[str]) -> list[Path]:
+    """--annotations as files. For ave and ucf101 a folder stands for its annotation files (AVE's
+    Annotations.txt / trainSet.txt / valSet.txt / testSet.txt; UCF-101's ucfTrainTestlist/)."""
+    from .manifests import normalise_name
+
+    name = normalise_name(name)
+    files = []
+    for a in map(Path, given):
+        if a.is_dir() and name in ("ave", "ucf101"):
+            pattern = re.compile(r"(annotations|trainset|valset|testset)\.txt" if name == "ave" else
+                                 r"(classind|trainlist0[1-3]|testlist0[1-3])\.txt", re.IGNORECASE)
+            found = sorted(p for p in a.iterdir() if p.is_file() and pattern.fullmatch(p.name))
+            if not found:
+                raise UserError(f"{a}: no {name} annotation files in this folder (--annotations)")
+            files += found
+        elif not a.is_file():
+            raise UserError(f"{a}: no such annotation file (--annotations)")
+        else:
+            files.append(a)
+    return files
 
 
 def generate_demo_media(cfg: dict, media: Path) -> tuple[Path, list[Path]]:
@@ -257,61 +320,197 @@ def _render_demo_job(args):
     return demo_data.render_job(*args)
 
 
+class _Plan:
+    """prepare_dataset's bookkeeping — the clips to prepare, the rows without a clip, the journal's
+    records — in the scratch database, so the main process's memory does not grow with the
+    number of clips (Kinetics-400: 260k; as Python objects ~3 kB each, docs/PERFORMANCE.md)."""
+
+    CHUNK = 512
+
+    def __init__(self, db):
+        self.conn = db.conn
+        self.conn.executescript(
+            "CREATE TABLE clips (n INTEGER PRIMARY KEY, clip TEXT UNIQUE, split TEXT, spec TEXT);"
+            "CREATE TABLE missing (n INTEGER PRIMARY KEY, clip TEXT, reason TEXT, kind TEXT, split TEXT);"
+            "CREATE TABLE done (clip TEXT PRIMARY KEY, status TEXT, has_audio INTEGER, rec TEXT);")
+        self.n_clips = self.n_missing = 0
+        self._pending = 0
+
+    def add(self, stream) -> None:
+        """Every entry of a manifest stream, in order."""
+        from .manifests import Missing
+
+        clips, missing = [], []
+        for entry in stream:
+            if isinstance(entry, Missing):
+                missing.append((entry.clip, entry.reason, entry.kind, entry.split))
+            else:
+                spec = {"clip_id": entry.clip_id, "path": str(entry.path), "labels": list(entry.labels),
+                        "split": entry.split, "start": entry.start, "end": entry.end}
+                clips.append((entry.clip_id, entry.split, json.dumps(spec, separators=(",", ":"))))
+            if len(clips) + len(missing) >= 2048:
+                self._flush(clips, missing)
+        self._flush(clips, missing)
+        self.conn.commit()
+
+    def _flush(self, clips: list, missing: list) -> None:
+        self.conn.executemany("INSERT INTO clips (clip, split, spec) VALUES (?, ?, ?)", clips)
+        self.conn.executemany("INSERT INTO missing (clip, reason, kind, split) VALUES (?, ?, ?, ?)", missing)
+        self.n_clips += len(clips)
+        self.n_missing += len(missing)
+        clips.clear()
+        missing.clear()
+
+    def record(self, rec: dict) -> None:
+        """A journal record (read back on a resume, or just produced by a worker)."""
+        self.conn.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)",
+                          (rec["clip"], rec["status"], int(bool(rec.get("has_audio", True))),
+                           json.dumps(rec, separators=(",", ":"))))
+        self._pending += 1
+        if self._pending >= 1024:
+            self.conn.commit()
+            self._pending = 0
+
+    def load_journal(self, journal: Path) -> None:
+        for rec in iter_jsonl(journal):
+            if "clip" in rec and "status" in rec:
+                self.record(rec)
+        self.conn.commit()
+
+    def count_todo(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM clips WHERE clip NOT IN (SELECT clip FROM done)").fetchone()[0]
+
+    def todo(self):
+        """Specs of the clips not in the journal, in manifest order, fetched a chunk at a time
+        (records written meanwhile do not disturb the iteration: it resumes after the last n)."""
+        last = 0
+        while True:
+            rows = self.conn.execute("SELECT n, spec FROM clips WHERE n > ? AND clip NOT IN (SELECT clip FROM done) "
+                                     "ORDER BY n LIMIT ?", (last, self.CHUNK)).fetchall()
+            if not rows:
+                return
+            for n, spec in rows:
+                last = n
+                yield json.loads(spec)
+
+    def records(self, where: str = "1"):
+        """Journal records of the manifest's clips, in manifest order."""
+        self.conn.commit()
+        last = 0
+        while True:
+            rows = self.conn.execute(f"SELECT c.n, d.rec FROM clips c JOIN done d ON d.clip = c.clip WHERE c.n > ? "
+                                     f"AND ({where}) ORDER BY c.n LIMIT ?", (last, self.CHUNK)).fetchall()
+            if not rows:
+                return
+            for n, rec in rows:
+                last = n
+                yield json.loads(rec)
+
+    def missing(self):
+        last = 0
+        while True:
+            rows = self.conn.execute("SELECT n, clip, reason, kind, split FROM missing WHERE n > ? ORDER BY n LIMIT ?",
+                                     (last, self.CHUNK)).fetchall()
+            if not rows:
+                return
+            for n, clip, reason, kind, split in rows:
+                last = n
+                yield {"clip": clip, "reason": reason, "stage": "annotation" if kind == "annotation" else "file",
+                       "split": split}
+
+    def ok_per_split(self) -> dict[str, tuple[int, int]]:
+        """split -> (clips prepared, of which without audio)."""
+        rows = self.conn.execute("SELECT c.split, COUNT(*), SUM(d.has_audio = 0) FROM clips c JOIN done d "
+                                 "ON d.clip = c.clip WHERE d.status = 'ok' GROUP BY c.split ORDER BY c.split")
+        return {split: (n, no_audio or 0) for split, n, no_audio in rows}
+
+    def n_done(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM clips c JOIN done d ON d.clip = c.clip").fetchone()[0]
+
+
+def _remove_stale_scratch(out: Path) -> None:
+    """Scratch files a killed run left behind (we hold the folder's lock: none is in use)."""
+    for p in out.glob(".gblend-scratch-*.sqlite"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
-    """Prepare every clip of the recipe's dataset into `out`; resumable; returns the report."""
+    """Prepare every clip of the recipe's dataset into `out`; resumable; returns the report (whose
+    "failed" list is cut at REPORT_FAILED_MAX entries; prepare_report.json has them all).
+
+    The main process streams: manifest rows, the plan, the journal and the outputs go through a
+    scratch SQLite file in `out` (removed at the end), so its memory is the same for 10k and
+    260k clips (benchmarks/scale.py measures it)."""
+    from .storage import ScratchDB
+
     out = Path(out or data_dir(cfg))
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out)")
     with folder_lock(out, "prepare-data"):
         _check_settings(out, cfg)
-        manifest = _load_manifest(cfg, out)
-        if not manifest.clips and not manifest.missing:
-            raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
-        write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
-        journal = out / "progress.jsonl"
-        done = {r["clip"]: r for r in read_jsonl(journal)}
-        specs = [{"clip_id": c.clip_id, "path": str(c.path), "labels": list(c.labels), "split": c.split,
-                  "start": c.start, "end": c.end} for c in manifest.clips]
-        todo = [s for s in specs if s["clip_id"] not in done]
-        settings = {k: cfg["prepare"][k] for k in SETTINGS_KEYS} | {"out": str(out)}
-        if todo:
-            pool = _Pool(cfg["prepare"]["workers"], settings, cfg["prepare"]["threads"], cfg["prepare"]["decode_timeout_s"])
-            n_failed = 0
-            try:
-                with progress() as bar:
-                    task = bar.add_task("prepare clips", total=len(todo), info="")
-                    for rec in pool.run(todo):
-                        append_jsonl(journal, rec)
-                        done[rec["clip"]] = rec
-                        n_failed += rec["status"] != "ok"
-                        bar.update(task, advance=1, info=f"failed {n_failed}")
-            except KeyboardInterrupt:
+        _remove_stale_scratch(out)
+        with ScratchDB(out) as db:
+            stream = _load_manifest(cfg, out, db)
+            plan = _Plan(db)
+            plan.add(stream)
+            if not plan.n_clips and not plan.n_missing:
+                raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
+            write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
+            journal = out / "progress.jsonl"
+            plan.load_journal(journal)
+            n_todo = plan.count_todo()
+            settings = {k: cfg["prepare"][k] for k in SETTINGS_KEYS} | {"out": str(out)}
+            if n_todo:
+                pool = _Pool(cfg["prepare"]["workers"], settings, cfg["prepare"]["threads"],
+                             cfg["prepare"]["decode_timeout_s"])
+                n_failed = 0
+                try:
+                    with progress() as bar:
+                        task = bar.add_task("prepare clips", total=n_todo, info="")
+                        for rec in pool.run(plan.todo()):
+                            append_jsonl(journal, rec)
+                            plan.record(rec)
+                            n_failed += rec["status"] != "ok"
+                            bar.update(task, advance=1, info=f"failed {n_failed}")
+                except KeyboardInterrupt:
+                    pool.close()
+                    console.print(f"{plan.n_done()} of {plan.n_clips} clips are prepared in {out}")
+                    raise  # the CLI says how to resume and exits 130
                 pool.close()
-                console.print(f"{len(done)} of {len(specs)} clips are prepared in {out}")
-                raise  # the CLI says how to resume and exits 130
-            pool.close()
-        report = write_outputs(out, cfg, manifest, specs, done)
+            report = write_outputs(out, cfg, stream, plan)
     return report
 
 
-def write_outputs(out: Path, cfg: dict, manifest, specs: list[dict], done: dict) -> dict:
-    records = [done[s["clip_id"]] for s in specs if s["clip_id"] in done]
-    ok = [r for r in records if r["status"] == "ok"]
-    failed = [{"clip": r["clip"], "reason": r["reason"]} for r in records if r["status"] != "ok"]
-    failed += [{"clip": m["clip"], "reason": m["reason"]} for m in manifest.missing]
+REPORT_FAILED_MAX = 1000
+INDEX_COLUMNS = ["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status", "reason", "source"]
+
+
+def _csv_line(fields: list) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status", "reason", "source"])
-    for r in records:
-        w.writerow([r["clip"], r["split"], ";".join(map(str, r["labels"])), r.get("seconds", ""), r.get("frames", ""),
-                    str(r.get("has_audio", "")).lower(), r["status"], r.get("reason", ""), r["source"]])
-    write_text_atomic(out / "index.csv", buf.getvalue())
-    splits = sorted({r["split"] for r in ok})
+    csv.writer(buf).writerow(fields)
+    return buf.getvalue()
+
+
+def write_outputs(out: Path, cfg: dict, stream, plan: _Plan) -> dict:
+    """index.csv, dataset.json and prepare_report.json, streamed from the plan."""
+    def index_lines():
+        yield _csv_line(INDEX_COLUMNS)
+        for r in plan.records():
+            yield _csv_line([r["clip"], r["split"], ";".join(map(str, r["labels"])), r.get("seconds", ""),
+                             r.get("frames", ""), str(r.get("has_audio", "")).lower(), r["status"], r.get("reason", ""),
+                             r["source"]])
+
+    write_lines_atomic(out / "index.csv", index_lines())
+    per_split = plan.ok_per_split()
+    n_ok = sum(n for n, _ in per_split.values())
+    packed = cfg["prepare"]["store"] == "packed"
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": DATASET_FORMAT_VERSION if packed else FORMAT_VERSION,  # older gblends read npy folders
+        "store": cfg["prepare"]["store"],
         "dataset": cfg["dataset"]["name"],
-        "classes": manifest.classes,
-        "multilabel": manifest.multilabel,
+        "classes": stream.classes,
+        "multilabel": stream.multilabel,
         "fps": cfg["prepare"]["fps"],
         "short_side": cfg["prepare"]["short_side"],
         "sample_rate": 16000,
@@ -319,25 +518,82 @@ def write_outputs(out: Path, cfg: dict, manifest, specs: list[dict], done: dict)
         "mel_bands": 40,
         "flow": cfg["prepare"]["flow"],
         "modalities": ["audio", "rgb"] + ([] if cfg["prepare"]["flow"] == "none" else ["flow"]),
-        "clips": {s: sum(r["split"] == s for r in ok) for s in splits},
+        "clips": {s: n for s, (n, _) in per_split.items()},
     }
+    if stream.dataset == "ucf101":
+        meta["ucf_split"] = cfg["dataset"]["ucf_split"]
     write_json_atomic(out / "dataset.json", meta)
+
+    def failed():
+        for r in plan.records("d.status != 'ok'"):
+            yield {"clip": r["clip"], "reason": r["reason"], "stage": "decode", "split": r["split"]}
+        yield from plan.missing()
+
+    head = []
+    n_failed = 0
+
+    def failed_json():
+        nonlocal n_failed
+        for entry in failed():
+            if len(head) < REPORT_FAILED_MAX:
+                head.append(entry)
+            n_failed += 1
+            yield entry
+
     report = {
-        "ok": len(ok),
-        "no_audio": sum(not r.get("has_audio", True) for r in ok),
-        "failed": failed,
-        "missing_files": len(manifest.missing),
-        "total": len(specs) + len(manifest.missing),
+        "ok": n_ok,
+        "no_audio": sum(a for _, a in per_split.values()),
+        "failed": failed_json(),
+        "missing_files": plan.n_missing,
+        "total": plan.n_clips + plan.n_missing,
         "dataset": cfg["dataset"]["name"],
-        "bytes_per_clip": _bytes_per_clip(out, ok[:50]),
+        "bytes_per_clip": _bytes_per_clip(out, plan, cfg["prepare"]["store"]),
+        "rows": stream.rows,  # annotation rows per split (the expected clips), None without annotation files
+        "dropped_rows": stream.dropped,  # rows of classes outside dataset.classes
     }
-    write_json_atomic(out / "prepare_report.json", report)
-    return report
+    write_lines_atomic(out / "prepare_report.json", _json_lines(report))
+    return report | {"failed": head, "failed_count": n_failed}
 
 
-def _bytes_per_clip(out: Path, sample: list[dict]) -> dict:
+def _json_lines(obj: dict):
+    """`obj` as indented JSON, pieces at a time; a generator value is written as a list, one
+    element per line (the report's failed list: up to one entry per annotation row)."""
+    yield "{\n"
+    items = list(obj.items())
+    for k, (key, value) in enumerate(items):
+        yield f"  {json.dumps(key)}: "
+        if hasattr(value, "__next__"):
+            first = True
+            yield "["
+            for element in value:
+                yield ("\n    " if first else ",\n    ") + json.dumps(element)
+                first = False
+            yield "]" if first else "\n  ]"
+        else:
+            yield json.dumps(value)
+        yield ",\n" if k < len(items) - 1 else "\n"
+    yield "}\n"
+
+
+def _bytes_per_clip(out: Path, plan: _Plan, store: str = "npy") -> dict:
+    """Mean bytes per clip and modality over the first 50 prepared clips ("file": the whole packed
+    file, index included)."""
     sizes: dict[str, list[int]] = {}
-    for r in sample:
+    if store == "packed":  # (numpy, which the store's index needs, stays out of the main process otherwise)
+        from .store import Reader, StoreError
+
+        reader = Reader(out, keep=1)
+    for k, r in enumerate(plan.records("d.status = 'ok'")):
+        if k >= 50:
+            break
+        if store == "packed":
+            try:
+                found = reader.head(r["clip"]).bytes_of() | {"file": reader.path(r["clip"]).stat().st_size}
+            except (OSError, StoreError):
+                continue
+            for m, n in found.items():
+                sizes.setdefault(m, []).append(n)
+            continue
         for m in ("rgb", "audio", "flow"):
             p = out / m / f"{r['clip']}.npy"
             if p.exists():

@@ -10,7 +10,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import UserError
 
@@ -19,14 +19,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def require_known_format(meta: dict, where: Path | str) -> None:
-    """Refuse files written by a newer gblend (their `format_version` is above ours) rather than
-    guess at a layout this version does not know."""
+def require_known_format(meta: dict, where: Path | str, current: int | None = None) -> None:
+    """Refuse files written by a newer gblend (their `format_version` is above ours, `current`,
+    default FORMAT_VERSION) rather than guess at a layout this version does not know."""
     from . import FORMAT_VERSION
 
+    current = FORMAT_VERSION if current is None else current
     version = meta.get("format_version", 0)
-    if version > FORMAT_VERSION:
-        raise UserError(f"{where}: written by a newer gblend (format {version} > {FORMAT_VERSION}); upgrade gblend")
+    if version > current:
+        raise UserError(f"{where}: written by a newer gblend (format {version} > {current}); upgrade gblend")
 
 
 def finite_or_null(o):
@@ -114,6 +115,74 @@ def read_jsonl(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def iter_jsonl(path: Path) -> Iterator[dict]:
+    """`read_jsonl` one object at a time (a journal of 260k clips is never held in memory)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
+    """Write text produced line by line (e.g. an index of 260k clips) atomically, never holding
+    it whole in memory."""
+    def write(f):
+        buf = []
+        for line in lines:
+            buf.append(line)
+            if len(buf) >= 1024:
+                f.write("".join(buf).encode("utf-8"))
+                buf.clear()
+        f.write("".join(buf).encode("utf-8"))
+
+    _atomic_write(path, write)
+
+
+class ScratchDB:
+    """A throwaway SQLite file for per-clip bookkeeping that must not live in the process's memory:
+    as Python objects a Kinetics-400 manifest, its media listing and its journal cost ~3 kB per clip
+    (~0.8 GB for 260k clips); here the memory is SQLite's page cache, bounded by `cache_kib`
+    whatever the number of clips. The file is created in `folder` (default: a new temporary
+    folder) and removed by `close()`; it is never a result (no fsync, no rollback journal)."""
+
+    def __init__(self, folder: Path | None = None, cache_kib: int = 1024):
+        import sqlite3
+
+        self._tmpdir = None if folder is not None else tempfile.mkdtemp(prefix="gblend-scratch-")
+        folder = Path(folder or self._tmpdir)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, self.path = tempfile.mkstemp(prefix=".gblend-scratch-", suffix=".sqlite", dir=folder)
+        os.close(fd)
+        self.conn = sqlite3.connect(self.path)
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", f"cache_size=-{int(cache_kib)}", "temp_store=FILE",
+                       "mmap_size=0"):
+            self.conn.execute(f"PRAGMA {pragma}")
+
+    def close(self) -> None:
+        if self.conn is None:
+            return
+        self.conn.close()
+        self.conn = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        if self._tmpdir:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._tmpdir)
+
+    def __enter__(self) -> "ScratchDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def rewrite_jsonl_atomic(path: Path, rows: list[dict]) -> None:

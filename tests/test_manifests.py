@@ -405,7 +405,7 @@ def test_kinetics_unicode_and_space_file_names(tmp_path):
     touch(root / "train" / "chirping bird ü" / "ab-cd_efg12_000010_000020.mp4")
     ann = write(tmp_path / "train.csv", "label,youtube_id,time_start,time_end,split\n"
                 "chirping bird ü,ab-cd_efg12,10,20,train\n")
-    m = read_manifest("kinetics-sounds", root, [ann])
+    m = read_manifest("kinetics-sounds", root, [ann], classes=["chirping bird ü"])
     assert m.classes == ["chirping bird ü"]
     assert [c.clip_id for c in m.clips] == ["ab-cd_efg12_000010_000020"]
     assert m.clips[0].path.is_file()
@@ -428,3 +428,198 @@ def test_missing_annotation_file(tmp_path):
 def test_empty_manifest_is_not_an_error(tmp_path):
     m = read_manifest("folder", tmp_path / "empty", [])
     assert (m.clips, m.missing, m.classes) == ([], [], [])
+
+
+# ---------------------------------------------------------------- Kinetics-Sounds (a pinned subset)
+
+def test_kinetics_sounds_keeps_only_the_pinned_classes(tmp_path):
+    import tomllib
+
+    from gblend_cli.config import RECIPES_DIR
+
+    pinned = tomllib.loads((RECIPES_DIR / "kinetics-sounds.toml").read_text())["dataset"]["classes"]
+    assert len(pinned) == 32 and pinned == sorted(pinned) and "playing bagpipes" in pinned
+    root = tmp_path / "k400"
+    touch(root / "train" / "playing bagpipes" / "bagpipes001_000000_000010.mp4")
+    touch(root / "train" / "zumba" / "zumbaZumba1_000000_000010.mp4")
+    touch(root / "val" / "tapping pen" / "pen00000001_000005_000015.mp4")
+    ann = write(tmp_path / "train.csv", "label,youtube_id,time_start,time_end,split\n"
+                "playing bagpipes,bagpipes001,0,10,train\n"
+                "zumba,zumbaZumba1,0,10,train\n"           # not a Kinetics-Sounds class: dropped
+                "\"playing bagpipes\",bagpipesMIS,3,13,train\n"  # kept, but its file is missing
+                "tapping pen,pen00000001,5,15,validate\n")
+    m = read_manifest("kinetics-sounds", root, [ann], classes=pinned)
+    assert m.classes == pinned  # every pinned class, also those without a row: stable indices
+    assert {c.clip_id: (m.classes[c.labels[0]], c.split) for c in m.clips} == {
+        "bagpipes001_000000_000010": ("playing bagpipes", "train"), "pen00000001_000005_000015": ("tapping pen", "val")}
+    assert reasons(m) == {"bagpipesMIS_000003_000013": "file not found: bagpipesMIS_000003_000013.*"}
+    assert m.dropped == 1 and m.rows == {"train": 2, "val": 1}
+    # the same CSV read as plain Kinetics keeps zumba
+    assert "zumba" in read_manifest("kinetics400", root, [ann]).classes
+
+
+def test_kinetics_sounds_without_its_class_list_or_with_foreign_csvs(tmp_path):
+    ann = write(tmp_path / "train.csv", "label,youtube_id,time_start,time_end,split\nzumba,abc,0,10,train\n")
+    with pytest.raises(ManifestError, match=r"kinetics-sounds: no class list .*--recipe kinetics-sounds"):
+        read_manifest("kinetics-sounds", tmp_path, [ann])
+    with pytest.raises(ManifestError, match=r"none of the 1 classes .*train\.csv"):
+        read_manifest("kinetics-sounds", tmp_path, [ann], classes=["playing bagpipes"])
+    with pytest.raises(ManifestError, match=r"dataset\.classes .* not by vggsound"):
+        read_manifest("vggsound", tmp_path, [ann], classes=["playing bagpipes"])
+
+
+# ---------------------------------------------------------------- AVE
+
+AVE_HEADER = "Category&VideoID&Quality&StartTime&EndTime"
+
+
+def ave_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """AVE_Dataset/ as released: Annotations.txt (header, CRLF), the three split files (the test
+    file with a header), ReadMe.txt, and AVE/<VideoID>.mp4."""
+    base = tmp_path / "AVE_Dataset"
+    videos = base / "AVE"
+    for vid in ("RUhOCu3LNXM", "-4Aq_9qLPGw", "fryFry00001", "twice000001", "conflict001", "VALval00001",
+                "TESTtest001"):
+        touch(videos / f"{vid}.mp4")
+    crlf = "\r\n".join
+    write(base / "Annotations.txt", crlf([
+        AVE_HEADER, "Church bell&RUhOCu3LNXM&good&0&10", "Male speech, man speaking&-4Aq_9qLPGw&good&2&7",
+        "Frying (food)&fryFry00001&bad&0&10", "Church bell&twice000001&good&0&3", "Church bell&twice000001&good&6&9",
+        "Violin, fiddle&conflict001&good&0&10", "Frying (food)&missing0001&good&1&10",
+        "Male speech, man speaking&VALval00001&good&0&10", "Frying (food)&TESTtest001&good&0&10",
+        "Acoustic guitar&notInASplit&good&0&10"]) + "\r\n")
+    write(base / "trainSet.txt", "\n".join([
+        "Church bell&RUhOCu3LNXM&good&0&10", "Male speech, man speaking&-4Aq_9qLPGw&good&2&7", "",
+        "Frying (food)&fryFry00001&bad&0&10", "Church bell&twice000001&good&0&3",
+        "Church bell&twice000001&good&6&9",       # a second event of the same video: one clip
+        "Violin, fiddle&conflict001&good&0&10",
+        "Church bell&conflict001&good&0&10",      # the same video, another category: reported
+        "Frying (food)&missing0001&good&1&10"]) + "\n")
+    write(base / "valSet.txt", "Male speech, man speaking&VALval00001&good&0&10\n")
+    write(base / "testSet.txt", f"{AVE_HEADER}\nFrying (food)&TESTtest001&good&0&10\n")
+    write(base / "ReadMe.txt", "AVE dataset\n")
+    return videos, base
+
+
+def test_ave_split_files_categories_and_quirks(tmp_path):
+    videos, base = ave_tree(tmp_path)
+    anns = [base / n for n in ("Annotations.txt", "trainSet.txt", "valSet.txt", "testSet.txt")]
+    m = read_manifest("ave", videos, anns)
+    assert m.classes == ["Acoustic guitar", "Church bell", "Frying (food)", "Male speech, man speaking",
+                         "Violin, fiddle"]  # Annotations.txt adds the category no split file uses
+    got = {c.clip_id: (m.classes[c.labels[0]], c.split) for c in m.clips}
+    assert got == {"RUhOCu3LNXM": ("Church bell", "train"), "-4Aq_9qLPGw": ("Male speech, man speaking", "train"),
+                   "fryFry00001": ("Frying (food)", "train"), "twice000001": ("Church bell", "train"),
+                   "conflict001": ("Violin, fiddle", "train"), "VALval00001": ("Male speech, man speaking", "val"),
+                   "TESTtest001": ("Frying (food)", "test")}
+    assert all(c.start is None and c.path.parent == videos for c in m.clips)  # the whole video
+    why = {x["clip"]: (x["reason"], x["kind"]) for x in m.missing}
+    assert why["missing0001"] == ("file not found: missing0001.*", "file")
+    (other,) = [k for k in why if k.startswith("conflict001@")]
+    assert other == "conflict001@trainSet.txt:8" and why[other][1] == "annotation" and "'Church bell'" in why[other][0]
+    assert m.rows == {"train": 6, "val": 1, "test": 1}  # unique videos per split (the published counts count videos)
+
+
+def test_ave_errors_name_the_file_and_line(tmp_path):
+    videos, base = ave_tree(tmp_path)
+    with pytest.raises(ManifestError, match="give trainSet.txt"):
+        read_manifest("ave", videos, [base / "Annotations.txt"])
+    with pytest.raises(ManifestError, match=r"ReadMe\.txt: not an AVE annotation file"):
+        read_manifest("ave", videos, [base / "trainSet.txt", base / "ReadMe.txt"])
+    bad = write(tmp_path / "valSet.txt", "Church bell&abc&good&0&10\nChurch bell,abc,good,0,10\n")
+    with pytest.raises(ManifestError, match=r"valSet\.txt:2: expected Category&VideoID&Quality&StartTime&EndTime"):
+        read_manifest("ave", videos, [bad])
+    bad = write(tmp_path / "testSet.txt", "Church bell&abc&good&zero&10\n")
+    with pytest.raises(ManifestError, match=r"testSet\.txt:1: column 'StartTime': not a number"):
+        read_manifest("ave", videos, [bad])
+
+
+# ---------------------------------------------------------------- UCF-101
+
+def ucf_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """UCF-101/<Class>/v_<Class>_gXX_cYY.avi and ucfTrainTestlist/ (CRLF lines, as released). The
+    lists spell HandStandPushups where the files say HandstandPushups (a quirk of the release)."""
+    root = tmp_path / "UCF-101"
+    for rel in ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+                "HandstandPushups/v_HandstandPushups_g08_c01.avi", "HandstandPushups/v_HandstandPushups_g01_c02.avi",
+                "YoYo/v_YoYo_g25_c03.avi"):
+        touch(root / rel)
+    lists = tmp_path / "ucfTrainTestlist"
+    write(lists / "classInd.txt", "1 ApplyEyeMakeup\r\n2 HandstandPushups\r\n3 YoYo\r\n")
+    write(lists / "trainlist01.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
+          "HandstandPushups/v_HandStandPushups_g08_c01.avi 2\r\nYoYo/v_YoYo_g25_c03.avi 3\r\n"
+          "YoYo/v_YoYo_g09_c01.avi 3\r\n")
+    write(lists / "testlist01.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\n"
+          "HandstandPushups/v_HandStandPushups_g01_c02.avi\r\n")
+    write(lists / "trainlist02.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 1\r\n")
+    write(lists / "testlist02.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi\r\nYoYo/v_YoYo_g25_c03.avi\r\n")
+    return root, lists
+
+
+def test_ucf101_split1_by_default_class_index_and_case_quirk(tmp_path):
+    root, lists = ucf_tree(tmp_path)
+    anns = sorted(lists.iterdir())  # the whole folder: other splits' lists are ignored
+    m = read_manifest("ucf101", root, anns)
+    assert m.classes == ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
+    got = {c.clip_id: (c.labels, c.split) for c in m.clips}
+    assert got == {"v_ApplyEyeMakeup_g08_c01": ((0,), "train"), "v_HandStandPushups_g08_c01": ((1,), "train"),
+                   "v_YoYo_g25_c03": ((2,), "train"), "v_ApplyEyeMakeup_g01_c01": ((0,), "test"),
+                   "v_HandStandPushups_g01_c02": ((1,), "test")}
+    assert by_id(m)["v_HandStandPushups_g01_c02"].path == root / "HandstandPushups" / "v_HandstandPushups_g01_c02.avi"
+    assert reasons(m) == {"v_YoYo_g09_c01": f"file not found: {root / 'YoYo' / 'v_YoYo_g09_c01.avi'}"}
+    assert m.rows == {"train": 4, "test": 2}
+    m2 = read_manifest("ucf101", root, anns, ucf_split=2)
+    assert {c.clip_id: c.split for c in m2.clips} == {"v_ApplyEyeMakeup_g01_c01": "train",
+                                                      "v_ApplyEyeMakeup_g08_c01": "test", "v_YoYo_g25_c03": "test"}
+
+
+def test_ucf101_errors(tmp_path):
+    root, lists = ucf_tree(tmp_path)
+    with pytest.raises(ManifestError, match="exactly one classInd.txt"):
+        read_manifest("ucf101", root, [lists / "trainlist01.txt"])
+    with pytest.raises(ManifestError, match=r"split 3 needs trainlist03\.txt"):
+        read_manifest("ucf101", root, [lists / "classInd.txt", lists / "trainlist01.txt"], ucf_split=3)
+    bad = write(tmp_path / "x" / "trainlist01.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 7\n")
+    with pytest.raises(ManifestError, match=r"trainlist01\.txt:1: class index '7' is not in classInd\.txt"):
+        read_manifest("ucf101", root, [lists / "classInd.txt", bad])
+    bad = write(tmp_path / "y" / "testlist01.txt", "Juggling/v_Juggling_g01_c01.avi\n")
+    with pytest.raises(ManifestError, match=r"testlist01\.txt:1: class folder 'Juggling'"):
+        read_manifest("ucf101", root, [lists / "classInd.txt", bad])
+    with pytest.raises(ManifestError, match=r"notes\.txt: not a UCF-101 annotation file"):
+        read_manifest("ucf101", root, [lists / "classInd.txt", write(tmp_path / "notes.txt", "x\n")])
+
+
+# ---------------------------------------------------------------- VGGSound
+
+def test_vggsound_csv_quirks_and_file_names(tmp_path):
+    root = tmp_path / "vggsound"
+    touch(root / "video" / "---g-f_I2yQ_000001.mp4")              # the released archive's naming
+    touch(root / "video" / "-0BIyqJj9ZU_000030_000040.mp4")       # <id>_<start>_<end>
+    touch(root / "train" / "dog barking" / "abcdefghijk_000000.webm")
+    ann = write(tmp_path / "vggsound.csv",
+                "---g-f_I2yQ,1,people marching,test\r\n"
+                "-0BIyqJj9ZU,30,\"cattle, bovinae cowbell\",train\r\n"
+                "abcdefghijk,0,dog barking,train\r\n"
+                "missingXXXX,10,dog barking,train\r\n")
+    m = read_manifest("vggsound", root, [ann])
+    assert m.classes == ["cattle, bovinae cowbell", "dog barking", "people marching"]
+    got = {c.clip_id: (m.classes[c.labels[0]], c.split, c.path.name) for c in m.clips}
+    assert got == {"---g-f_I2yQ_000001": ("people marching", "test", "---g-f_I2yQ_000001.mp4"),
+                   "-0BIyqJj9ZU_000030": ("cattle, bovinae cowbell", "train", "-0BIyqJj9ZU_000030_000040.mp4"),
+                   "abcdefghijk_000000": ("dog barking", "train", "abcdefghijk_000000.webm")}
+    assert reasons(m) == {"missingXXXX_000010": "file not found: missingXXXX_000010.*"}
+    assert m.rows == {"test": 1, "train": 3}
+    with_header = write(tmp_path / "h.csv", "youtube_id,start_seconds,label,split\nabcdefghijk,0,dog barking,train\n")
+    assert [c.clip_id for c in read_manifest("vggsound", root, [with_header]).clips] == ["abcdefghijk_000000"]
+
+
+def test_vggsound_unquoted_comma_and_bad_split(tmp_path):
+    bad = write(tmp_path / "vggsound.csv", "abc,1,dog barking,train\nxyz,2,cattle, bovinae cowbell,train\n")
+    with pytest.raises(ManifestError, match=r"vggsound\.csv:2: expected youtube_id,start_seconds,label,split .*got 5"):
+        read_manifest("vggsound", tmp_path, [bad])
+    bad = write(tmp_path / "v2.csv", "abc,1,dog barking,holdout\n")
+    with pytest.raises(ManifestError, match=r"v2\.csv:1: .*'holdout'"):
+        read_manifest("vggsound", tmp_path, [bad])
+    bad = write(tmp_path / "v3.csv", "abc,soon,dog barking,train\n")
+    with pytest.raises(ManifestError, match=r"v3\.csv:1: column 'start_seconds': not a number"):
+        read_manifest("vggsound", tmp_path, [bad])
