@@ -142,7 +142,7 @@ def terms_from_runs(sources: list[str], cfg: dict, modalities: list[str]) -> tup
     bit for bit against `estimate_blend_weights`). Returns ({head: terms}, [run names])."""
     import tomllib
 
-    from .config import to_toml
+    from .config import DEFAULTS, to_toml
     from .run_folder import RunFolder
 
     want = {m: ("unimodal", (m,)) for m in modalities} | {"fused": ("naive", tuple(modalities))}
@@ -167,8 +167,9 @@ def terms_from_runs(sources: list[str], cfg: dict, modalities: list[str]) -> tup
         theirs = tomllib.loads((f.path / "config.toml").read_text())
         for section in ("dataset", "prepare", "demo", "clip", "model", "train"):
             for k, v in ours[section].items():
-                if (section, k) not in _SAME_RUN_EXCEPT and theirs.get(section, {}).get(k) != v:
-                    raise UserError(f"{f.path}: ran with {section}.{k} = {theirs.get(section, {}).get(k)!r}, this run "
+                was = theirs.get(section, {}).get(k, DEFAULTS[section][k])  # a key added since: its default
+                if (section, k) not in _SAME_RUN_EXCEPT and was != v:
+                    raise UserError(f"{f.path}: ran with {section}.{k} = {was!r}, this run "
                                     f"with {v!r}; its losses do not stand for this run's estimators (gblend.estimate_from)")
         by_epoch = {r["epoch"]: r for r in f.metrics()}
         a, b = by_epoch.get(0), by_epoch.get(n_epochs)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from . import paper
+from . import paper, paper_tables
 from .errors import UserError
 from .experiment import RunKey, matrix
 from .ogr import evaluated_epochs, ogr_between
@@ -40,9 +40,11 @@ class Matrix:
         self.folders, self.cfg, self.recipe_arg, self.results, self.sets = folders, cfg, recipe_arg, results, list(sets)
         self.data = _common_data_dir(folders)
         self.by_key: dict[tuple[str, str], list[RunFolder]] = {}
+        self.base_optimizer = None if (cfg or {}).get("train", {}).get("optimizer", "sgd") == "sgd" else cfg["train"]["optimizer"]
         for f in folders:
             k = f.key()
-            self.by_key.setdefault((k.variant, k.combo), []).append(f)
+            if k.fix is None and k.optimizer == self.base_optimizer:  # the other tables' runs: paper_tables.py
+                self.by_key.setdefault((k.variant, k.combo), []).append(f)
         rp = (cfg or {}).get("reproduce")
         self.main = rp["main"] if rp else "audio+rgb"
         self.expected = matrix(cfg) if rp else []
@@ -68,7 +70,8 @@ class Matrix:
         have = {f.key().seed for f in self.get(variant, combo)}
         want = seeds if seeds is not None else self.expected_seeds(combo)
         method, _, mode = variant.partition("-")
-        keys = [RunKey(method, tuple(combo.split("+")), s, mode or None) for s in want if s not in have]
+        keys = [RunKey(method, tuple(combo.split("+")), s, mode or None, optimizer=self.base_optimizer)
+                for s in want if s not in have]
         return [k.command(recipe=self.recipe_arg or None, data=self.data,
                           out=self.results / k.name if self.results else None, sets=self.sets) for k in keys]
 
@@ -377,6 +380,8 @@ def _marks(r: dict) -> dict:
 
 def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Human-readable cells (mean ± std, 'missing') for the terminal, Markdown and LaTeX."""
+    if name in paper_tables.TITLES:
+        return paper_tables.display_rows(name, rows)
     if name == "table1":
         headers = ["Combo", "Naive V@1", "Best uni-modal", "Uni-modal V@1", "Drop", "Paper naive", "Paper uni-modal", "Paper drop"]
         body = [[r["combo"], f"{_num(r['naive_video_top1'])}" + (f" ± {r['naive_std']:.1f}" if r["naive_seeds"] > 1 else ""),
@@ -413,19 +418,22 @@ def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = 
     if "overfit" in tables:
         out["overfit"], out["claims"] = overfit(mx)
         out["checks"] = checks(mx, out["overfit"])
+    out |= paper_tables.build(mx, tables)
     out["_matrix"] = mx
     out["_missing"] = sorted({c for k in TABLES if k in out for r in out[k] for c in r.get("missing", [])})
     return out
 
 
-TABLES = ("table1", "table4", "overfit")
+TABLES = ("table1", "table4", "overfit", "table5", "fig1", "table3")
 HAS_DATA = {"table1": ("naive_video_top1", "best_unimodal_video_top1"), "table4": ("video_top1",),
-            "overfit": ("train_top1",)}
+            "overfit": ("train_top1",), "table5": ("video_top1",), "fig1": ("video_top1",), "table3": ("video_top1",)}
+TITLES |= paper_tables.TITLES
 
 
-def empty_tables(report: dict) -> list[str]:
-    """Requested tables without a single measured number."""
-    return [k for k in TABLES if k in report and not any(r.get(c) is not None for r in report[k] for c in HAS_DATA[k])]
+def empty_tables(report: dict, optional=()) -> list[str]:
+    """Requested tables without a single measured number (`optional` ones may be empty)."""
+    return [k for k in TABLES if k in report and k not in optional
+            and not any(r.get(c) is not None for r in report[k] for c in HAS_DATA[k])]
 
 
 def render(report: dict, fmt: str) -> str:
@@ -435,6 +443,8 @@ def render(report: dict, fmt: str) -> str:
     tables = [k for k in TABLES if k in report]
     if fmt == "json":
         doc = {k: report[k] for k in tables} | {k: report[k] for k in ("claims", "checks") if k in report}
+        if set(report) & set(paper_tables.TITLES):
+            doc["findings"] = paper_tables.findings(report)
         return json.dumps(finite_or_null(doc), indent=2, allow_nan=False)
     if fmt == "csv":
         if len(tables) != 1:
@@ -449,6 +459,8 @@ def render(report: dict, fmt: str) -> str:
                      + (f"\n\n{WEIGHT_MARKS}" if k == "table4" and fmt == "markdown" else ""))
     if report.get("_missing") and fmt == "markdown":
         parts.append("Missing runs (commands that would produce them):\n\n" + "\n".join(f"    {c}" for c in report["_missing"]))
+    if fmt == "markdown" and set(report) & set(paper_tables.TITLES):
+        parts.append("\n".join(f"- {c}" for c in paper_tables.findings(report)))
     if "claims" in report and fmt == "markdown":
         parts.append("\n".join(f"- {c}" for c in report["claims"]))
     if report.get("checks") and fmt == "markdown":
@@ -497,7 +509,7 @@ def print_rich(report: dict) -> None:
     if report.get("_missing"):
         out.print("missing runs; produce them with:\n" + "\n".join(f"  {c}" for c in report["_missing"]),
                   soft_wrap=True, markup=False)
-    for c in report.get("claims", []):
+    for c in report.get("claims", []) + (paper_tables.findings(report) if set(report) & set(paper_tables.TITLES) else []):
         out.print(c, soft_wrap=True, markup=False)
     if report.get("checks"):
         out.print("The paper's claims on every combination (means over seeds):", markup=False)
@@ -506,7 +518,10 @@ def print_rich(report: dict) -> None:
 
 
 def parse_tables(table: str) -> list[str]:
-    names = {"1": ["table1"], "4": ["table4"], "overfit": ["overfit"], "all": ["table1", "table4", "overfit"]}
+    """--table's value -> table names ("core": Tables 1, 4 and the overfitting comparison)."""
+    core = ["table1", "table4", "overfit"]
+    names = {"1": ["table1"], "4": ["table4"], "overfit": ["overfit"], "3": ["table3"], "5": ["table5"],
+             "fig1": ["fig1"], "core": core, "all": core + ["table5", "fig1", "table3"]}
     if table not in names:
-        raise UserError(f"--table must be 1, 4, overfit or all; got {table!r}")
+        raise UserError(f"--table must be 1, 4, overfit, 3, 5, fig1 or all; got {table!r}")
     return names[table]

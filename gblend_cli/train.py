@@ -23,7 +23,8 @@ from .engine import (NonFiniteLoss, Precision, evaluate, make_optimizer, make_sc
                      train_one_epoch)
 from .errors import UserError
 from .experiment import RunKey
-from .models import MultiModalNet, load_backbones, set_channels_last
+from .fusion import build_model
+from .models import load_backbones, set_channels_last
 from .run_folder import RunFolder, best_score, environment_info, load_checkpoint
 from .ui import RunProgress, console
 
@@ -60,9 +61,9 @@ class Trainer:
     def device(self) -> torch.device:
         return self.precision.device
 
-    def new_model(self) -> MultiModalNet:
-        model = MultiModalNet(list(self.key.modalities), self.key.heads, len(self.data.ds.classes), self.cfg["model"],
-                              init_seed=self.tcfg["seed"])
+    def new_model(self) -> torch.nn.Module:
+        model = build_model(list(self.key.modalities), self.key.heads, len(self.data.ds.classes), self.cfg["model"],
+                            init_seed=self.tcfg["seed"])  # MultiModalNet, or a naive run's model.fusion
         if self.tcfg["init_from"]:
             load_backbones(model, [(str(p), load_checkpoint(p)["model"]) for p in init_checkpoints(self.tcfg["init_from"])])
         model = model.to(self.device)
@@ -211,11 +212,34 @@ class Trainer:
             "method": key.method, "modalities": list(key.modalities), "seed": key.seed,
             "epochs": self.tcfg["epochs"], "weights": {k: float(weights.get(k, 0.0)) for k in heads},
             "dataset": self.cfg["dataset"]["name"], "splits": self.data.split_sizes, "seconds": round(seconds, 1),
-        } | ({"mode": key.mode} if key.mode else {})
+        } | ({"mode": key.mode} if key.mode else {}) | ({"fix": key.fix} if key.fix else {}) \
+            | ({"optimizer": key.optimizer} if key.optimizer else {})
         if "map" in val[h]:
             final["map"], final["mauc"] = val[h]["map"], val[h]["mauc"]
+        if key.method == "naive":
+            self.write_early_stop(val)  # before final.json, which marks the run complete
         self.folder.write_final(final)
         return final
+
+
+    def write_early_stop(self, last_val: dict) -> None:
+        """Early stopping (paper Fig. 1), read from a naive run: the best-by-V checkpoint (best.pt)
+        evaluated like the final model (`eval_clips` clips per video) -> early_stop.json."""
+        if not self.folder.best.exists():
+            return
+        state = load_checkpoint(self.folder.best)
+        h, epoch = self.key.eval_head, int(state["epoch"])
+        if epoch == self.tcfg["epochs"]:
+            val = last_val
+        else:
+            import copy
+
+            model = copy.deepcopy(dist_utils.unwrap(self.model))
+            model.load_state_dict(state["model"])
+            val = self.evaluate(model, "final", [h], video_level=True)
+        self.folder.write_early_stop({"epoch": epoch, "head": h, "clip_top1": val[h]["top1"],
+                                      "video_top1": val[h]["video_top1"], "video_top5": val[h]["video_top5"],
+                                      "val_loss": val[h]["loss"], "chosen_by": "V top-1 (best.pt)"})
 
 
 class RunContext:
