@@ -197,7 +197,7 @@ def fig1_figure(rows_: list[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.5), sharey=False)
     x = list(range(len(rows_)))
     names = [r["method"] for r in rows_]
     ours = [r["video_top1"] or 0.0 for r in rows_]

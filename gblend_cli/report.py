@@ -427,7 +427,7 @@ def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = 
 TABLES = ("table1", "table4", "overfit", "table5", "fig1", "table3")
 HAS_DATA = {"table1": ("naive_video_top1", "best_unimodal_video_top1"), "table4": ("video_top1",),
             "overfit": ("train_top1",), "table5": ("video_top1",), "fig1": ("video_top1",), "table3": ("video_top1",)}
-TITLES |= paper_tables.TITLES
+ALL_TITLES = TITLES | paper_tables.TITLES  # TITLES: this module's tables
 
 
 def empty_tables(report: dict, optional=()) -> list[str]:
@@ -454,7 +454,7 @@ def render(report: dict, fmt: str) -> str:
     for k in tables:
         headers, body = display_rows(k, report[k])
         tablefmt = {"markdown": "github", "latex": "latex_booktabs"}[fmt]
-        title = f"### {TITLES[k]}\n\n" if fmt == "markdown" else f"% {TITLES[k]}\n"
+        title = f"### {ALL_TITLES[k]}\n\n" if fmt == "markdown" else f"% {ALL_TITLES[k]}\n"
         parts.append(title + tabulate(body, headers=headers, tablefmt=tablefmt)
                      + (f"\n\n{WEIGHT_MARKS}" if k == "table4" and fmt == "markdown" else ""))
     if report.get("_missing") and fmt == "markdown":
@@ -498,7 +498,7 @@ def print_rich(report: dict) -> None:
         if k not in report:
             continue
         headers, body = display_rows(k, report[k])
-        t = Table(title=TITLES[k], title_justify="left")
+        t = Table(title=ALL_TITLES[k], title_justify="left")
         for h in headers:
             t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "w", "w_raw", "Paper weights") else "right")
         for row in body:
