@@ -290,14 +290,14 @@ TableChoice = Literal["1", "4", "overfit", "3", "5", "fig1", "all"]
              "  gblend report --results results/k400 --table all --format latex --out tables.tex")
 @command
 def report(
-    table: TableChoice = typer.Option("all", "--table", "-t", help="Which table."),
+    table: Optional[TableChoice] = typer.Option(None, "--table", "-t", help="Which table: 1, 4, overfit (Fig. 4), 3, 5, fig1 (the paper's other experiments) or all " + escape("[default: 1, 4 and overfit].")),
     results: Optional[Path] = typer.Option(None, "--results", help="Results folder " + escape("[default: the recipe's, results/demo].")),
     fmt: Optional[Literal["markdown", "csv", "latex", "json"]] = typer.Option(None, "--format", "-f", help="Text format " + escape("[default: tables for the terminal]") + ". csv: one table per file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the formatted tables here (csv with several tables: OUT_table1.csv, ...)."),
     figure: Optional[Path] = typer.Option(None, "--figure", help="Where to write the Fig. 4 PNG " + escape("[default: RESULTS/report/overfitting.png]") + "; the Fig. 1 bar chart goes beside it (fig1.png)."),
     recipe: Optional[Path] = RecipeOpt, sets: Optional[List[str]] = SetOpt,
 ):
-    """The paper's Table 1, Table 4 and the overfitting comparison, from run folders only (paper numbers beside).
+    """The paper's tables from run folders only (paper numbers beside): Table 1, Table 4 and the overfitting comparison; Table 3, Table 5 and Figure 1 with --table 3|5|fig1|all.
 
     Missing runs are listed once, each with the command that trains it into RESULTS; a requested
     table without any data exits with code 2."""
@@ -309,7 +309,7 @@ def report(
     results = results or results_dir(cfg)
     if not results.is_dir():
         raise UserError(f"{results}: no such results folder (--results); run `gblend reproduce` or a train command first")
-    tables = parse_tables(table)
+    tables = parse_tables(table or "core")
     if fmt == "csv" and len(tables) > 1 and out is None:
         raise UserError("--format csv writes one table per file: give --table 1|4|overfit|3|5|fig1, or --out FILE.csv "
                         "(then FILE_table1.csv, FILE_table4.csv, ...)")
