@@ -221,6 +221,12 @@ def test_fig1_reads_early_stopping_from_the_naive_run_and_draws_the_bars(hand_re
     mid = _row(rows, "midconcat")
     assert mid["vs_late"] == round(mean([70, 72]) - mean([71, 73.5]), 2) and mid["paper_vs_late"] == 1.4
     assert _row(rows, "se-gate")["video_top1"] is None and _row(rows, "se-gate")["vs_late"] is None
+    from gblend_cli.paper_tables import findings
+
+    lines = findings({"fig1": rows})  # mid concat: below late concat here (-1.2), above it in the paper (+1.4)
+    mid_line = next(x for x in lines if x.startswith("Figure 1, mid concat"))
+    assert "below naive (-1.2; paper +1.4)" in mid_line and mid_line.endswith("NOT AS IN THE PAPER")
+    assert not any("SE gate" in x for x in lines)  # no run, no finding
     png = fig1_figure(rows, tmp_path / "figs" / "fig1.png")
     assert png.read_bytes()[:8] == PNG_MAGIC
     empty = [dict(r, video_top1=None) for r in rows]
