@@ -180,7 +180,7 @@ def display_rows(name: str, rows_: list[dict]) -> tuple[list[str], list[list[str
     if name == "fig1":
         headers = ["Method", "V@1", "vs late concat", "Seeds", "Paper V@1", "Paper vs late concat"]
         body = [[r["method"] + (f" (epochs {','.join(map(str, r['best_epochs']))})" if r.get("best_epochs") else ""),
-                 cell(r, "video_top1"), _num(r["vs_late"]), seeds(r), _num(r["paper_video_top1"]), f"{r['paper_vs_late']:+.1f}"]
+                 cell(r, "video_top1"), "missing" if r["vs_late"] is None else f"{r['vs_late']:+.1f}", seeds(r), _num(r["paper_video_top1"]), f"{r['paper_vs_late']:+.1f}"]
                 for r in rows_]
         return headers, body
     headers = (["Optimizer"] if name == "table3" else []) + ["Method", "Clip", "V@1", "V@5", "Seeds", "Paper clip/V@1/V@5"]
@@ -206,9 +206,6 @@ def fig1_figure(rows_: list[dict], path: Path) -> Path | None:
     ours = [r["video_top1"] or 0.0 for r in rows_]
     errs = [r["video_top1_std"] or 0.0 for r in rows_]
     axes[0].bar(x, ours, yerr=errs, color=["C0" if r["video_top1"] is not None else "none" for r in rows_], capsize=3)
-    for i, r in enumerate(rows_):
-        if r["video_top1"] is None:
-            axes[0].text(i, 0, "missing", rotation=90, ha="center", va="bottom", fontsize=8, color="red")
     axes[1].bar(x, [r["paper_video_top1"] for r in rows_], color="C1")
     for ax, title, vals, base in ((axes[0], "this run (demo)", [r["video_top1"] for r in rows_], "late"),
                                   (axes[1], "paper (Kinetics)", [r["paper_video_top1"] for r in rows_], "late")):
@@ -218,6 +215,9 @@ def fig1_figure(rows_: list[dict], path: Path) -> Path | None:
             ax.axhline(late, ls="--", color="grey", lw=1)
         if have:
             ax.set_ylim(max(0.0, min(have) - 10), min(100.0, max(have) + 5))
+        for i, v in enumerate(vals):
+            if v is None:
+                ax.text(i, ax.get_ylim()[0], "missing", rotation=90, ha="center", va="bottom", fontsize=8, color="red")
         ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
         ax.set_title(title)
         ax.set_ylabel("video top-1 (%)")

@@ -1,5 +1,6 @@
 """`report`: the paper's Table 1, Table 4 and the overfitting comparison (Fig. 4), built only
-from run folders (final.json, metrics.jsonl, blend_weights.jsonl). The paper's numbers come from
+from run folders (final.json, metrics.jsonl, blend_weights.jsonl); Table 3, Table 5 and Figure 1
+come from gblend_cli/paper_tables.py and are rendered here beside them. The paper's numbers come from
 gblend_cli/paper.py and are labelled `paper_*`. A run the recipe's matrix expects but that is not
 there is shown as missing, with the command that would produce it.
 """
