@@ -262,23 +262,23 @@ def table_keys(cfg: dict, table: str, seed: int) -> list[tuple[str, str | None, 
     mods = tables_pair(cfg)
     visual = mods[1] if mods[0] == "audio" else mods[0]
     base = None if cfg["train"]["optimizer"] == "sgd" else cfg["train"]["optimizer"]
+    uni = {m: RunKey("unimodal", (m,), seed, optimizer=base) for m in mods}
     naive = RunKey("naive", mods, seed, optimizer=base)
+    fixed = {fix: RunKey("naive", mods, seed, fix=fix, optimizer=base) for fix in FIXES}
     if table == "table5":
-        return [(row, None, k) for row, k in (
-            ("audio", RunKey("unimodal", ("audio",), seed, optimizer=base)), ("rgb", RunKey("unimodal", (visual,), seed, optimizer=base)),
-            ("pretrain", RunKey("naive", mods, seed, fix="pretrain", optimizer=base)), ("naive", naive),
-            ("dropout", RunKey("naive", mods, seed, fix="dropout", optimizer=base)),
-            ("aux", RunKey("gblend", mods, seed, "equal", optimizer=base)),
-            ("gblend", RunKey("gblend", mods, seed, "offline", optimizer=base)))]
+        rows5 = [("audio", uni["audio"]), ("rgb", uni[visual]), ("pretrain", fixed["pretrain"]), ("naive", naive),
+                 ("dropout", fixed["dropout"]), ("aux", RunKey("gblend", mods, seed, "equal", optimizer=base)),
+                 ("gblend", RunKey("gblend", mods, seed, "offline", optimizer=base))]
+        return [(row, None, k) for row, k in rows5]
     if table == "fig1":
-        return [("rgb", None, RunKey("unimodal", (visual,), seed, optimizer=base)), ("late", None, naive),
-                ("pretrain", None, RunKey("naive", mods, seed, fix="pretrain", optimizer=base)), ("earlystop", None, naive)] + \
-            [(fix, None, RunKey("naive", mods, seed, fix=fix, optimizer=base)) for fix in FUSION_FIXES]
+        rows1 = [("rgb", uni[visual]), ("late", naive), ("pretrain", fixed["pretrain"]), ("earlystop", naive)]
+        return [(row, None, k) for row, k in rows1 + [(fix, fixed[fix]) for fix in FUSION_FIXES]]
     if table == "table3":
         rows = []
         for opt in cfg["tables"]["optimizers"]:
             o = None if opt == "sgd" else opt
-            rows += [("rgb", opt, RunKey("unimodal", (visual,), seed, optimizer=o)), ("naive", opt, RunKey("naive", mods, seed, optimizer=o)),
+            rows += [("rgb", opt, RunKey("unimodal", (visual,), seed, optimizer=o)),
+                     ("naive", opt, RunKey("naive", mods, seed, optimizer=o)),
                      ("gblend", opt, RunKey("gblend", mods, seed, "offline", optimizer=o))]
         return rows
     raise ValueError(f"unknown table {table!r}")

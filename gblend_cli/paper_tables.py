@@ -180,7 +180,8 @@ def display_rows(name: str, rows_: list[dict]) -> tuple[list[str], list[list[str
     if name == "fig1":
         headers = ["Method", "V@1", "vs late concat", "Seeds", "Paper V@1", "Paper vs late concat"]
         body = [[r["method"] + (f" (epochs {','.join(map(str, r['best_epochs']))})" if r.get("best_epochs") else ""),
-                 cell(r, "video_top1"), "missing" if r["vs_late"] is None else f"{r['vs_late']:+.1f}", seeds(r), _num(r["paper_video_top1"]), f"{r['paper_vs_late']:+.1f}"]
+                 cell(r, "video_top1"), "missing" if r["vs_late"] is None else f"{r['vs_late']:+.1f}", seeds(r),
+                 _num(r["paper_video_top1"]), f"{r['paper_vs_late']:+.1f}"]
                 for r in rows_]
         return headers, body
     headers = (["Optimizer"] if name == "table3" else []) + ["Method", "Clip", "V@1", "V@5", "Seeds", "Paper clip/V@1/V@5"]

@@ -153,10 +153,14 @@ class RunFolder:
 
     def early_stop(self) -> dict | None:
         """early_stop.json (naive runs): best.pt's final evaluation; None when absent."""
+        path = self.path / "early_stop.json"
         try:
-            return json.loads((self.path / "early_stop.json").read_text())
+            row = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return None
+        if isinstance(row, dict):
+            require_known_format(row, path)
+        return row if isinstance(row, dict) else None
 
     def write_early_stop(self, row: dict) -> None:
         if self.writer:
