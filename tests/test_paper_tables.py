@@ -226,6 +226,12 @@ def test_fig1_reads_early_stopping_from_the_naive_run_and_draws_the_bars(hand_re
     lines = findings({"fig1": rows})  # mid concat: below late concat here (-1.2), above it in the paper (+1.4)
     mid_line = next(x for x in lines if x.startswith("Figure 1, mid concat"))
     assert "below naive (-1.2; paper +1.4)" in mid_line and mid_line.endswith("NOT AS IN THE PAPER")
+    # early stop (72 vs late concat 72.25) is level with it (within 1 point), as in the paper (-0.1), and
+    # below RGB (-6.5), as in the paper (-1.3); pre-train (+1.75) is above, the paper's +0.3 level
+    es_line = next(x for x in lines if x.startswith("Figure 1, early stop"))
+    assert es_line.endswith("level with naive (-0.2; paper -0.1) and below RGB only (-6.5; paper -1.3): AS IN THE PAPER")
+    pre_line = next(x for x in lines if x.startswith("Figure 1, pre-train"))
+    assert pre_line.endswith("above naive (+1.8; paper +0.3) and below RGB only (-4.5; paper -0.9): NOT AS IN THE PAPER")
     assert not any("SE gate" in x for x in lines)  # no run, no finding
     png = fig1_figure(rows, tmp_path / "figs" / "fig1.png")
     assert png.read_bytes()[:8] == PNG_MAGIC
