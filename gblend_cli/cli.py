@@ -310,6 +310,8 @@ def report(
     if not results.is_dir():
         raise UserError(f"{results}: no such results folder (--results); run `gblend reproduce` or a train command first")
     tables = parse_tables(table or "core")
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name, e.g. {out / 'tables.md'}")
     if fmt == "csv" and len(tables) > 1 and out is None:
         raise UserError("--format csv writes one table per file: give --table 1|4|overfit|3|5|fig1, or --out FILE.csv "
                         "(then FILE_table1.csv, FILE_table4.csv, ...)")

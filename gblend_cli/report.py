@@ -253,10 +253,12 @@ def claims(mx: Matrix) -> list[str]:
 
 def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
     """The paper's claims on every combination, as data (report.json "checks"; the markdown and
-    terminal reports print them): naive below the best uni-modal model (Table 1); each G-Blend mode
-    above both (Table 4); the uni-modal ranking of Kinetics (RGB, then flow, then audio, which
-    overfits most: largest train-val gap and OGR); and every G-Blend weight within 0.05 of the
-    formula's w_raw (its last estimation, every seed). Means over the seeds found."""
+    terminal reports print them), with the margins of the demo's target (issue 19): naive below the
+    best uni-modal model by 1 to 8 points (Table 1; the paper's drops are 1.2-3.8); each G-Blend mode
+    at least 1 point above both (2 on the main combination: the paper's +2.1/+3.2 on A+RGB); the
+    uni-modal ranking of Kinetics (RGB, then flow, then audio, which overfits most: largest
+    train-val gap and OGR); and every G-Blend weight within 0.05 of the formula's w_raw (its last
+    estimation, every seed). Video top-1, means over the seeds found."""
     out = []
     v1 = {m: mx.metric("unimodal", m, "video_top1")["mean"] for m in ("audio", "rgb", "flow")}
     for combo in mx.combos():
@@ -264,14 +266,17 @@ def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
         naive = mx.metric("naive", combo, "video_top1")["mean"]
         uni = v1.get(best) if best else None
         if naive is not None and uni is not None:
-            out.append({"check": "naive below the best uni-modal model", "combo": label, "holds": naive < uni,
+            out.append({"check": "naive below the best uni-modal model by 1 to 8 points", "combo": label,
+                        "holds": 1 <= uni - naive <= 8,
                         "values": {"naive": round(naive, 2), f"best uni-modal ({paper.combo_label(best)})": round(uni, 2),
                                    "difference": round(naive - uni, 2)}})
         for variant in sorted(v for (v, c) in mx.by_key if c == combo and v in ("gblend-offline", "gblend-online")):
             gb = mx.metric(variant, combo, "video_top1")["mean"]
             if gb is not None and naive is not None and uni is not None:
-                out.append({"check": f"{METHOD_LABELS[variant]} above naive and the best uni-modal model", "combo": label,
-                            "holds": gb > naive and gb > uni,
+                margin = 2 if combo == mx.main else 1
+                out.append({"check": f"{METHOD_LABELS[variant]} at least {margin} point{'s' if margin > 1 else ''} "
+                                     f"above naive and the best uni-modal model", "combo": label,
+                            "holds": gb >= naive + margin and gb >= uni + margin,
                             "values": {"gblend": round(gb, 2), "over naive": round(gb - naive, 2),
                                        "over best uni-modal": round(gb - uni, 2)}})
             deviations = [abs(v["w"] - v["w_raw"]) if v.get("w_raw") is not None else float("inf")
