@@ -75,9 +75,11 @@ def command(fn):
             console.print("[yellow]interrupted[/yellow]: every file written so far is complete; run the same "
                           "command again (with --resume for train commands) to continue", soft_wrap=True)
             raise typer.Exit(130) from None
-        except OSError as e:
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            console.print("[red]error:[/red]", escape(f"{where}{e.strerror or e}"), soft_wrap=True)
+        except OSError as e:  # disk full, read-only folder...: one line with the fix, exit 1
+            from .errors import output_error
+
+            console.print("[red]error:[/red]", escape(str(output_error(e, "run the same command again (with --resume "
+                                                                        "for train commands)"))), soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

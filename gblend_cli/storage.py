@@ -43,6 +43,27 @@ def finite_or_null(o):
     return o
 
 
+# Fault injection for the tests of the README's "Guarantees" (tests/test_faults_disk.py, the fault
+# campaign): GBLEND_TEST_ENOSPC="<name part>[@<n>]" makes the n-th (default: every) atomic write or
+# journal append to a file whose name contains <name part> fail with ENOSPC after writing half its
+# bytes, as a full disk does. Read once at import; unset (always, outside tests) it costs nothing.
+_FAULTS_ON = bool(os.environ.get("GBLEND_TEST_ENOSPC"))
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def _injected_fault(path: Path) -> OSError | None:
+    """The ENOSPC error this write to `path` meets under GBLEND_TEST_ENOSPC, or None."""
+    part, _, nth = os.environ.get("GBLEND_TEST_ENOSPC", "").partition("@")
+    if not part or part not in Path(path).name:
+        return None
+    _FAULT_COUNTS[part] = _FAULT_COUNTS.get(part, 0) + 1
+    if nth and _FAULT_COUNTS[part] != int(nth):
+        return None
+    import errno
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +71,11 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            fault = _injected_fault(path) if _FAULTS_ON else None
+            if fault:
+                f.flush()
+                f.truncate(f.tell() // 2)  # the disk filled up half way
+                raise fault
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
@@ -89,6 +115,9 @@ def append_jsonl(path: Path, obj: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(obj, separators=(",", ":")) + "\n"
+    fault = _injected_fault(path) if _FAULTS_ON else None
+    if fault:
+        line = line[: len(line) // 2]  # the disk filled up half way through the line
     if path.exists() and path.stat().st_size:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
@@ -98,22 +127,31 @@ def append_jsonl(path: Path, obj: dict) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+    if fault:
+        raise fault
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete JSON object line of a journal; a torn last line (killed writer) is ignored."""
+def read_jsonl(path: Path, damaged: list[int] | None = None) -> list[dict]:
+    """Every complete JSON object line of a journal; a torn last line (killed writer) is ignored.
+    A whole line in the middle that is not a JSON object (a torn line a later append went on
+    from, or damage) is skipped too, and its 1-based number appended to `damaged` when given:
+    callers for which a lost row matters (run folders) refuse or repair rather than go on."""
     path = Path(path)
     if not path.exists():
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 break
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            elif damaged is not None and line.strip():
+                damaged.append(n)
     return rows
 
 
@@ -122,14 +160,16 @@ def iter_jsonl(path: Path) -> Iterator[dict]:
     path = Path(path)
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if not line.endswith("\n"):
                 break
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):
+                yield row
 
 
 def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
