@@ -92,6 +92,10 @@ class RunFolder:
             if not isinstance(final, dict):
                 return None
             require_known_format(final, path)
+            problem = final_problem(final)
+            if problem:
+                raise UserError(f"{path}: damaged ({problem}); delete it and run the same train command with "
+                                f"--resume to evaluate the run again")
             self._final = final
         return self._final
 
@@ -328,6 +332,35 @@ def load_checkpoint(path: Path) -> dict:
     if "checksum" in state and state_checksum(state) != state["checksum"]:
         raise DamagedCheckpoint(f"{path}: damaged checkpoint (its contents differ from its checksum)")
     return state
+
+
+def _number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def final_problem(final: dict) -> str | None:
+    """What makes a final.json unusable by a reader (a field of the wrong type), or None."""
+    for k in ("clip_top1", "video_top1", "video_top5", "train_top1", "val_loss", "train_loss", "map", "mauc"):
+        if k in final and not _number(final[k]):
+            return f"{k} is not a number"
+    for k in ("heads", "weights", "splits"):
+        if k in final and not isinstance(final[k], dict):
+            return f"{k} is not a table"
+    for head, vals in final.get("heads", {}).items():
+        if not isinstance(vals, dict) or not all(_number(v) for v in vals.values()):
+            return f"heads.{head} holds a value that is not a number"
+    if not all(_number(v) for v in final.get("weights", {}).values()):
+        return "weights holds a value that is not a number"
+    for k in ("seed", "epochs"):
+        if k in final and (not isinstance(final[k], int) or isinstance(final[k], bool)):
+            return f"{k} is not an integer"
+    if "modalities" in final and (not isinstance(final["modalities"], list)
+                                  or not all(isinstance(m, str) for m in final["modalities"])):
+        return "modalities is not a list of names"
+    for k in ("method", "head", "mode", "dataset"):
+        if k in final and not isinstance(final[k], str):
+            return f"{k} is not a name"
+    return None
 
 
 def environment_info(device, world: int, amp_dtype, splits: dict) -> dict:

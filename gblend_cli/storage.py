@@ -26,6 +26,8 @@ def require_known_format(meta: dict, where: Path | str, current: int | None = No
 
     current = FORMAT_VERSION if current is None else current
     version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{where}: damaged (format_version {version!r} is not a number)")
     if version > current:
         raise UserError(f"{where}: written by a newer gblend (format {version} > {current}); upgrade gblend")
 
@@ -241,6 +243,15 @@ def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / ".lock"
+    if not _flock_works(folder):  # a file system without flock (Lustre without -o flock, some NFS setups)
+        try:
+            with _exclusive_file_lock(folder, lock, what):
+                yield
+        finally:
+            if created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        return
     while True:
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -281,3 +292,83 @@ def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
         if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only succeeds if nothing was written
+
+
+def _errnos(*names: str) -> frozenset:
+    import errno
+
+    return frozenset(getattr(errno, n) for n in names if hasattr(errno, n))
+
+
+NO_FLOCK = _errnos("ENOLCK", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EINVAL")
+
+
+def _flock_works(folder: Path) -> bool:
+    """Whether flock works in `folder` (probed on a scratch file, never on `.lock` itself)."""
+    import fcntl
+
+    fd, probe = tempfile.mkstemp(prefix=".lock-probe.", dir=folder)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in NO_FLOCK:
+            return False
+        raise
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _exclusive_file_lock(folder: Path, lock: Path, what: str) -> Iterator[None]:
+    """The fallback where flock is not available: `.lock` created with O_EXCL (atomic on NFSv3+
+    and Lustre), holding host and pid. Its owner is known alive only on the same host: a lock
+    from a dead pid on this host is taken over, one from another host is never stolen (remove
+    it by hand when that process is gone)."""
+    me = socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                owner = {}
+            if not isinstance(owner, dict):
+                owner = {}
+            if owner.get("host") == me and not _pid_alive(owner.get("pid")):
+                # a stale lock of a dead process here: move it aside atomically, then retry
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(lock, lock.with_name(f".lock.stale.{os.getpid()}"))
+                    os.unlink(lock.with_name(f".lock.stale.{os.getpid()}"))
+                continue
+            if owner.get("host") == me:
+                raise UserError(f"{folder}: another gblend {what} (pid {owner.get('pid', '?')} on {me}) is writing this "
+                                f"folder ({lock}); wait for it to finish") from None
+            raise UserError(f"{folder}: locked by gblend pid {owner.get('pid', '?')} on host {owner.get('host', '?')} "
+                            f"({lock}); remove {lock} if that process is gone") from None
+        try:
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": me, "kind": "exclusive-file"}).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        break
+    else:
+        raise UserError(f"{folder}: could not take the lock {lock}; remove it if no gblend is running on this folder")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
