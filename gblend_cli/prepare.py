@@ -35,8 +35,8 @@ from . import DATASET_FORMAT_VERSION, FORMAT_VERSION
 from .config import data_dir, to_toml
 from .integrity import format_checksums
 from .errors import OutOfSpace, UserError
-from .storage import (append_jsonl, folder_lock, iter_jsonl, require_known_format, write_bytes_atomic,
-                      write_json_atomic, write_lines_atomic, write_text_atomic)
+from .storage import (append_jsonl, folder_lock, iter_jsonl, remove_stale_temps, require_known_format,
+                      write_bytes_atomic, write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
 
 SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "store")
@@ -480,6 +480,7 @@ def _remove_stale_scratch(out: Path) -> None:
     for p in out.glob(".gblend-scratch-*.sqlite"):
         with contextlib.suppress(OSError):
             p.unlink()
+    remove_stale_temps(out, *(out / d for d in ("rgb", "audio", "flow", "clips")))  # arrays a kill cut off
 
 
 def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:

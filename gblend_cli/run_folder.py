@@ -32,8 +32,8 @@ from .config import to_toml
 from .errors import UserError
 from .experiment import RunKey
 from .integrity import state_checksum
-from .storage import (append_jsonl, read_jsonl, require_known_format, rewrite_jsonl_atomic, torch_save_atomic,
-                      write_json_atomic, write_text_atomic)
+from .storage import (append_jsonl, read_jsonl, remove_stale_temps, require_known_format, rewrite_jsonl_atomic,
+                      torch_save_atomic, write_json_atomic, write_text_atomic)
 
 # recipe keys that may differ on --resume: where and how fast a run executes, not what it computes
 RESUME_MAY_CHANGE = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
@@ -158,6 +158,7 @@ class RunFolder:
         and restore damaged ones from the checkpoint's copy (`journals`)."""
         if not self.writer:
             return
+        remove_stale_temps(self.path, self.checkpoints)  # left by a killed run; we hold the lock
         if resume_from is None:
             for stale in ("metrics.jsonl", "blend_weights.jsonl", "summary.csv", "final.json"):
                 (self.path / stale).unlink(missing_ok=True)

@@ -88,6 +88,18 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
         raise
 
 
+def remove_stale_temps(*folders: Path) -> int:
+    """Temp files of atomic writes a killed process left (`.<name>.<random>.tmp`) in `folders`;
+    call only while holding the folder's lock (no writer is using them). Returns how many."""
+    n = 0
+    for folder in folders:
+        for p in Path(folder).glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    return n
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     _atomic_write(path, lambda f: f.write(data))
 
