@@ -1,0 +1,20 @@
+"""The fault campaign's quick form (tests/fault_campaign.py; `--full` for the README's figures):
+seeded SIGKILLs of prepare-data, train-gblend (at a random moment, in its G-Blend estimation and in
+its final evaluation) and report; each folder is whole right after the kill, and the rerun ends
+with the same files as an uninterrupted run. ~60 s on 2 cores: slow."""
+
+from __future__ import annotations
+
+import pytest
+
+import fault_campaign
+
+
+@pytest.mark.slow
+def test_quick_fault_campaign(tmp_path):
+    rows = fault_campaign.Campaign(tmp_path, seed=0, log=lambda *_: None).kills(fault_campaign.FORMS["quick"])
+    assert len(rows) == 4
+    killed = [r for r in rows if r["killed"]]
+    assert {(r["kind"], r["aim"]) for r in killed} >= {("train-gblend", "estimation"), ("train-gblend", "evaluation")}
+    for r in rows:
+        assert r["whole_after_kill"] and r["resumed"] and r["identical"] and r["whole_at_end"], r
