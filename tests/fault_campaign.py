@@ -342,7 +342,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "results" / "faults.json")
     ap.add_argument("--readme", action="store_true", help="rewrite the README's table from the figures")
     ap.add_argument("--no-tests", action="store_true", help="kills only")
+    ap.add_argument("--table-from", type=Path, default=None, help="only print (and with --readme write) the table of "
+                                                                   "figures saved by an earlier campaign (its --out)")
     a = ap.parse_args(argv)
+    if a.table_from:
+        text = table(json.loads(a.table_from.read_text()))
+        print(text)
+        if a.readme:
+            write_readme(text)
+        return 0
     form = "full" if a.full else "mid" if a.mid else "quick"
     spec = FORMS[form]
     work = a.work or Path(tempfile.mkdtemp(prefix="gblend-faults-"))
