@@ -169,6 +169,7 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_while_training(tiny_demo, tmp_path):
     if not userns():
         pytest.skip("no unprivileged user namespaces here to mount a tmpfs in (the injected ENOSPC tests above run)")
