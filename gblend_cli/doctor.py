@@ -157,7 +157,7 @@ def _npy_problem(path: Path, rows: int | None, dtype: str, trailing: int | None)
 def _checksum_problem(folder: Path, row: dict) -> str | None:
     """A file whose size or CRC-32 differs from what prepare-data recorded (index.csv "checksums")."""
     from .integrity import digest_problem, parse_checksums
-    from .prepare import clip_files
+    from .clip_files import clip_files
 
     try:
         sums = parse_checksums(row.get("checksums") or "")

@@ -33,10 +33,11 @@ from pathlib import Path
 
 from . import DATASET_FORMAT_VERSION, FORMAT_VERSION
 from .config import data_dir, to_toml
+from .clip_files import OutputError, files_whole, write_output
 from .integrity import format_checksums
 from .errors import OutOfSpace, UserError
 from .storage import (append_jsonl, folder_lock, iter_jsonl, remove_stale_temps, require_known_format,
-                      write_bytes_atomic, write_json_atomic, write_lines_atomic, write_text_atomic)
+                      write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
 
 SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "store")
@@ -76,31 +77,16 @@ def prepare_one(spec: dict, settings: dict) -> dict:
     if settings.get("store", "npy") == "packed":
         from .store import SUFFIX, encode_clip
 
-        files["clip"] = _write(out / "clips" / f"{spec['clip_id']}{SUFFIX}", encode_clip(clip.frames, flow, mel))
+        files["clip"] = write_output(out / "clips" / f"{spec['clip_id']}{SUFFIX}", encode_clip(clip.frames, flow, mel))
     else:
         arrays = {"rgb": clip.frames, "audio": mel} | ({"flow": flow} if flow is not None else {})
         for m, arr in arrays.items():
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=False)
-            files[m] = _write(out / m / f"{spec['clip_id']}.npy", buf.getvalue())
+            files[m] = write_output(out / m / f"{spec['clip_id']}.npy", buf.getvalue())
     return {**rec, "status": "ok", "has_audio": has_audio, "seconds": round(clip.seconds, 4),
             "frames": int(clip.frames.shape[0]), "height": int(clip.frames.shape[1]), "width": int(clip.frames.shape[2]),
             "files": files}
-
-
-class OutputError(Exception):
-    """Writing a prepared clip failed (disk full, read-only folder): the whole command stops, the
-    clip is not recorded as failed (a rerun once the disk has room prepares it)."""
-
-
-def _write(path: Path, data: bytes) -> str:
-    from .integrity import bytes_digest
-
-    try:
-        write_bytes_atomic(path, data)
-    except OSError as e:
-        raise OutputError(f"{e.filename or path}: {e.strerror or e}") from None
-    return bytes_digest(data)
 
 
 def probe_one(spec: dict, settings: dict) -> dict:
@@ -398,7 +384,7 @@ class _Plan:
         redo = 0
         for rec in iter_jsonl(journal):
             if "clip" in rec and "status" in rec:
-                if rec["status"] == "ok" and not _files_whole(out, rec):
+                if rec["status"] == "ok" and not files_whole(out, rec):
                     redo += 1
                     continue
                 self.record(rec)
@@ -454,25 +440,6 @@ class _Plan:
 
     def n_done(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM clips c JOIN done d ON d.clip = c.clip").fetchone()[0]
-
-
-def clip_files(out: Path, clip: str, names) -> dict[str, Path]:
-    """Where a prepared clip's files are: {"clip": DIR/clips/<clip>.gbp} or {"rgb": DIR/rgb/<clip>.npy, ...}."""
-    return {n: out / "clips" / f"{clip}.gbp" if n == "clip" else out / n / f"{clip}.npy" for n in names}  # store.SUFFIX (numpy-free here)
-
-
-def _files_whole(out: Path, rec: dict) -> bool:
-    """The clip's files have the sizes prepare-data recorded (records without sizes: exist)."""
-    files = rec.get("files")
-    if not isinstance(files, dict):
-        return True
-    for name, path in clip_files(out, rec["clip"], files).items():
-        try:
-            if path.stat().st_size != int(str(files[name]).split(":")[0]):
-                return False
-        except (OSError, ValueError):
-            return False
-    return True
 
 
 def _remove_stale_scratch(out: Path) -> None:

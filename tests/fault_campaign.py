@@ -41,7 +41,7 @@ REPO = TESTS.parent
 sys.path[:0] = [str(TESTS), str(REPO)]
 
 from conftest import gblend_cmd, gblend_env  # noqa: E402
-from reliability import TINY, Proc, check_outputs, journal_lines, safe_check, wait_for  # noqa: E402
+from reliability import TINY, Proc, journal_lines, safe_check, wait_for  # noqa: E402
 
 DEMO = ["--dataset", "demo", "--set", "demo.train_videos=24", "--set", "demo.test_videos=8", "--workers", "2"]
 EPOCHS = 3
