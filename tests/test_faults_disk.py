@@ -65,6 +65,7 @@ def test_disk_full_while_writing_a_checkpoint(tiny_demo, tmp_path):
     assert (run / "final.json").exists()
 
 
+@pytest.mark.slow
 def test_disk_full_while_appending_a_journal_line(tiny_demo, tmp_path):
     run = tmp_path / "run"
     p = gblend(*train_args(tiny_demo), "--out", run, cwd=tmp_path, env={"GBLEND_TEST_ENOSPC": "metrics.jsonl@3"})

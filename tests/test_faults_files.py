@@ -3,7 +3,9 @@ a damaged journal line in the middle, a damaged prepared array, dataset.json or 
 found — never trained on — and either recovered (best.pt, the checkpoint's copy of the journals,
 preparing that clip again) or refused with one line naming the file and the fix.
 
-The run-folder cases share one 3-epoch uni-modal run (`damaged_run`, ~15 s on 2 cores)."""
+The run-folder cases share one 3-epoch uni-modal run (`damaged_run`); they and the dataset.json /
+index.csv cases are `slow` (~70 s together on 2 cores); the in-process checks and the damaged
+prepared array (~15 s) run in the fast subset."""
 
 from __future__ import annotations
 
@@ -101,6 +103,7 @@ def copy_run(damaged_run, name: str) -> Path:
     return tmp / name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "bit-flipped"])
 def test_damaged_last_pt_resumes_from_best_pt_to_the_same_numbers(damaged_run, how):
     tmp, args = damaged_run
@@ -115,6 +118,7 @@ def test_damaged_last_pt_resumes_from_best_pt_to_the_same_numbers(damaged_run, h
     check_outputs(run)
 
 
+@pytest.mark.slow
 def test_damaged_last_and_best_pt_are_refused_in_one_line(damaged_run):
     tmp, args = damaged_run
     run = copy_run(damaged_run, "both_damaged")
@@ -127,6 +131,7 @@ def test_damaged_last_and_best_pt_are_refused_in_one_line(damaged_run):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_damaged_journal_lines_are_refused_by_report_and_repaired_by_resume(damaged_run):
     tmp, args = damaged_run
     run = copy_run(damaged_run, "journal")
@@ -180,6 +185,7 @@ def test_a_damaged_prepared_array_is_found_refused_and_prepared_again(data_copy,
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["dataset.json", "index.csv"])
 def test_a_damaged_dataset_json_or_index_csv_is_refused_in_one_line(data_copy, tmp_path, target):
     data = data_copy
