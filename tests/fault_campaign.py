@@ -57,8 +57,8 @@ FORMS = {
               "train-gblend": (1, 1, 1), "report": (1, 0, 0), "reproduce": (0, 0, 0), "fuzz": 0, "tests": False},
     "mid": {"prepare-data": (4, 0, 0), "train-unimodal": (3, 0, 1), "train-naive": (3, 0, 1),
             "train-gblend": (4, 3, 2), "report": (4, 0, 0), "reproduce": (3, 0, 0), "fuzz": 200, "tests": True},
-    "full": {"prepare-data": (8, 0, 0), "train-unimodal": (6, 0, 2), "train-naive": (6, 0, 2),
-             "train-gblend": (8, 5, 4), "report": (6, 0, 0), "reproduce": (5, 0, 0), "fuzz": 1000, "tests": True},
+    "full": {"prepare-data": (9, 0, 0), "train-unimodal": (7, 0, 2), "train-naive": (7, 0, 2),
+             "train-gblend": (9, 5, 4), "report": (6, 0, 0), "reproduce": (5, 0, 0), "fuzz": 1000, "tests": True},
 }
 
 
@@ -181,7 +181,7 @@ class Campaign:
         self.prepare_folder(kind, folder)
         args = self.command(kind, folder)
         proc = Proc(args, self.work, f"k{n:03d}")
-        delay = self.rng.uniform(0.05, 1.0) * self.ref_seconds[kind]
+        delay = self.rng.uniform(0.02, 0.9) * self.ref_seconds[kind]
         if aim == "estimation":
             wait_for(lambda: (folder / "checkpoints" / "estimation.pt").exists(), proc, timeout=300)
             delay = self.rng.uniform(0.0, 0.4)
