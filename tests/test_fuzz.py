@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")  # the `test` extra (pyproject.toml) installs it
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
 from gblend_cli.config import DEFAULTS, load_config  # noqa: E402
 from gblend_cli.errors import UserError  # noqa: E402
@@ -136,6 +136,8 @@ def test_fuzz_recipe_toml(text):
 
 @FUZZ
 @given(text=set_string())
+@example(text='reproduce.gblend_modes=["sgd"]')  # found by this test: was a ValueError traceback
+@example(text='reproduce.other_gblend_modes=[1]')
 def test_fuzz_set_strings(text):
     got = refused_or_ok(lambda: load_config(None, sets=[text]))
     if "\x00" not in text:  # a NUL cannot be passed in argv; load_config covers it above
@@ -245,8 +247,15 @@ def run_folder_case(draw) -> dict[str, str]:
     return files
 
 
+def _final_with(**fields) -> dict[str, str]:
+    return {"final.json": json.dumps(FINAL | fields), "metrics.jsonl": "", "config.toml": ""}
+
+
 @FUZZ
 @given(files=run_folder_case())
+@example(files=_final_with(format_version=""))  # found by this test: TypeError tracebacks in report
+@example(files=_final_with(clip_top1=""))
+@example(files=_final_with(heads={"fused": {"clip_top1": "x"}}))
 def test_fuzz_run_folders(files):
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "results" / "run"
@@ -256,7 +265,6 @@ def test_fuzz_run_folders(files):
         folder = RunFolder(run, writer=False)
         refused_or_ok(lambda: (folder.final(), folder.key(), folder.metrics(), folder.blend_rows(),
                                RunFolder.discover(run.parent)))
-        got = assert_cli(*cli("report", "--results", run.parent, "--table", "4", "--format", "json",
-                              "--recipe", "-")) if True else None
+        got = assert_cli(*cli("report", "--results", run.parent, "--table", "4", "--format", "json", "--recipe", "-"))
         shutil.rmtree(run.parent / "report", ignore_errors=True)
         tally("run folders", got)
