@@ -382,7 +382,8 @@ class _Plan:
         """Read the journal back; a clip recorded as prepared whose files are now missing or of
         another size than prepare-data wrote is left out (prepared again). Returns how many."""
         redo = 0
-        for rec in iter_jsonl(journal):
+        self.damaged_lines: list[int] = []  # a line cut by a kill that a later append went on from, or damage
+        for rec in iter_jsonl(journal, self.damaged_lines):
             if "clip" in rec and "status" in rec:
                 if rec["status"] == "ok" and not files_whole(out, rec):
                     redo += 1
@@ -476,6 +477,9 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
             redo = plan.load_journal(journal, out)
             if redo:
                 console.print(f"{redo} prepared clips have missing or cut-short files: preparing them again")
+            if plan.damaged_lines:
+                console.print(f"{journal}: {len(plan.damaged_lines)} damaged lines (first: line "
+                              f"{plan.damaged_lines[0]}) ignored; the clips they recorded are prepared again")
             n_todo = plan.count_todo()
             settings = {k: cfg["prepare"][k] for k in SETTINGS_KEYS} | {"out": str(out)}
             if n_todo:

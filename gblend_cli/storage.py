@@ -169,21 +169,23 @@ def read_jsonl(path: Path, damaged: list[int] | None = None) -> list[dict]:
     return rows
 
 
-def iter_jsonl(path: Path) -> Iterator[dict]:
+def iter_jsonl(path: Path, damaged: list[int] | None = None) -> Iterator[dict]:
     """`read_jsonl` one object at a time (a journal of 260k clips is never held in memory)."""
     path = Path(path)
     if not path.exists():
         return
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 break
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                row = None
             if isinstance(row, dict):
                 yield row
+            elif damaged is not None and line.strip():
+                damaged.append(n)
 
 
 def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:

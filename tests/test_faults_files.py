@@ -179,8 +179,17 @@ def test_a_damaged_prepared_array_is_found_refused_and_prepared_again(data_copy,
     assert_one_line_error(p.returncode, p.stderr, p.stdout, str(array), "prepare-data")
     assert not (tmp_path / "r").exists()
     cut(array)  # cut short: the next prepare-data finds it by its size and prepares the clip again
+    journal = data / "progress.jsonl"
+    other = clip_rows(data)[5].split(",")[0]
+    n = next(i for i, ln in enumerate(journal.read_text().splitlines(), 1) if f'"{other}"' in ln)
+    damage_line(journal, n)  # a torn line in the middle of progress.jsonl: that clip is prepared again
+    other_before = (data / "rgb" / f"{other}.npy").stat().st_mtime_ns
+    want = (data / "rgb" / f"{other}.npy").read_bytes()
     p = gblend(*PREPARE, "--out", data, cwd=tmp_path)
     assert p.returncode == 0 and "preparing them again" in p.stderr, p.stderr[-2000:]
+    assert f"1 damaged lines (first: line {n})" in " ".join(p.stderr.split()), p.stderr[-2000:]
+    assert (data / "rgb" / f"{other}.npy").stat().st_mtime_ns != other_before
+    assert (data / "rgb" / f"{other}.npy").read_bytes() == want
     p = gblend("prepare-data", "--check", data, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
 
