@@ -303,7 +303,9 @@ def table(fig: dict) -> str:
     rows = [("Random SIGKILL, resumed (" + ", ".join(f"{c} {v['tried']}" for c, v in k["per_command"].items()) + ")",
              k["kills_tried"], k["identical"], k["kills_tried"] - k["identical"],
              f"{k['whole_after_kill']}/{k['kills_tried']} folders whole right after the kill; "
-             f"{k['resumed']} resumed; identical = same final files as an uninterrupted run")]
+             f"{k['resumed']} resumed; identical = same final files as an uninterrupted run"
+             + (f"; {k['finished_before_kill']} more drawn kill moments fell after the command had finished"
+                if k["finished_before_kill"] else ""))]
     tests = fig.get("tests", {})
     labels = {"test_faults_files.py": "Damaged files (checkpoints, journals, prepared arrays, dataset.json, index.csv)",
               "test_faults_disk.py": "Disk full (ENOSPC injected + a real tmpfs) and read-only folders",
@@ -344,7 +346,20 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tests", action="store_true", help="kills only")
     ap.add_argument("--table-from", type=Path, default=None, help="only print (and with --readme write) the table of "
                                                                    "figures saved by an earlier campaign (its --out)")
+    ap.add_argument("--from-log", type=Path, nargs=2, metavar=("LOG", "TESTS_JSON"), default=None,
+                    help="figures from an interrupted campaign's log (its kill rows) and a saved run_fault_tests() "
+                         "result, written to --out (the form is then named 'partial')")
     a = ap.parse_args(argv)
+    if a.from_log:
+        log, tests = a.from_log
+        kills = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith('{"kind"')]
+        fig = {"date": datetime.datetime.fromtimestamp(log.stat().st_mtime, datetime.timezone.utc).strftime(
+                   "%Y-%m-%d %H:%M UTC"), "form": "full (stopped early: partial)", "seed": a.seed,
+               "setting": f"CPU, {os.cpu_count()} cores, demo 24+8 clips, {EPOCHS} epochs, tiny model",
+               "kills": summarise(kills), "kill_rows": kills, "tests": json.loads(tests.read_text())}
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(fig, indent=1) + "\n")
+        a.table_from = a.out
     if a.table_from:
         text = table(json.loads(a.table_from.read_text()))
         print(text)
