@@ -122,12 +122,12 @@ class RunFolder:
         path = self.path / name
         damaged: list[int] = []
         rows = read_jsonl(path, damaged)
-        bad = [n for n, r in enumerate(rows, 1) if not isinstance(r.get("epoch"), int)]
+        bad = [n for n, r in enumerate(rows, 1) if row_problem(name, r)]
         if strict and (damaged or bad):
-            line = (damaged or bad)[0]
+            line = min(damaged + bad) if not damaged or not bad else min(damaged[0], bad[0])
             raise UserError(f"{path}: line {line} is damaged; the same train command with --resume rewrites it "
                             f"from {self.last}")
-        return [r for r in rows if isinstance(r.get("epoch"), int)]
+        return [r for r in rows if not row_problem(name, r)]
 
     def damaged_journals(self) -> list[str]:
         out = []
@@ -337,6 +337,28 @@ def load_checkpoint(path: Path) -> dict:
 
 def _number(v) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _numbers(d) -> bool:
+    return isinstance(d, dict) and all(_number(v) for v in d.values())
+
+
+def row_problem(journal: str, row: dict) -> str | None:
+    """What makes a journal row unusable by a reader (a field missing or of the wrong type), or None."""
+    if not isinstance(row.get("epoch"), int) or isinstance(row.get("epoch"), bool):
+        return "epoch"
+    if journal == "metrics.jsonl":
+        if not _number(row.get("lr")) or ("weights" in row and not _numbers(row["weights"])):
+            return "lr or weights"
+        for split in ("train", "holdout", "val"):
+            if split in row and not (isinstance(row[split], dict) and all(_numbers(v) for v in row[split].values())):
+                return split
+    elif journal == "blend_weights.jsonl":
+        heads = row.get("heads")
+        if not isinstance(heads, dict) or not all(isinstance(v, dict) and _number(v.get("w_raw")) and
+                                                  _number(v.get("w")) for v in heads.values()):
+            return "heads"
+    return None
 
 
 def final_problem(final: dict) -> str | None:

@@ -256,6 +256,7 @@ def _final_with(**fields) -> dict[str, str]:
 @example(files=_final_with(format_version=""))  # found by this test: TypeError tracebacks in report
 @example(files=_final_with(clip_top1=""))
 @example(files=_final_with(heads={"fused": {"clip_top1": "x"}}))
+@example(files=_final_with() | {"blend_weights.jsonl": '{"epoch": 0, "eads": {}}\n'})  # found at 1,000 cases: KeyError
 def test_fuzz_run_folders(files):
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "results" / "run"
