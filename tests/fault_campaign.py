@@ -17,7 +17,7 @@ checkpoint's weights, the prepared arrays and index, the report.
 The other rows come from the fault tests (damaged files, disk full / read-only, fuzzed input,
 distributed), run by pytest from here; fuzzing with GBLEND_FUZZ_EXAMPLES cases per input kind.
 
-Figures go to results/faults.json (and, with --readme, to README.md between the
+Figures go to docs/faults.json (and, with --readme, to README.md between the
 `<!-- faults:begin -->` / `<!-- faults:end -->` markers)."""
 
 from __future__ import annotations
@@ -361,7 +361,7 @@ def main(argv=None) -> int:
     g.add_argument("--extra", action="store_true", help="20 more random kill points (merge with --from-log)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
-    ap.add_argument("--out", type=Path, default=REPO / "results" / "faults.json")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "faults.json")
     ap.add_argument("--readme", action="store_true", help="rewrite the README's table from the figures")
     ap.add_argument("--no-tests", action="store_true", help="kills only")
     ap.add_argument("--table-from", type=Path, default=None, help="only print (and with --readme write) the table of "
