@@ -338,7 +338,7 @@ def table(fig: dict) -> str:
         rows.append((f"Fuzzed {kind} (hypothesis)", c["cases"], c["cases"] if not tests["test_fuzz.py"]["failed"] else
                      c["cases"] - 1, 0 if not tests["test_fuzz.py"]["failed"] else 1,
                      f"{c['accepted']} accepted, {c['refused']} refused in one line (exit 2); no traceback"))
-    lines = [f"Measured {fig['date']} ({fig['form']} form, seed {fig['seed']}, {fig['setting']}); regenerate with "
+    lines = [f"Measured {fig['date']} ({fig['form']}, seed {fig['seed']}, {fig['setting']}); regenerate with "
              f"`python tests/fault_campaign.py --full --readme`.", "",
              "| Fault | Tried | Survived | Lost | Notes |", "|---|---:|---:|---:|---|"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
@@ -366,6 +366,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tests", action="store_true", help="kills only")
     ap.add_argument("--table-from", type=Path, default=None, help="only print (and with --readme write) the table of "
                                                                    "figures saved by an earlier campaign (its --out)")
+    ap.add_argument("--label", default="merged logs", help="with --from-log: how the table names the form")
     ap.add_argument("--from-log", type=Path, nargs=2, metavar=("LOG", "TESTS_JSON"), default=None,
                     help="figures from an interrupted campaign's log (its kill rows) and a saved run_fault_tests() "
                          "result, written to --out (the form is then named 'partial')")
@@ -376,7 +377,7 @@ def main(argv=None) -> int:
         kills = [json.loads(ln) for log in logs for ln in log.read_text().splitlines() if ln.startswith('{"kind"')]
         log = logs[-1]
         fig = {"date": datetime.datetime.fromtimestamp(log.stat().st_mtime, datetime.timezone.utc).strftime(
-                   "%Y-%m-%d %H:%M UTC"), "form": "full (stopped early: partial)", "seed": a.seed,
+                   "%Y-%m-%d %H:%M UTC"), "form": a.label, "seed": a.seed,
                "setting": f"CPU, {os.cpu_count()} cores, demo 24+8 clips, {EPOCHS} epochs, tiny model",
                "kills": summarise(kills), "kill_rows": kills, "tests": json.loads(tests.read_text())}
         a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -395,7 +396,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     c = Campaign(work, a.seed)
     kills = c.kills(spec)
-    fig = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "form": form,
+    fig = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "form": f"{form} form",
            "seed": a.seed, "setting": f"CPU, {os.cpu_count()} cores, demo 24+8 clips, {EPOCHS} epochs, tiny model",
            "kills": summarise(kills), "kill_rows": kills}
     if spec["tests"] and not a.no_tests:
