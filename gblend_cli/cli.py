@@ -62,12 +62,15 @@ def command(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
         try:
             try:
                 fn(*args, **kwargs)
             finally:
                 stop_loading()
+                # past the command, a SIGTERM (torchrun stopping a job whose other rank failed) just ends
+                # the process: never a KeyboardInterrupt traceback from an exit handler
+                signal.signal(signal.SIGTERM, previous)
         except UserError as e:
             console.print("[red]error:[/red]", escape(str(e)), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
@@ -75,9 +78,18 @@ def command(fn):
             console.print("[yellow]interrupted[/yellow]: every file written so far is complete; run the same "
                           "command again (with --resume for train commands) to continue", soft_wrap=True)
             raise typer.Exit(130) from None
-        except OSError as e:
-            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-            console.print("[red]error:[/red]", escape(f"{where}{e.strerror or e}"), soft_wrap=True)
+        except RuntimeError as e:  # a distributed run whose other process stopped: one line on every rank left
+            peer = sys.modules.get("gblend_cli.distributed")
+            message = peer.peer_failure(e) if peer else None
+            if message is None:
+                raise
+            console.print("[red]error:[/red]", escape(message), soft_wrap=True)
+            raise typer.Exit(1) from None
+        except OSError as e:  # disk full, read-only folder...: one line with the fix, exit 1
+            from .errors import output_error
+
+            console.print("[red]error:[/red]", escape(str(output_error(e, "run the same command again (with --resume "
+                                                                        "for train commands)"))), soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

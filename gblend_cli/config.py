@@ -18,6 +18,7 @@ DEFAULT_RECIPE = RECIPES_DIR / "demo.toml"
 
 HEADS = ("audio", "rgb", "flow", "fused")
 MODALITIES = ("audio", "rgb", "flow")
+GBLEND_MODES = ("offline", "online", "fixed", "equal")  # fixed: hand-set weights; equal: auxiliary loss
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "dataset": {
@@ -320,6 +321,10 @@ def validate(cfg: dict) -> None:
             mods = str(c).split("+")
             if len(mods) < 2 or len(set(mods)) != len(mods) or not set(mods) <= set(MODALITIES):
                 raise BadValue(k, f"holds {c!r}, not a combination like audio+rgb of {', '.join(MODALITIES)}")
+    for k in ("gblend_modes", "other_gblend_modes"):
+        bad = [m for m in rp[k] if m not in GBLEND_MODES]
+        if bad:
+            raise BadValue(f"reproduce.{k}", f"holds {bad[0]!r}, not a G-Blend mode ({', '.join(GBLEND_MODES)})")
     if not 0 <= cfg["train"]["holdout_fraction"] < 1:
         raise BadValue("train.holdout_fraction", f"must be in [0, 1); got {cfg['train']['holdout_fraction']}")
     if cfg["clip"]["crop"] > cfg["prepare"]["short_side"]:

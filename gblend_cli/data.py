@@ -24,6 +24,7 @@ from . import DATASET_FORMAT_VERSION
 from .errors import UserError
 from .media import LOG_EPS
 from .storage import require_known_format
+from .integrity import parse_checksums
 from .store import Reader as PackedReader, StoreError
 
 SILENCE = float(np.log(LOG_EPS))
@@ -46,26 +47,49 @@ class PreparedDataset:
         meta_path = self.root / "dataset.json"
         if not meta_path.exists():
             raise UserError(f"{self.root}: not a prepared dataset (no dataset.json); run `gblend prepare-data` first")
+        fix = "run the same `gblend prepare-data` command again to rewrite it"
         try:
-            self.meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"{meta_path}: not valid JSON") from None
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{meta_path}: not valid JSON (damaged); {fix}") from None
+        if not isinstance(self.meta, dict):
+            raise UserError(f"{meta_path}: not a dataset.json (damaged); {fix}")
         require_known_format(self.meta, meta_path, DATASET_FORMAT_VERSION)
         self.store = self.meta.get("store", "npy")
         if self.store not in ("npy", "packed"):
             raise UserError(f"{meta_path}: unknown store {self.store!r}; upgrade gblend")
         self._packed = PackedReader(self.root) if self.store == "packed" else None
-        self.classes: list[str] = self.meta["classes"]
-        self.multilabel: bool = self.meta["multilabel"]
-        self.fps: float = self.meta["fps"]
-        self.modalities: list[str] = self.meta["modalities"]
+        try:
+            self.classes: list[str] = list(self.meta["classes"])
+            self.multilabel: bool = bool(self.meta["multilabel"])
+            self.fps: float = float(self.meta["fps"])
+            self.modalities: list[str] = [str(m) for m in self.meta["modalities"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{meta_path}: damaged ({type(e).__name__}: {e}); {fix}") from None
         self.clips: list[Clip] = []
-        with open(self.root / "index.csv", newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                if row["status"] != "ok":
-                    continue
-                self.clips.append(Clip(row["clip_id"], row["split"], tuple(int(x) for x in row["labels"].split(";") if x),
-                                       int(row["frames"]), row["has_audio"] == "true"))
+        self.checksums: list[dict[str, str]] = []
+        index = self.root / "index.csv"
+        try:
+            with open(index, newline="", encoding="utf-8") as f:
+                for n, row in enumerate(csv.DictReader(f), 2):
+                    try:
+                        if row["status"] != "ok":
+                            continue
+                        labels = tuple(int(x) for x in row["labels"].split(";") if x)
+                        clip = Clip(row["clip_id"], row["split"], labels, int(row["frames"]), row["has_audio"] == "true")
+                        sums = parse_checksums(row.get("checksums") or "")
+                        if not clip.clip_id or any(not 0 <= k < len(self.classes) for k in labels) or clip.frames < 0:
+                            raise ValueError("clip id, label or frame count out of range")
+                    except (KeyError, TypeError, ValueError, AttributeError) as e:
+                        raise UserError(f"{index}: line {n} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:80]});"
+                                        f" {fix}") from None
+                    self.clips.append(clip)
+                    self.checksums.append(sums)
+        except FileNotFoundError:
+            raise UserError(f"{index}: missing; {fix}") from None
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise UserError(f"{index}: damaged ({type(e).__name__}); {fix}") from None
+        self._verified: set[int] = set()
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         self._headers: dict[tuple[str, str], tuple] = {}
         self._cache_ok = self._estimate_bytes() <= cache_bytes
@@ -93,16 +117,38 @@ class PreparedDataset:
     def split_indices(self, split: str) -> list[int]:
         return [i for i, c in enumerate(self.clips) if c.split == split]
 
+    def verify(self, i: int) -> None:
+        """Clip i's files are what prepare-data wrote (index.csv's "checksums"): their sizes, and
+        their CRC-32 when the dataset is small enough to be read whole into RAM anyway. Checked
+        once per clip; a damaged file is refused, never trained on."""
+        if i in self._verified:
+            return
+        from .integrity import digest_problem
+
+        clip = self.clips[i].clip_id
+        for name, digest in self.checksums[i].items():
+            path = (self._packed.path(clip) if name == "clip" else self.root / name / f"{clip}.npy")
+            problem = digest_problem(path, digest, full=self._cache_ok)
+            if problem:
+                raise UserError(f"{path}: {problem}; delete it and run the same `gblend prepare-data` command again "
+                                f"to prepare that clip again (`gblend prepare-data --check {self.root}` lists all)")
+        self._verified.add(i)
+
     def array(self, modality: str, i: int) -> np.ndarray:
         """The whole clip's array (cached in RAM when the dataset is small, else memory-mapped)."""
         key = (modality, self.clips[i].clip_id)
         arr = self._cache.get(key)
         if arr is None:
+            self.verify(i)
             if self._packed is not None:
-                arr = self._read_packed(modality, i, 0, self._packed.length(key[1], modality))
+                arr = self._read_packed(modality, i, 0, self.length(modality, i))
             else:
                 path = self.root / modality / f"{key[1]}.npy"
-                arr = np.load(path, mmap_mode=None if self._cache_ok else "r")
+                try:
+                    arr = np.load(path, mmap_mode=None if self._cache_ok else "r", allow_pickle=False)
+                except (OSError, ValueError, EOFError) as e:
+                    raise UserError(f"{path}: not a whole array ({type(e).__name__}); delete it and run the same "
+                                    f"`gblend prepare-data` command again to prepare that clip again") from None
             if self._cache_ok:
                 self._cache[key] = arr
         return arr
@@ -112,14 +158,19 @@ class PreparedDataset:
         key = (modality, self.clips[i].clip_id)
         h = self._headers.get(key)
         if h is None:
+            self.verify(i)
             path = self.root / modality / f"{key[1]}.npy"
-            with open(path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = read(f)
-                if fortran:
-                    raise UserError(f"{path}: Fortran-ordered array; re-run prepare-data")
-                h = (path, shape, dtype, f.tell())
+            try:
+                with open(path, "rb") as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, fortran, dtype = read(f)
+                    h = (path, shape, dtype, f.tell())
+            except (OSError, ValueError, EOFError) as e:
+                raise UserError(f"{path}: not a whole array ({type(e).__name__}); delete it and run the same "
+                                f"`gblend prepare-data` command again to prepare that clip again") from None
+            if fortran:
+                raise UserError(f"{path}: Fortran-ordered array; re-run prepare-data")
             self._headers[key] = h
         return h
 
@@ -128,10 +179,16 @@ class PreparedDataset:
         if key in self._cache:
             return len(self._cache[key])
         if self._packed is not None:
-            return self._packed.length(key[1], modality)
+            self.verify(i)
+            try:
+                return self._packed.length(key[1], modality)
+            except (OSError, StoreError) as e:
+                raise UserError(f"{self._packed.path(key[1])}: {e}; `gblend prepare-data --check {self.root}` lists "
+                                f"every damaged clip") from None
         return self._header(modality, i)[1][0]
 
     def _read_packed(self, modality: str, i: int, lo: int, hi: int) -> np.ndarray:
+        self.verify(i)
         try:
             return self._packed.rows(self.clips[i].clip_id, modality, lo, hi)
         except StoreError as e:

@@ -115,3 +115,18 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module inside DDP and torch.compile wrappers."""
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def peer_failure(e: BaseException) -> str | None:
+    """The one-line message for a collective that failed because another process of a distributed
+    run stopped (killed, out of memory, its node gone): gloo/NCCL raise a RuntimeError on the
+    surviving ranks. None when `e` is not that (not distributed, or another error)."""
+    if not (isinstance(e, RuntimeError) and dist.is_available() and dist.is_initialized()):
+        return None
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world < 2:
+        return None
+    text = " ".join(str(e).split())
+    short = text.split("] ", 1)[-1].split(". ")[0][:100]
+    return (f"rank {rank} of {world}: another process of this distributed run stopped ({short}); every file written "
+            f"so far is complete: run the same launch command again with --resume to continue from the last checkpoint")

@@ -154,6 +154,22 @@ def _npy_problem(path: Path, rows: int | None, dtype: str, trailing: int | None)
     return None
 
 
+def _checksum_problem(folder: Path, row: dict) -> str | None:
+    """A file whose size or CRC-32 differs from what prepare-data recorded (index.csv "checksums")."""
+    from .integrity import digest_problem, parse_checksums
+    from .clip_files import clip_files
+
+    try:
+        sums = parse_checksums(row.get("checksums") or "")
+    except ValueError as e:
+        return f"index.csv checksums damaged ({e})"
+    for name, path in clip_files(folder, row["clip_id"], sums).items():
+        found = digest_problem(path, sums[name])
+        if found:
+            return f"{path.parent.name}/{path.name}: {found}"
+    return None
+
+
 ARRAYS = {"rgb": ("uint8", 3), "flow": ("uint8", 2), "audio": ("float16", 40)}
 
 
@@ -167,7 +183,7 @@ def _packed_check(folder: Path, meta: dict):
 
     def problem(row: dict) -> str | None:
         path = folder / "clips" / f"{row['clip_id']}{SUFFIX}"
-        found = check_file(path, int(row["frames"]), modalities)
+        found = check_file(path, int(row["frames"]), modalities) or _checksum_problem(folder, row)
         if found:
             return f"clips/{path.name}: {found}"
         n, want = reader.length(row["clip_id"], "audio"), round(float(row["seconds"]) * 100)
@@ -191,6 +207,9 @@ def _array_check(folder: Path, meta: dict):
             found = _npy_problem(folder / m / f"{row['clip_id']}.npy", rows, dtype, trailing)
             if found:
                 return found
+        found = _checksum_problem(folder, row)
+        if found:
+            return found
         if "audio" in modalities:  # 100 log-mel frames per second (+-1 for rounding)
             import numpy as np
 
@@ -238,7 +257,7 @@ def check_prepared(folder: Path) -> int:
                 continue
             problem = per_clip(row)
             if problem:
-                tally.problem("damaged", clip, problem + "; delete its line from progress.jsonl and run prepare-data "
+                tally.problem("damaged", clip, problem + "; delete that file and run the same prepare-data command "
                                                          "again to redo it", split)
                 continue
             tally.clip(split, [int(x) for x in row["labels"].split(";") if x], row["has_audio"] == "true")

@@ -9,3 +9,23 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class OutOfSpace(UserError):
+    """The disk or folder could not take what a command writes (full, over quota, read-only): exit 1;
+    every file written before stays whole, and the same command continues once there is room."""
+
+    exit_code = 1
+
+
+def output_error(e: OSError, resume_hint: str = "run the same command again") -> UserError:
+    """An OSError met while writing, as one line naming the file and the fix."""
+    import errno
+
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    what = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfSpace(f"{where}{what}; free space, then {resume_hint} (files written before are whole and kept)")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return OutOfSpace(f"{where}{what}; make the folder writable, then {resume_hint}")
+    return OutOfSpace(f"{where}{what}")

@@ -16,11 +16,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MODALITIES
+from .config import GBLEND_MODES, MODALITIES
 from .errors import UserError
 
 METHODS = ("unimodal", "naive", "gblend")
-GBLEND_MODES = ("offline", "online", "fixed", "equal")  # fixed: hand-set weights; equal: auxiliary loss
 COMMANDS = {"unimodal": "train-unimodal", "naive": "train-naive", "gblend": "train-gblend"}
 # naive fusion's attempted fixes (paper Fig. 1, Table 5): pre-training (train.init_from) and the
 # model options of gblend_cli/fusion/ (model.fusion)

@@ -33,8 +33,10 @@ from pathlib import Path
 
 from . import DATASET_FORMAT_VERSION, FORMAT_VERSION
 from .config import data_dir, to_toml
-from .errors import UserError
-from .storage import (append_jsonl, folder_lock, iter_jsonl, require_known_format, save_npy_atomic,
+from .clip_files import OutputError, files_whole, write_output
+from .integrity import format_checksums
+from .errors import OutOfSpace, UserError
+from .storage import (append_jsonl, folder_lock, iter_jsonl, remove_stale_temps, require_known_format,
                       write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
 
@@ -71,17 +73,20 @@ def prepare_one(spec: dict, settings: dict) -> dict:
         mel = np.concatenate([mel, pad])
     mel = mel[:n_audio].astype(np.float16)
     flow = optical_flow(clip.frames, settings["flow"]) if settings["flow"] != "none" else None
+    files = {}  # what each written file must be ("SIZE:CRC32"): index.csv, --check and the loader verify it
     if settings.get("store", "npy") == "packed":
-        from .store import SUFFIX, write_clip
+        from .store import SUFFIX, encode_clip
 
-        write_clip(out / "clips" / f"{spec['clip_id']}{SUFFIX}", clip.frames, flow, mel)
+        files["clip"] = write_output(out / "clips" / f"{spec['clip_id']}{SUFFIX}", encode_clip(clip.frames, flow, mel))
     else:
-        save_npy_atomic(out / "rgb" / f"{spec['clip_id']}.npy", clip.frames)
-        save_npy_atomic(out / "audio" / f"{spec['clip_id']}.npy", mel)
-        if flow is not None:
-            save_npy_atomic(out / "flow" / f"{spec['clip_id']}.npy", flow)
+        arrays = {"rgb": clip.frames, "audio": mel} | ({"flow": flow} if flow is not None else {})
+        for m, arr in arrays.items():
+            buf = io.BytesIO()
+            np.save(buf, arr, allow_pickle=False)
+            files[m] = write_output(out / m / f"{spec['clip_id']}.npy", buf.getvalue())
     return {**rec, "status": "ok", "has_audio": has_audio, "seconds": round(clip.seconds, 4),
-            "frames": int(clip.frames.shape[0]), "height": int(clip.frames.shape[1]), "width": int(clip.frames.shape[2])}
+            "frames": int(clip.frames.shape[0]), "height": int(clip.frames.shape[1]), "width": int(clip.frames.shape[2]),
+            "files": files}
 
 
 def probe_one(spec: dict, settings: dict) -> dict:
@@ -116,6 +121,8 @@ def _worker_main(conn, settings: dict, threads: int, task: str = "prepare") -> N
             return
         try:
             rec = TASKS[task](job, settings)
+        except OutputError as e:  # the output side (disk full, read-only): stops the command
+            rec = _record(job, status="output_error", reason=str(e))
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
             rec = _record(job, status="failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
         conn.send(rec)
@@ -371,11 +378,19 @@ class _Plan:
             self.conn.commit()
             self._pending = 0
 
-    def load_journal(self, journal: Path) -> None:
-        for rec in iter_jsonl(journal):
+    def load_journal(self, journal: Path, out: Path) -> int:
+        """Read the journal back; a clip recorded as prepared whose files are now missing or of
+        another size than prepare-data wrote is left out (prepared again). Returns how many."""
+        redo = 0
+        self.damaged_lines: list[int] = []  # a line cut by a kill that a later append went on from, or damage
+        for rec in iter_jsonl(journal, self.damaged_lines):
             if "clip" in rec and "status" in rec:
+                if rec["status"] == "ok" and not files_whole(out, rec):
+                    redo += 1
+                    continue
                 self.record(rec)
         self.conn.commit()
+        return redo
 
     def count_todo(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM clips WHERE clip NOT IN (SELECT clip FROM done)").fetchone()[0]
@@ -433,6 +448,7 @@ def _remove_stale_scratch(out: Path) -> None:
     for p in out.glob(".gblend-scratch-*.sqlite"):
         with contextlib.suppress(OSError):
             p.unlink()
+    remove_stale_temps(out, *(out / d for d in ("rgb", "audio", "flow", "clips")))  # arrays a kill cut off
 
 
 def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
@@ -458,7 +474,12 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
                 raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
             write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
             journal = out / "progress.jsonl"
-            plan.load_journal(journal)
+            redo = plan.load_journal(journal, out)
+            if redo:
+                console.print(f"{redo} prepared clips have missing or cut-short files: preparing them again")
+            if plan.damaged_lines:
+                console.print(f"{journal}: {len(plan.damaged_lines)} damaged lines (first: line "
+                              f"{plan.damaged_lines[0]}) ignored; the clips they recorded are prepared again")
             n_todo = plan.count_todo()
             settings = {k: cfg["prepare"][k] for k in SETTINGS_KEYS} | {"out": str(out)}
             if n_todo:
@@ -469,10 +490,17 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
                     with progress() as bar:
                         task = bar.add_task("prepare clips", total=n_todo, info="")
                         for rec in pool.run(plan.todo()):
+                            if rec["status"] == "output_error":
+                                raise OutOfSpace(f"{rec['reason']}; free space (or make {out} writable), then run the "
+                                                 f"same prepare-data command again: the {plan.n_done()} clips "
+                                                 f"prepared so far are kept")
                             append_jsonl(journal, rec)
                             plan.record(rec)
                             n_failed += rec["status"] != "ok"
                             bar.update(task, advance=1, info=f"failed {n_failed}")
+                except (OutOfSpace, OSError):
+                    pool.close()
+                    raise  # one line naming the file and the fix, exit 1
                 except KeyboardInterrupt:
                     pool.close()
                     console.print(f"{plan.n_done()} of {plan.n_clips} clips are prepared in {out}")
@@ -483,7 +511,8 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
 
 
 REPORT_FAILED_MAX = 1000
-INDEX_COLUMNS = ["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status", "reason", "source"]
+INDEX_COLUMNS = ["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status", "reason", "source",
+                 "checksums"]
 
 
 def _csv_line(fields: list) -> str:
@@ -499,7 +528,7 @@ def write_outputs(out: Path, cfg: dict, stream, plan: _Plan) -> dict:
         for r in plan.records():
             yield _csv_line([r["clip"], r["split"], ";".join(map(str, r["labels"])), r.get("seconds", ""),
                              r.get("frames", ""), str(r.get("has_audio", "")).lower(), r["status"], r.get("reason", ""),
-                             r["source"]])
+                             r["source"], format_checksums(r.get("files") or {})])
 
     write_lines_atomic(out / "index.csv", index_lines())
     per_split = plan.ok_per_split()

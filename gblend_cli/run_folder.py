@@ -12,6 +12,11 @@
 Every write is atomic or a whole appended line; only the writing process (rank 0) writes. A
 folder's files carry `format_version`; files from a newer gblend are refused here, once, rather
 than read with a layout this version does not know.
+
+Damage is found, never trained on: every checkpoint carries a checksum of its state (integrity.py)
+and a copy of the journals' rows so far. A damaged last.pt is replaced on --resume by best.pt
+when that one is whole (the epochs after it are trained again, to the same numbers); a journal
+with a damaged line is refused by readers (report) and rewritten from last.pt by --resume.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from . import FORMAT_VERSION, __version__
 from .config import DEFAULTS, to_toml
 from .errors import UserError
 from .experiment import RunKey
-from .storage import (append_jsonl, read_jsonl, require_known_format, rewrite_jsonl_atomic, torch_save_atomic,
-                      write_json_atomic, write_text_atomic)
+from .integrity import state_checksum
+from .storage import (append_jsonl, read_jsonl, remove_stale_temps, require_known_format, rewrite_jsonl_atomic,
+                      torch_save_atomic, write_json_atomic, write_text_atomic)
 
 # recipe keys that may differ on --resume: where and how fast a run executes, not what it computes
 RESUME_MAY_CHANGE = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
@@ -87,6 +93,10 @@ class RunFolder:
             if not isinstance(final, dict):
                 return None
             require_known_format(final, path)
+            problem = final_problem(final)
+            if problem:
+                raise UserError(f"{path}: damaged ({problem}); delete it and run the same train command with "
+                                f"--resume to evaluate the run again")
             self._final = final
         return self._final
 
@@ -99,13 +109,35 @@ class RunFolder:
             return None
 
     def metrics(self) -> list[dict]:
-        """metrics.jsonl rows (read once)."""
+        """metrics.jsonl rows (read once); a damaged line is refused (`journal`)."""
         if self._metrics is None:
-            self._metrics = read_jsonl(self.path / "metrics.jsonl")
+            self._metrics = self.journal("metrics.jsonl")
         return self._metrics
 
     def blend_rows(self) -> list[dict]:
-        return read_jsonl(self.path / "blend_weights.jsonl")
+        return self.journal("blend_weights.jsonl")
+
+    def journal(self, name: str, strict: bool = True) -> list[dict]:
+        """A journal's rows. A whole line that is not a row (damage, not a cut last line) is an
+        error with `strict`: a row silently lost would change a report's numbers."""
+        path = self.path / name
+        damaged: list[int] = []
+        rows = read_jsonl(path, damaged)
+        bad = [n for n, r in enumerate(rows, 1) if row_problem(name, r)]
+        if strict and (damaged or bad):
+            line = min(damaged + bad) if not damaged or not bad else min(damaged[0], bad[0])
+            raise UserError(f"{path}: line {line} is damaged; the same train command with --resume rewrites it "
+                            f"from {self.last}")
+        return [r for r in rows if not row_problem(name, r)]
+
+    def damaged_journals(self) -> list[str]:
+        out = []
+        for name in JOURNALS:
+            try:
+                self.journal(name)
+            except UserError:
+                out.append(name)
+        return out
 
     def load_checkpoint(self, which: str = "last") -> dict:
         return load_checkpoint(self.checkpoints / f"{which}.pt")
@@ -121,23 +153,53 @@ class RunFolder:
         return found
 
     # --- writing ------------------------------------------------------------------------------
-    def start(self, cfg: dict, env_info: dict, resume_from: int | None) -> None:
+    def start(self, cfg: dict, env_info: dict, resume_from: int | None, journals: dict | None = None) -> None:
         """Claim the folder for a run: from scratch, drop the files an earlier run left; resuming
-        from epoch N, drop journal rows written after checkpoint N (they are recomputed exactly)."""
+        from epoch N, drop journal rows written after checkpoint N (they are recomputed exactly)
+        and restore damaged ones from the checkpoint's copy (`journals`)."""
         if not self.writer:
             return
+        remove_stale_temps(self.path, self.checkpoints)  # left by a killed run; we hold the lock
         if resume_from is None:
             for stale in ("metrics.jsonl", "blend_weights.jsonl", "summary.csv", "final.json", "early_stop.json"):
                 (self.path / stale).unlink(missing_ok=True)
         else:
-            rewrite_jsonl_atomic(self.path / "metrics.jsonl",
-                                 [r for r in read_jsonl(self.path / "metrics.jsonl") if r["epoch"] <= resume_from])
-            if (self.path / "blend_weights.jsonl").exists():
-                rewrite_jsonl_atomic(self.path / "blend_weights.jsonl",
-                                     [r for r in self.blend_rows() if r["epoch"] < resume_from])
+            self.restore_journals(journals or {}, resume_from)
         self._metrics = None
         write_text_atomic(self.path / "config.toml", to_toml(cfg))
         write_json_atomic(self.path / "env.json", env_info)
+
+    def restore_journals(self, journals: dict, upto: int) -> None:
+        """Rewrite the journals up to checkpoint `upto`: the rows the checkpoint carries
+        (`journals`: {file name: rows}, whole by its checksum) where it has them, else the file's
+        whole rows. metrics.jsonl keeps epochs <= upto, blend_weights.jsonl estimations < upto."""
+        keep = {"metrics.jsonl": lambda e: e <= upto, "blend_weights.jsonl": lambda e: e < upto}
+        for name in JOURNALS:
+            rows = journals.get(name)
+            if rows is None:  # a checkpoint of an older gblend: the file's rows, refused when damaged
+                if not (self.path / name).exists():
+                    continue
+                rows = self.journal(name)
+            rewrite_jsonl_atomic(self.path / name, [r for r in rows if keep[name](r["epoch"])])
+        if upto and (self.path / "metrics.jsonl").exists():
+            self._metrics = None
+            self._write_summary_csv()
+
+    def repair_journals(self) -> list[str]:
+        """A finished run's damaged journals rewritten from last.pt's copy; the names repaired."""
+        damaged = self.damaged_journals()
+        if damaged:
+            state = self.load_checkpoint("last")
+            journals = state.get("journals")
+            if journals is None:
+                raise UserError(f"{self.path / damaged[0]}: damaged, and {self.last} (an older gblend's) holds no copy; "
+                                f"train the run again with a new --out")
+            self.restore_journals(journals, state["epoch"])
+        return damaged
+
+    def journal_copy(self) -> dict:
+        """The journals' rows so far, for a checkpoint (rank 0 only writes them)."""
+        return {name: self.journal(name, strict=False) for name in JOURNALS}
 
     def log_metrics(self, row: dict) -> None:
         """One epoch's row: metrics.jsonl, then summary.csv rewritten from it."""
@@ -176,7 +238,8 @@ class RunFolder:
         never leaves last.pt recording a best.pt that was not written)."""
         if not self.writer:
             return
-        state = {**state, "format_version": FORMAT_VERSION}
+        state = {**state, "format_version": FORMAT_VERSION, "journals": self.journal_copy()}
+        state["checksum"] = state_checksum(state)
         if is_best:
             torch_save_atomic(self.best, state)
         torch_save_atomic(self.last, state)
@@ -184,14 +247,21 @@ class RunFolder:
     def save_estimation(self, state: dict) -> None:
         """checkpoints/estimation.pt: an estimation in progress (G-Blend's estimators after an epoch)."""
         if self.writer:
-            torch_save_atomic(self.estimation, {**state, "format_version": FORMAT_VERSION})
+            state = {**state, "format_version": FORMAT_VERSION}
+            torch_save_atomic(self.estimation, {**state, "checksum": state_checksum(state)})
 
     def estimation_state(self, cfg: dict, epoch: int, n_epochs: int) -> dict | None:
         """The saved estimation that started at `epoch` for `n_epochs`, if there is one (checked to
         come from the same recipe); None otherwise."""
         if not self.estimation.exists():
             return None
-        state = load_checkpoint(self.estimation)
+        try:
+            state = load_checkpoint(self.estimation)
+        except DamagedCheckpoint as e:  # estimated again from its start, to the same weights
+            from .ui import console
+
+            console.print(f"warning: {e}; estimating again from epoch {epoch}", soft_wrap=True)
+            return None
         if state.get("epoch") != epoch or state.get("n_epochs") != n_epochs:
             return None
         self._same_recipe(state["config"], cfg)
@@ -219,8 +289,19 @@ class RunFolder:
         self._same_recipe(saved, cfg)
 
     def resume_state(self, cfg: dict, key: RunKey) -> dict:
-        """last.pt, checked to belong to the same run with the same recipe."""
-        state = self.load_checkpoint("last")
+        """last.pt, checked to belong to the same run with the same recipe; when last.pt is
+        damaged, best.pt (an earlier epoch's whole state: the epochs after it are trained again)."""
+        try:
+            state = self.load_checkpoint("last")
+        except DamagedCheckpoint as e:
+            try:
+                state = self.load_checkpoint("best")
+            except DamagedCheckpoint:
+                raise UserError(f"{e}, and there is no whole {self.best} to resume from; delete {self.checkpoints} to "
+                                f"train this run again from the start, or use a new --out") from None
+            from .ui import console
+
+            console.print(f"warning: {e}; resuming from {self.best} (epoch {state['epoch']}) instead", soft_wrap=True)
         self._same_recipe(state["config"], cfg)
         spec = state["spec"]
         if spec["modalities"] != list(key.modalities) or spec["method"] != key.method:
@@ -247,17 +328,79 @@ class RunFolder:
         write_text_atomic(self.path / "summary.csv", "\n".join(lines) + "\n")
 
 
+class DamagedCheckpoint(UserError):
+    """A checkpoint that is missing, does not load or whose state differs from its checksum."""
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint (only tensors and plain data: loaded with weights_only=True), refused when
-    unreadable or written by a newer gblend."""
+    unreadable, damaged (its checksum) or written by a newer gblend."""
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"{path}: no such checkpoint") from None
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
-        raise UserError(f"{path}: cannot load checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+        raise DamagedCheckpoint(f"{path}: cannot load checkpoint, damaged or cut short "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:100]})") from None
+    if not isinstance(state, dict):
+        raise DamagedCheckpoint(f"{path}: not a gblend checkpoint")
     require_known_format(state, path)
+    if "checksum" in state and state_checksum(state) != state["checksum"]:
+        raise DamagedCheckpoint(f"{path}: damaged checkpoint (its contents differ from its checksum)")
     return state
+
+
+def _number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _numbers(d) -> bool:
+    return isinstance(d, dict) and all(_number(v) for v in d.values())
+
+
+def row_problem(journal: str, row: dict) -> str | None:
+    """What makes a journal row unusable by a reader (a field missing or of the wrong type), or None."""
+    if not isinstance(row.get("epoch"), int) or isinstance(row.get("epoch"), bool):
+        return "epoch"
+    if journal == "metrics.jsonl":
+        if not _number(row.get("lr")) or ("weights" in row and not _numbers(row["weights"])):
+            return "lr or weights"
+        for split in ("train", "holdout", "val"):
+            if split in row and not (isinstance(row[split], dict) and all(_numbers(v) for v in row[split].values())):
+                return split
+    elif journal == "blend_weights.jsonl":
+        heads = row.get("heads")
+        if not isinstance(heads, dict) or not all(isinstance(v, dict) and _number(v.get("w_raw")) and
+                                                  _number(v.get("w")) for v in heads.values()):
+            return "heads"
+    return None
+
+
+def final_problem(final: dict) -> str | None:
+    """What makes a final.json unusable by a reader (a field of the wrong type), or None."""
+    for k in ("clip_top1", "video_top1", "video_top5", "train_top1", "val_loss", "train_loss", "map", "mauc"):
+        if k in final and not _number(final[k]):
+            return f"{k} is not a number"
+    for k in ("heads", "weights", "splits"):
+        if k in final and not isinstance(final[k], dict):
+            return f"{k} is not a table"
+    for head, vals in final.get("heads", {}).items():
+        if not isinstance(vals, dict) or not all(_number(v) for v in vals.values()):
+            return f"heads.{head} holds a value that is not a number"
+    if not all(_number(v) for v in final.get("weights", {}).values()):
+        return "weights holds a value that is not a number"
+    for k in ("seed", "epochs"):
+        if k in final and (not isinstance(final[k], int) or isinstance(final[k], bool)):
+            return f"{k} is not an integer"
+    if "modalities" in final and (not isinstance(final["modalities"], list)
+                                  or not all(isinstance(m, str) for m in final["modalities"])):
+        return "modalities is not a list of names"
+    for k in ("method", "head", "mode", "dataset"):
+        if k in final and not isinstance(final[k], str):
+            return f"{k} is not a name"
+    return None
 
 
 def environment_info(device, world: int, amp_dtype, splits: dict) -> dict:

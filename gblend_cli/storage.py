@@ -26,6 +26,8 @@ def require_known_format(meta: dict, where: Path | str, current: int | None = No
 
     current = FORMAT_VERSION if current is None else current
     version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UserError(f"{where}: damaged (format_version {version!r} is not a number)")
     if version > current:
         raise UserError(f"{where}: written by a newer gblend (format {version} > {current}); upgrade gblend")
 
@@ -43,6 +45,27 @@ def finite_or_null(o):
     return o
 
 
+# Fault injection for the tests of the README's "Guarantees" (tests/test_faults_disk.py, the fault
+# campaign): GBLEND_TEST_ENOSPC="<name part>[@<n>]" makes the n-th (default: every) atomic write or
+# journal append to a file whose name contains <name part> fail with ENOSPC after writing half its
+# bytes, as a full disk does. Read once at import; unset (always, outside tests) it costs nothing.
+_FAULTS_ON = bool(os.environ.get("GBLEND_TEST_ENOSPC"))
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def _injected_fault(path: Path) -> OSError | None:
+    """The ENOSPC error this write to `path` meets under GBLEND_TEST_ENOSPC, or None."""
+    part, _, nth = os.environ.get("GBLEND_TEST_ENOSPC", "").partition("@")
+    if not part or part not in Path(path).name:
+        return None
+    _FAULT_COUNTS[part] = _FAULT_COUNTS.get(part, 0) + 1
+    if nth and _FAULT_COUNTS[part] != int(nth):
+        return None
+    import errno
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +73,11 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            fault = _injected_fault(path) if _FAULTS_ON else None
+            if fault:
+                f.flush()
+                f.truncate(f.tell() // 2)  # the disk filled up half way
+                raise fault
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
@@ -58,6 +86,18 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(*folders: Path) -> int:
+    """Temp files of atomic writes a killed process left (`.<name>.<random>.tmp`) in `folders`;
+    call only while holding the folder's lock (no writer is using them). Returns how many."""
+    n = 0
+    for folder in folders:
+        for p in Path(folder).glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    return n
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -89,6 +129,9 @@ def append_jsonl(path: Path, obj: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(obj, separators=(",", ":")) + "\n"
+    fault = _injected_fault(path) if _FAULTS_ON else None
+    if fault:
+        line = line[: len(line) // 2]  # the disk filled up half way through the line
     if path.exists() and path.stat().st_size:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
@@ -98,38 +141,51 @@ def append_jsonl(path: Path, obj: dict) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+    if fault:
+        raise fault
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete JSON object line of a journal; a torn last line (killed writer) is ignored."""
+def read_jsonl(path: Path, damaged: list[int] | None = None) -> list[dict]:
+    """Every complete JSON object line of a journal; a torn last line (killed writer) is ignored.
+    A whole line in the middle that is not a JSON object (a torn line a later append went on
+    from, or damage) is skipped too, and its 1-based number appended to `damaged` when given:
+    callers for which a lost row matters (run folders) refuse or repair rather than go on."""
     path = Path(path)
     if not path.exists():
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 break
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            elif damaged is not None and line.strip():
+                damaged.append(n)
     return rows
 
 
-def iter_jsonl(path: Path) -> Iterator[dict]:
+def iter_jsonl(path: Path, damaged: list[int] | None = None) -> Iterator[dict]:
     """`read_jsonl` one object at a time (a journal of 260k clips is never held in memory)."""
     path = Path(path)
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 break
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                row = None
+            if isinstance(row, dict):
+                yield row
+            elif damaged is not None and line.strip():
+                damaged.append(n)
 
 
 def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
@@ -201,6 +257,15 @@ def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / ".lock"
+    if not _flock_works(folder):  # a file system without flock (Lustre without -o flock, some NFS setups)
+        try:
+            with _exclusive_file_lock(folder, lock, what):
+                yield
+        finally:
+            if created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        return
     while True:
         fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -241,3 +306,83 @@ def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
         if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only succeeds if nothing was written
+
+
+def _errnos(*names: str) -> frozenset:
+    import errno
+
+    return frozenset(getattr(errno, n) for n in names if hasattr(errno, n))
+
+
+NO_FLOCK = _errnos("ENOLCK", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EINVAL")
+
+
+def _flock_works(folder: Path) -> bool:
+    """Whether flock works in `folder` (probed on a scratch file, never on `.lock` itself)."""
+    import fcntl
+
+    fd, probe = tempfile.mkstemp(prefix=".lock-probe.", dir=folder)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as e:
+        if e.errno in NO_FLOCK:
+            return False
+        raise
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _exclusive_file_lock(folder: Path, lock: Path, what: str) -> Iterator[None]:
+    """The fallback where flock is not available: `.lock` created with O_EXCL (atomic on NFSv3+
+    and Lustre), holding host and pid. Its owner is known alive only on the same host: a lock
+    from a dead pid on this host is taken over, one from another host is never stolen (remove
+    it by hand when that process is gone)."""
+    me = socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                owner = {}
+            if not isinstance(owner, dict):
+                owner = {}
+            if owner.get("host") == me and not _pid_alive(owner.get("pid")):
+                # a stale lock of a dead process here: move it aside atomically, then retry
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(lock, lock.with_name(f".lock.stale.{os.getpid()}"))
+                    os.unlink(lock.with_name(f".lock.stale.{os.getpid()}"))
+                continue
+            if owner.get("host") == me:
+                raise UserError(f"{folder}: another gblend {what} (pid {owner.get('pid', '?')} on {me}) is writing this "
+                                f"folder ({lock}); wait for it to finish") from None
+            raise UserError(f"{folder}: locked by gblend pid {owner.get('pid', '?')} on host {owner.get('host', '?')} "
+                            f"({lock}); remove {lock} if that process is gone") from None
+        try:
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": me, "kind": "exclusive-file"}).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        break
+    else:
+        raise UserError(f"{folder}: could not take the lock {lock}; remove it if no gblend is running on this folder")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()

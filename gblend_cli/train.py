@@ -145,7 +145,8 @@ class Trainer:
             start, best, resumed = state["epoch"], state["best"], True
             console.print(f"resuming {folder.path} from epoch {start}")
         folder.start(self.cfg, environment_info(self.device, self.env.world, self.precision.amp_dtype,
-                                                self.data.split_sizes), start if resumed else None)
+                                                self.data.split_sizes), start if resumed else None,
+                     state.get("journals") if resumed else None)
         ctx = RunContext(self, folder)
         t_start = time.perf_counter()
         model = self.wrap(self.model)

@@ -34,7 +34,7 @@ def read_index(out: Path) -> dict[str, dict]:
     with open(out / "index.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows and list(rows[0]) == ["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status",
-                                      "reason", "source"]
+                                      "reason", "source", "checksums"]
     return {r["clip_id"]: r for r in rows}
 
 
