@@ -455,8 +455,8 @@ def test_an_interrupted_estimation_resumes_to_the_same_weights(tiny_demo, tmp_pa
 
 
 def test_a_run_records_the_demo_its_data_was_generated_with(matrix_runs, tiny_demo):
-    """The default recipe describes demo data seed 1; the tiny demo was generated with the package
-    defaults (seed 0). config.toml must say what the run trained on, and runs made on that data
+    """The tiny demo was generated with other demo settings than the default recipe's (32 training
+    videos, not 400). config.toml must say what the run trained on, and runs made on that data
     agree with each other (gblend.estimate_from compares them)."""
     import tomllib
 
