@@ -89,7 +89,7 @@ OPTION_KEYS = {
     "train.optimizer": "--optimizer", "train.device": "--device", "train.workers": "--workers",
     "train.threads": "--threads", "train.init_from": "--init-from", "gblend.mode": "--mode",
     "gblend.metric": "--metric", "gblend.rule": "--blend-rule", "gblend.weights": "--weights",
-    "gblend.estimate_from": "--estimate-from", "dataset.name": "--dataset", "dataset.root": "--root",
+    "gblend.estimate_from": "--estimate-from", "methods.from_runs": "--from-runs", "dataset.name": "--dataset", "dataset.root": "--root",
     "dataset.annotations": "--annotations", "prepare.workers": "--workers", "prepare.flow": "--flow",
     "prepare.fps": "--fps", "prepare.short_side": "--short-side", "demo.seed": "--seed",
     "dataset.label_field": "--label-field", "dataset.allow_outside_root": "--allow-outside-root",
@@ -265,6 +265,36 @@ def train_gblend(
     train(cfg, "gblend", mods, data=data, out=out, resume=resume)
 
 
+MethodChoice = Literal["ogm-ge", "mmpareto", "umt", "ume", "inforeg"]
+
+
+@app.command("train-method", epilog="Examples:\n\n  gblend train-method --method ogm-ge --modalities audio,rgb\n\n"
+             "  gblend train-method --method mmpareto --modalities audio,rgb,flow --seed 1\n\n"
+             "  gblend train-method --method umt --modalities audio,rgb   # reads RESULTS/unimodal-audio-s0 and unimodal-rgb-s0\n\n"
+             "  gblend train-method --method ogm-ge --modalities audio,rgb --set methods.ogm_alpha=0.5")
+@command
+def train_method(
+    method: MethodChoice = typer.Option(..., "--method", "-m", help="ogm-ge: OGM-GE (Peng et al. 2022), gradient modulation of the dominant encoders + noise; mmpareto: MMPareto (Wei & Hu 2024), fused and uni-modal gradients combined per encoder; umt / ume: uni-modal teacher / ensemble (Du et al. 2023), built on the finished uni-modal runs; inforeg: InfoReg (Huang et al. 2025), the modality ahead regulated in its prime learning window. Hyper-parameters: the recipe's [methods] keys (--set methods.KEY=VALUE)."),
+    modalities: str = typer.Option(..., "--modalities", help="Two or three of audio, rgb, flow, comma-separated."),
+    from_runs: Optional[str] = typer.Option(None, "--from-runs", help="umt, ume: the finished uni-modal runs to read, comma-separated " + escape("[default: RESULTS/unimodal-M-sSEED for each modality M].")),
+    data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
+    epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
+    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optimizer = OptimOpt,
+    device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
+    sets: Optional[List[str]] = SetOpt,
+):
+    """G-Blend's successors on the same training core and run folder: OGM-GE, MMPareto, UMT, UME, InfoReg."""
+    from .experiment import parse_modalities
+
+    mods = parse_modalities(modalities, minimum=2)
+    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, None,
+                     methods__from_runs=[p for p in from_runs.split(",") if p] if from_runs else None)
+    _loading("train-method")
+    from .runs import train
+
+    train(cfg, method, mods, data=data, out=out, resume=resume)
+
+
 @app.command("measure-ogr", epilog="Examples:\n\n  gblend measure-ogr results/demo/unimodal-audio-s0 results/demo/unimodal-rgb-s0 "
              "results/demo/naive-audio+rgb-s0\n\n  gblend measure-ogr results/demo/naive-audio+rgb-s0 --from 0 --to 10 --format json")
 @command
@@ -281,7 +311,7 @@ def measure_ogr(
     print_measure(measure(runs, from_epoch, to_epoch, metric), fmt)
 
 
-TableChoice = Literal["1", "4", "overfit", "all"]
+TableChoice = Literal["1", "4", "overfit", "all", "methods"]
 
 
 @app.command("report", epilog="Examples:\n\n  gblend report --table 4 > table4.txt\n\n"
@@ -295,7 +325,7 @@ def report(
     figure: Optional[Path] = typer.Option(None, "--figure", help="Where to write the Fig. 4 PNG " + escape("[default: RESULTS/report/overfitting.png].")),
     recipe: Optional[Path] = RecipeOpt, sets: Optional[List[str]] = SetOpt,
 ):
-    """The paper's Table 1, Table 4 and the overfitting comparison, from run folders only (paper numbers beside).
+    """The paper's Table 1, Table 4 and the overfitting comparison, from run folders only (paper numbers beside); --table methods: G-Blend's successors beside naive, G-Blend and the best uni-modal model, with their diagnostics.
 
     Missing runs are listed once, each with the command that trains it into RESULTS; a requested
     table without any data exits with code 2."""
@@ -348,7 +378,7 @@ def reproduce_cmd(
     launcher: str = typer.Option("gblend", "--launcher", help="With --print-commands: what starts each command, e.g. 'torchrun --nproc_per_node=8 -m gblend_cli'."),
     sets: Optional[List[str]] = SetOpt,
 ):
-    """Run a recipe's whole matrix (data, uni-modal, naive, G-Blend runs, OGR, report), resumably."""
+    """Run a recipe's whole matrix (data, uni-modal, naive, G-Blend runs, OGR, report), resumably; --table methods: the matrix of G-Blend's successors (reproduce.methods on reproduce.methods_combos), sharing its uni-modal, naive and G-Blend runs."""
     from .config import resolve_recipe_path
     from .report import parse_tables
     from .reproduce import print_commands as print_matrix, reproduce
@@ -365,7 +395,7 @@ def reproduce_cmd(
     cfg = _config(recipe, sets, reproduce__seeds=seed_list, reproduce__other_seeds=seed_list, reproduce__jobs=jobs,
                   dataset__results_dir=str(results) if results else None)
     if print_commands:
-        print_matrix(cfg, resolve_recipe_path(recipe), sets or [], launcher, all_runs)
+        print_matrix(cfg, resolve_recipe_path(recipe), sets or [], launcher, all_runs, methods=table == "methods")
         return
     _loading("reproduce")
     reproduce(cfg, run_argv, resolve_recipe_path(recipe), sets or [], results, sorted(set(tables), key=tables.index),

@@ -9,3 +9,8 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class ProtocolError(RuntimeError):
+    """Code asked for data the protocol forbids it (a loss policy measuring the evaluation split):
+    a bug in that code, not bad input (README, "One protocol for every method")."""

@@ -1,9 +1,11 @@
 """Experiments: what identifies a run, and which runs a recipe's matrix holds.
 
 A run is identified by a `RunKey` (method, modalities, seed, mode). The key is the one place that
-knows a run's folder name (``gblend-offline-audio+rgb-s0``), the heads its model has, the head it is
-judged by, the command line that trains it, and how to read all of that back from a folder name or
-a final.json. `matrix(cfg)` expands a recipe's ``[reproduce]`` section into keys.
+knows a run's folder name (``gblend-offline-audio+rgb-s0``, ``ogm-ge-audio+rgb-s0``), the heads its
+model has (and which are stop-gradient probes, and how it fuses), the head it is judged by, the runs
+it reads, the command line that trains it, and how to read all of that back from a folder name or
+a final.json. `matrix(cfg)` expands a recipe's ``[reproduce]`` section into keys (Tables 1 and 4),
+`methods_matrix(cfg)` the matrix of G-Blend's successors (`reproduce --table methods`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MODALITIES
+from .config import BALANCING_METHODS, MODALITIES
 from .errors import UserError
 
-METHODS = ("unimodal", "naive", "gblend")
+# G-Blend's successors (config.BALANCING_METHODS), each a loss policy in gblend_cli/policies/
+# (`gblend train-method --method NAME`)
+METHODS = ("unimodal", "naive", "gblend") + BALANCING_METHODS
 GBLEND_MODES = ("offline", "online", "fixed", "equal")  # fixed: hand-set weights; equal: auxiliary loss
-COMMANDS = {"unimodal": "train-unimodal", "naive": "train-naive", "gblend": "train-gblend"}
+COMMANDS = {"unimodal": "train-unimodal", "naive": "train-naive", "gblend": "train-gblend"} | \
+    {m: "train-method" for m in BALANCING_METHODS}
+READS_UNIMODAL_RUNS = ("umt", "ume")  # methods built on the finished uni-modal runs of the same seed
+PROBE_HEAD_METHODS = ("ogm-ge", "umt")  # uni-modal heads behind a stop-gradient: linear probes
 
 
 def parse_modalities(text: str, minimum: int = 1) -> tuple[str, ...]:
@@ -94,6 +101,19 @@ class RunKey:
         return list(self.modalities) + ["fused"]
 
     @property
+    def probe_heads(self) -> list[str]:
+        """Uni-modal heads trained on their backbone's features through a stop-gradient: the method
+        puts no uni-modal loss on its encoders (OGM-GE reads its confidence ratios from them, UMT
+        trains its encoders by distillation), and the heads still measure each encoder."""
+        return list(self.modalities) if self.method in PROBE_HEAD_METHODS else []
+
+    @property
+    def fusion(self) -> str:
+        """How the fused head combines modalities: "mlp" (the paper's head) or "mean" (UME: the mean
+        of the uni-modal runs' logits)."""
+        return "mean" if self.method == "ume" else "mlp"
+
+    @property
     def eval_head(self) -> str:
         """The head a run is judged by."""
         return self.modalities[0] if self.method == "unimodal" else "fused"
@@ -105,12 +125,21 @@ class RunKey:
             return []
         return [RunKey("unimodal", (m,), self.seed) for m in self.modalities] + [RunKey("naive", self.modalities, self.seed)]
 
+    def source_keys(self) -> list["RunKey"]:
+        """The finished runs this run is built on: UMT's teachers and UME's members are the
+        uni-modal runs of its modalities, same seed (`methods.from_runs`)."""
+        if self.method not in READS_UNIMODAL_RUNS:
+            return []
+        return [RunKey("unimodal", (m,), self.seed) for m in self.modalities]
+
     # --- the command that trains it -----------------------------------------------------------
     def argv(self, *, recipe: str | Path | None = None, data: Path | None = None, out: Path | None = None,
              sets=(), threads: int | None = None, resume: bool = False, estimate_from=()) -> list[str]:
         """`gblend` arguments that train this run (`estimate_from`: run folders an offline G-Blend
-        run reads its weights' terms from)."""
+        run reads its weights' terms from, or UMT/UME their uni-modal runs)."""
         args = [COMMANDS[self.method]]
+        if self.method in BALANCING_METHODS:
+            args += ["--method", self.method]
         if self.method == "unimodal":
             args += ["--modality", self.modalities[0]]
         else:
@@ -121,7 +150,8 @@ class RunKey:
             args += ["--weights", "equal"]
         args += ["--seed", str(self.seed)]
         if estimate_from:
-            args += ["--estimate-from", ",".join(str(p) for p in estimate_from)]
+            option = "--from-runs" if self.method in READS_UNIMODAL_RUNS else "--estimate-from"
+            args += [option, ",".join(str(p) for p in estimate_from)]
         if data is not None:
             args += ["--data", str(data)]
         if out is not None:
@@ -141,7 +171,7 @@ class RunKey:
         return "gblend " + shlex.join(self.argv(**kw))
 
     # --- reading it back ----------------------------------------------------------------------
-    _NAME = re.compile(r"^(unimodal|naive|gblend)(?:-(offline|online|fixed|equal))?-([a-z+]+)-s(\d+)$")
+    _NAME = re.compile(rf"^({'|'.join(METHODS)})(?:-(offline|online|fixed|equal))?-([a-z+]+)-s(\d+)$")
 
     @classmethod
     def parse(cls, name: str) -> "RunKey | None":
@@ -153,6 +183,13 @@ class RunKey:
             return cls(m[1], tuple(m[3].split("+")), int(m[4]), m[2])
         except ValueError:
             return None
+
+    @classmethod
+    def from_variant(cls, variant: str, modalities, seed: int) -> "RunKey":
+        """The key of a `variant` ('naive', 'gblend-offline', 'ogm-ge', ...) on `modalities`."""
+        if variant.startswith("gblend-"):
+            return cls("gblend", tuple(modalities), seed, variant[len("gblend-"):])
+        return cls(variant, tuple(modalities), seed)
 
     @classmethod
     def from_final(cls, final: dict) -> "RunKey":
@@ -174,5 +211,22 @@ def matrix(cfg: dict) -> list[RunKey]:
         for seed in seeds:
             batch = [RunKey("unimodal", (m,), seed) for m in mods] + [RunKey("naive", mods, seed)]
             batch += [RunKey("gblend", mods, seed, mode) for mode in modes]
+            keys += [k for k in batch if k not in keys]
+    return keys
+
+
+def methods_matrix(cfg: dict) -> list[RunKey]:
+    """`reproduce --table methods`: for each combination of `reproduce.methods_combos` and seed of
+    `reproduce.seeds`, the uni-modal runs, naive fusion, offline G-Blend and every method of
+    `reproduce.methods`, in run order (each run after the runs it reads). Runs shared with
+    `matrix(cfg)` have the same keys, hence the same folders: they are trained once."""
+    rp = cfg["reproduce"]
+    keys: list[RunKey] = []
+    for combo in rp["methods_combos"]:
+        mods = tuple(combo.split("+"))
+        for seed in rp["seeds"]:
+            batch = [RunKey("unimodal", (m,), seed) for m in mods] + [RunKey("naive", mods, seed),
+                                                                      RunKey("gblend", mods, seed, "offline")]
+            batch += [RunKey(m, mods, seed) for m in rp["methods"]]
             keys += [k for k in batch if k not in keys]
     return keys

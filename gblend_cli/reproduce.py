@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .config import data_dir, results_dir
 from .errors import UserError
-from .experiment import RunKey, matrix
+from .experiment import RunKey, matrix, methods_matrix
 from .run_folder import RunFolder
 from .storage import write_text_atomic
 from .ui import console, progress
@@ -30,14 +30,16 @@ def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets:
          threads: int | None = 1, include_complete: bool = False) -> list[Job]:
     """A job per unfinished run (every run with `include_complete`), in matrix order, which puts
     each run after the runs it depends on. With `reproduce.offline_from_runs`, an offline G-Blend
-    run reads its terms from its estimator runs (RunKey.estimator_keys) and waits for them."""
+    run reads its terms from its estimator runs (RunKey.estimator_keys) and waits for them; UMT and
+    UME read their uni-modal runs (RunKey.source_keys) and wait for them."""
     jobs = []
     for k in keys:
         folder = RunFolder(results / k.name)
         if folder.is_complete() and not include_complete:
             continue
-        deps = k.estimator_keys() if cfg["reproduce"]["offline_from_runs"] else []
-        cost = len(k.modalities) * (3.0 if k.method == "gblend" and not deps else 1.2 if deps else 1.0)
+        deps = (k.estimator_keys() if cfg["reproduce"]["offline_from_runs"] else []) + k.source_keys()
+        cost = len(k.modalities) * (3.0 if k.method == "gblend" and not deps else 0.3 if k.method == "ume"
+                                    else 1.6 if k.method == "mmpareto" else 1.2 if deps else 1.0)
         jobs.append(Job(k.name, k.argv(recipe=recipe, data=data, out=folder.path, sets=sets, threads=threads,
                                        resume=folder.is_complete() or folder.has_checkpoint(),
                                        estimate_from=[results / d.name for d in deps]),
@@ -46,7 +48,7 @@ def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets:
 
 
 def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: str = "gblend",
-                   include_complete: bool = False) -> None:
+                   include_complete: bool = False, methods: bool = False) -> None:
     """The matrix as shell commands on stdout, one per line, each run after the runs it depends on:
     `prepare-data` first when the data is not prepared, then every unfinished run (every run with
     `include_complete`: a finished one then answers 'already complete')."""
@@ -60,7 +62,8 @@ def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: st
     if not (data / "dataset.json").exists():
         lines.append(["prepare-data", "--out", str(data)] + (["--recipe", str(recipe)] if recipe else [])
                      + [a for s in sets for a in ("--set", s)])
-    lines += [job.argv for job in plan(cfg, matrix(cfg), results, data, recipe, sets, threads=None,
+    keys = methods_matrix(cfg) if methods else matrix(cfg)
+    lines += [job.argv for job in plan(cfg, keys, results, data, recipe, sets, threads=None,
                                        include_complete=include_complete)]
     for argv in lines:
         out.print(f"{launcher} {shlex.join(argv)}", soft_wrap=True, markup=False, highlight=False)
@@ -78,22 +81,25 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     if not (data / "dataset.json").exists():
         console.print(f"[bold]1/3 preparing {cfg['dataset']['name']} data in {data}")
         prepare_dataset(cfg, data)
-    keys = matrix(cfg)
+    tables = tables or ["table1", "table4", "overfit"]
+    methods_only = tables == ["methods"]  # `--table methods`: the methods matrix and its report
+    keys = methods_matrix(cfg) if methods_only else matrix(cfg)
     jobs = plan(cfg, keys, results, data.resolve(), recipe, sets)
     console.print(f"[bold]2/3 training: {len(keys)} runs in the matrix, {len(keys) - len(jobs)} already done, "
                   f"{len(jobs)} to run, {cfg['reproduce']['jobs']} at a time")
     failed = _run_jobs(jobs, cfg["reproduce"]["jobs"], results, entry)
     console.print("[bold]3/3 report")
-    rep = build(results, tables or ["table1", "table4", "overfit"], cfg, recipe_arg, sets)
+    rep = build(results, tables, cfg, recipe_arg, sets)
     out_dir = results / "report"
-    for fmt, name in (("markdown", "report.md"), ("json", "report.json")):
+    stem = "report_methods" if methods_only else "report"  # the paper's tables' report stays as it is
+    for fmt, name in (("markdown", f"{stem}.md"), ("json", f"{stem}.json")):
         write_text_atomic(out_dir / name, render(rep, fmt))
     csvs = [f"report_{k}.csv" for k in TABLES if k in rep]
     for k, name in zip([k for k in TABLES if k in rep], csvs):
         write_text_atomic(out_dir / name, render_csv(rep, k))
-    fig = overfit_figure(rep["_matrix"], out_dir / "overfitting.png")
+    fig = overfit_figure(rep["_matrix"], out_dir / "overfitting.png") if "overfit" in rep else None
     print_rich(rep)
-    console.print(f"report written to {out_dir}/ (report.md, report.json, {', '.join(csvs)}"
+    console.print(f"report written to {out_dir}/ ({stem}.md, {stem}.json, {', '.join(csvs)}"
                   f"{', overfitting.png' if fig else ''}) in {time.perf_counter() - t0:.0f} s")
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their logs are in {results / 'logs'}; "

@@ -33,6 +33,12 @@ from .storage import (append_jsonl, read_jsonl, require_known_format, rewrite_js
 RESUME_MAY_CHANGE = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
                      ("dataset", "data_dir"), ("dataset", "results_dir")}
 JOURNALS = ("metrics.jsonl", "blend_weights.jsonl")
+# recipe keys that may differ between a run and the finished runs it reads (offline G-Blend's
+# estimators, UMT's teachers, UME's members): where and how fast they ran; every other key of
+# these sections must agree, the seed included
+SAME_SETUP_SECTIONS = ("dataset", "prepare", "demo", "clip", "model", "train")
+SAME_SETUP_EXCEPT = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
+                     ("dataset", "results_dir")}
 
 
 class RunFolder:
@@ -201,6 +207,17 @@ class RunFolder:
             raise UserError(f"{self.path}: no config.toml; not a gblend run folder") from None
         self._same_recipe(saved, cfg)
 
+    def check_same_setup(self, cfg: dict, why: str) -> None:
+        """The finished run here ran with the data, model and training recipe of `cfg` (same seed),
+        up to SAME_SETUP_EXCEPT; `why` ends the message when it did not."""
+        ours = tomllib.loads(to_toml(cfg))
+        theirs = tomllib.loads((self.path / "config.toml").read_text())
+        for section in SAME_SETUP_SECTIONS:
+            for k, v in ours[section].items():
+                if (section, k) not in SAME_SETUP_EXCEPT and theirs.get(section, {}).get(k) != v:
+                    raise UserError(f"{self.path}: ran with {section}.{k} = {theirs.get(section, {}).get(k)!r}, this run "
+                                    f"with {v!r}; {why}")
+
     def resume_state(self, cfg: dict, key: RunKey) -> dict:
         """last.pt, checked to belong to the same run with the same recipe."""
         state = self.load_checkpoint("last")
@@ -228,6 +245,24 @@ class RunFolder:
         lines = [",".join(cols)] + [",".join("" if r.get(c) is None else f"{r[c]:.6g}" if isinstance(r.get(c), float)
                                              else str(r[c]) for c in cols) for r in flat_rows]
         write_text_atomic(self.path / "summary.csv", "\n".join(lines) + "\n")
+
+
+def finished_runs(sources, want: dict[str, tuple[str, tuple[str, ...]]], option: str, needs: str) -> dict[str, RunFolder]:
+    """{role: the run among `sources` whose (method, modalities) is want[role]}: the finished runs a
+    run reads (`option` names the recipe key they came from; `needs` says what it needs)."""
+    found: dict[str, RunFolder] = {}
+    for src in sources:
+        f = RunFolder(src, writer=False)
+        key = f.key()
+        if key is None:
+            raise UserError(f"{src}: not a finished gblend run ({option} needs final.json)")
+        for role, (method, mods) in want.items():
+            if key.method == method and key.modalities == tuple(mods):
+                found[role] = f
+    missing = [r for r in want if r not in found]
+    if missing:
+        raise UserError(f"{option}: no {', '.join(missing)} run among {', '.join(map(str, sources))} ({needs})")
+    return {r: found[r] for r in want}
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -263,8 +298,9 @@ def environment_info(device, world: int, amp_dtype, splits: dict) -> dict:
 
 
 def best_score(metrics: dict, head: str) -> float:
-    """What best.pt is chosen by: the head's top-1 on V (the evaluation split only when a run has
-    no V); -inf when this epoch was not evaluated."""
-    split = metrics.get("holdout") or metrics.get("val") or {}
-    score = split.get(head, {}).get("top1")
+    """What best.pt is chosen by: the head's top-1 on V; -inf when this epoch was not evaluated or
+    the run has no V (then no best.pt is written: choosing an epoch on the evaluation split would
+    break the protocol, README "One protocol for every method"). The reported numbers are always
+    the last epoch's."""
+    score = (metrics.get("holdout") or {}).get(head, {}).get("top1")
     return -math.inf if score is None else score
