@@ -335,6 +335,58 @@ def claims(mx: Matrix) -> list[str]:
     return out
 
 
+def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
+    """The paper's claims on every combination, as data (report.json "checks"; the markdown and
+    terminal reports print them): naive below the best uni-modal model (Table 1); each G-Blend mode
+    above both (Table 4); the uni-modal ranking of Kinetics (RGB, then flow, then audio, which
+    overfits most: largest train-val gap and OGR); and every G-Blend weight within 0.05 of the
+    formula's w_raw (its last estimation, every seed). Means over the seeds found."""
+    out = []
+    v1 = {m: mx.metric("unimodal", m, "video_top1")["mean"] for m in ("audio", "rgb", "flow")}
+    for combo in mx.combos():
+        label, best = paper.combo_label(combo), mx.best_unimodal(combo)
+        naive = mx.metric("naive", combo, "video_top1")["mean"]
+        uni = v1.get(best) if best else None
+        if naive is not None and uni is not None:
+            out.append({"check": "naive below the best uni-modal model", "combo": label, "holds": naive < uni,
+                        "values": {"naive": round(naive, 2), f"best uni-modal ({paper.combo_label(best)})": round(uni, 2),
+                                   "difference": round(naive - uni, 2)}})
+        for variant in sorted(v for (v, c) in mx.by_key if c == combo and v in ("gblend-offline", "gblend-online")):
+            gb = mx.metric(variant, combo, "video_top1")["mean"]
+            if gb is not None and naive is not None and uni is not None:
+                out.append({"check": f"{METHOD_LABELS[variant]} above naive and the best uni-modal model", "combo": label,
+                            "holds": gb > naive and gb > uni,
+                            "values": {"gblend": round(gb, 2), "over naive": round(gb - naive, 2),
+                                       "over best uni-modal": round(gb - uni, 2)}})
+            deviations = [abs(v["w"] - v["w_raw"]) if v.get("w_raw") is not None else float("inf")
+                          for f in mx.get(variant, combo) if f.blend_rows() for v in f.blend_rows()[-1]["heads"].values()]
+            if deviations:
+                out.append({"check": f"{METHOD_LABELS[variant]} weights within 0.05 of w_raw", "combo": label,
+                            "holds": max(deviations) <= 0.05 + 1e-9,
+                            "values": {"largest |w - w_raw|": round(max(deviations), 4) if max(deviations) < 1e9 else None}})
+    if all(v1[m] is not None for m in v1):
+        uni_rows = {r["modalities"]: r for r in overfit_rows if r["method"] == "unimodal"}
+        gaps = {m: uni_rows.get(paper.SHORT[m], {}).get("gap") for m in v1}
+        ogrs = {m: uni_rows.get(paper.SHORT[m], {}).get("ogr") for m in v1}
+        order = v1["rgb"] > v1["flow"] > v1["audio"]
+        most = all(x is not None for x in list(gaps.values()) + list(ogrs.values())) and \
+            max(gaps, key=gaps.get) == "audio" and max(ogrs, key=ogrs.get) == "audio"
+        out.append({"check": "uni-modal ranking: RGB, then flow, then audio, which overfits most", "combo": "uni-modal",
+                    "holds": bool(order and most),
+                    "values": {"video top-1": {m: round(v, 2) for m, v in v1.items()}, "gap": gaps, "ogr": ogrs}})
+    return out
+
+
+def check_lines(rows: list[dict]) -> list[str]:
+    return [f"{r['combo']}: {r['check']}: {'HOLDS' if r['holds'] else 'DOES NOT HOLD'} ({_values(r['values'])})" for r in rows]
+
+
+def _values(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_values(x)}" for k, x in v.items())
+    return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def overfit_figure(mx: Matrix, path: Path) -> Path | None:
     """Train (dashed) and validation (solid) error per epoch for the uni-modal runs and naive and
     G-Blend on the main combination (first seed), like the paper's Figure 4."""
@@ -472,6 +524,7 @@ def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = 
         out["table4"] = table4(mx)
     if "overfit" in tables:
         out["overfit"], out["claims"] = overfit(mx)
+        out["checks"] = checks(mx, out["overfit"])
     if "methods" in tables:
         out["methods"] = methods_table(mx)
     out["_matrix"] = mx
@@ -495,7 +548,7 @@ def render(report: dict, fmt: str) -> str:
 
     tables = [k for k in TABLES if k in report]
     if fmt == "json":
-        doc = {k: report[k] for k in tables} | ({"claims": report["claims"]} if "claims" in report else {})
+        doc = {k: report[k] for k in tables} | {k: report[k] for k in ("claims", "checks") if k in report}
         return json.dumps(finite_or_null(doc), indent=2, allow_nan=False)
     if fmt == "csv":
         if len(tables) != 1:
@@ -513,6 +566,9 @@ def render(report: dict, fmt: str) -> str:
         parts.append("Missing runs (commands that would produce them):\n\n" + "\n".join(f"    {c}" for c in report["_missing"]))
     if "claims" in report and fmt == "markdown":
         parts.append("\n".join(f"- {c}" for c in report["claims"]))
+    if report.get("checks") and fmt == "markdown":
+        parts.append("The paper's claims on every combination (means over seeds):\n\n"
+                     + "\n".join(f"- {c}" for c in check_lines(report["checks"])))
     return "\n\n".join(parts) + "\n"
 
 
@@ -561,6 +617,10 @@ def print_rich(report: dict) -> None:
                   soft_wrap=True, markup=False)
     for c in report.get("claims", []):
         out.print(c, soft_wrap=True, markup=False)
+    if report.get("checks"):
+        out.print("The paper's claims on every combination (means over seeds):", markup=False)
+        for c in check_lines(report["checks"]):
+            out.print(f"  {c}", soft_wrap=True, markup=False)
 
 
 def parse_tables(table: str) -> list[str]:

@@ -264,14 +264,16 @@ def test_table1_deleted_naive_seed_is_missing_with_recipe_command(results, tmp_p
     assert ar["naive_seeds"] == 1 and close(ar["naive_video_top1"], 55.0)
 
 
-def test_cli_table1_json_default_recipe_missing_seed(results, run_gblend, tmp_path):
+def test_cli_table1_json_missing_seed(results, run_gblend, tmp_path):
     shutil.rmtree(results / "naive-audio+rgb-s1")
-    proc = run_gblend("report", "--results", results, "--table", "1", "--format", "json")
+    recipe = tmp_path / "full.toml"
+    recipe.write_text(FULL_MATRIX)
+    proc = run_gblend("report", "--results", results, "--table", "1", "--format", "json", "--recipe", recipe)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     assert set(out) == {"table1"}
     ar = by_combo(out["table1"], "A+RGB")
-    assert ar["missing"] == [want(results, "gblend train-naive --modalities audio,rgb --seed 1")]
+    assert ar["missing"] == [want(results, "gblend train-naive --modalities audio,rgb --seed 1", recipe)]
     assert ar["naive_seeds"] == 2 and close(ar["naive_video_top1"], 53.7)  # (55 + 52.4) / 2
     assert close(ar["drop"], round(53.7 - hand_mean([60, 62.5, 58]), 2))
     assert [r["combo"] for r in out["table1"]] == ["A+RGB", "RGB+OF", "A+OF", "A+RGB+OF"]
@@ -472,7 +474,25 @@ def test_latex_uses_booktabs(results, cfg):
 
 def test_json_has_only_tables_and_claims(results, cfg):
     js = json.loads(render(build(results, ["table4", "overfit"], cfg), "json"))
-    assert set(js) == {"table4", "overfit", "claims"}
+    assert set(js) == {"table4", "overfit", "claims", "checks"}
+
+
+def test_checks_cover_every_combination(results, cfg):
+    rows = build(results, ["overfit"], cfg)["checks"]
+    by = {(r["combo"], r["check"]): r for r in rows}
+    t1 = by[("A+RGB", "naive below the best uni-modal model")]
+    naive, rgb = hand_mean(col("naive", AR, None, 1)), hand_mean(col("unimodal", ["rgb"], None, 1))
+    assert t1["holds"] and t1["values"]["difference"] == pytest.approx(round(naive - rgb, 2))
+    off = by[("A+RGB", "G-Blend offline above naive and the best uni-modal model")]
+    assert off["holds"] and off["values"]["over best uni-modal"] == pytest.approx(round(65.17 - rgb, 2), abs=0.01)
+    # seed 1's offline weights are 0.2 away from w_raw (audio 0.2 vs 0.0): the check says so
+    w = by[("A+RGB", "G-Blend offline weights within 0.05 of w_raw")]
+    assert not w["holds"] and w["values"]["largest |w - w_raw|"] == pytest.approx(0.2)
+    # flow (65.0) beats RGB (60.17) here: the ranking check fails
+    rank = by[("uni-modal", "uni-modal ranking: RGB, then flow, then audio, which overfits most")]
+    assert not rank["holds"]
+    # only combinations whose runs exist are checked: no verdict from missing numbers
+    assert {r["combo"] for r in rows if r["check"].startswith("naive below")} == {"A+RGB", "RGB+OF"}
 
 
 # --- a deleted run folder ------------------------------------------------------------------------
@@ -512,7 +532,7 @@ def test_cli_overfit_json_with_figure_path(results, run_gblend, tmp_path):
     proc = run_gblend("report", "--results", results, "--table", "overfit", "--format", "json", "--figure", fig)
     assert proc.returncode == 0, proc.stderr[-2000:]
     js = json.loads(proc.stdout)
-    assert set(js) == {"overfit", "claims"}
+    assert set(js) == {"overfit", "claims", "checks"}
     assert close({r["run"]: r for r in js["overfit"]}["naive A+RGB"]["ogr"], 1.222)
     assert fig.read_bytes()[:8] == PNG_MAGIC
     assert not (results / "report" / "overfitting.png").exists()
