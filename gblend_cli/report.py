@@ -3,10 +3,7 @@ from run folders (final.json, metrics.jsonl, blend_weights.jsonl). The paper's n
 gblend_cli/paper.py and are labelled `paper_*`. A run the recipe's matrix expects but that is not
 there is shown as missing, with the command that would produce it.
 
-`--table methods`: G-Blend's successors beside naive fusion, G-Blend and the best uni-modal model
-(chosen on V), one row per (method, combination), with each run's diagnostics: video top-1, each
-uni-modal head's video top-1, OGR per head over the run, each modality's Shapley contribution to
-the fused prediction (gblend_cli/diagnostics.py), wall time and peak memory.
+`--table methods` (G-Blend's successors): gblend_cli/methods_table.py.
 """
 
 from __future__ import annotations
@@ -17,17 +14,16 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from . import paper
+from . import methods_table, paper
 from .errors import UserError
-from .experiment import BALANCING_METHODS, RunKey, matrix
+from .experiment import RunKey, matrix
 from .ogr import evaluated_epochs, ogr_between
 from .run_folder import RunFolder
 from .storage import finite_or_null
 
 METHOD_LABELS = {"unimodal": "uni-modal", "naive": "naive", "gblend-offline": "G-Blend offline",
                  "gblend-online": "G-Blend online", "gblend-equal": "auxiliary loss (equal w)",
-                 "gblend-fixed": "G-Blend fixed w", "ogm-ge": "OGM-GE", "mmpareto": "MMPareto", "umt": "UMT",
-                 "ume": "UME", "inforeg": "InfoReg", "best-unimodal": "best uni-modal"}
+                 "gblend-fixed": "G-Blend fixed w"} | methods_table.LABELS
 
 
 def _stats(values: list[float]) -> dict:
@@ -54,9 +50,6 @@ class Matrix:
         self.expected = matrix(cfg) if rp else []
         self.seeds = {c: (rp["seeds"] if c == self.main else rp["other_seeds"]) for c in [self.main] + rp["other_combos"]} if rp else {}
         self.modes = {c: (rp["gblend_modes"] if c == self.main else rp["other_gblend_modes"]) for c in self.seeds} if rp else {}
-        self.methods = list(rp["methods"]) if rp else list(BALANCING_METHODS)
-        self.methods_combos = list(rp["methods_combos"]) if rp else []
-        self.methods_seeds = list(rp["seeds"]) if rp else [0]
 
     def combos(self) -> list[str]:
         present = {c for (m, c) in self.by_key if "+" in c} | set(self.seeds)
@@ -193,86 +186,6 @@ def table4(mx: Matrix) -> list[dict]:
                 "paper_weights": p.get("weights") if method == "gblend-offline" and pv else None,
                 "missing": missing,
             })
-    return rows
-
-
-# --- the methods table -----------------------------------------------------------------------------
-def run_ogr(folder: RunFolder) -> dict[str, float | None]:
-    """{head: OGR between the run's first and last evaluated epochs} (None where undefined, e.g. a
-    run that trained nothing)."""
-    rows = folder.metrics()
-    ep = evaluated_epochs(rows)
-    out = {}
-    for h in (folder.final() or {}).get("heads", {}):
-        o = ogr_between(rows, h, ep[0], ep[-1]) if len(ep) >= 2 else None
-        out[h] = o["ogr"] if o else None
-    return out
-
-
-def holdout_top1(folder: RunFolder) -> float | None:
-    """The judged head's clip top-1 on V at the run's last evaluated epoch (what the best uni-modal
-    model is chosen by: never the evaluation split)."""
-    head = folder.final()["head"]
-    rows = [r for r in folder.metrics() if r.get("holdout")]
-    return rows[-1]["holdout"].get(head, {}).get("top1") if rows else None
-
-
-def _mean_dict(dicts: list[dict | None]) -> dict | None:
-    """Per-key mean over runs (None for a key no run has a number for); None when any run lacks
-    the dict altogether (e.g. a run from before the diagnostics): never a made-up zero."""
-    if not dicts or any(d is None for d in dicts):
-        return None
-    keys = [k for d in dicts for k in d]
-    out = {}
-    for k in dict.fromkeys(keys):
-        vals = [d[k] for d in dicts if d.get(k) is not None]
-        out[k] = round(statistics.fmean(vals), 3) if vals else None
-    return out
-
-
-def _method_row(variant: str, combo: str, runs: list[RunFolder], missing: list[str], modality: str | None = None) -> dict:
-    finals = [r.final() for r in runs]
-    v1 = _stats([f["video_top1"] for f in finals])
-    if modality:  # the best uni-modal row: its own head is the modality's
-        heads = [{modality: f["video_top1"]} for f in finals]
-        contribution = [{} for _ in finals]
-    else:
-        heads = [{h: v["video_top1"] for h, v in f.get("heads", {}).items() if h != "fused"} for f in finals]
-        contribution = [f["diagnostics"]["contribution"] if "diagnostics" in f else None for f in finals]
-    seconds = _stats([f["seconds"] for f in finals if f.get("seconds") is not None])
-    memory = _stats([f["peak_memory_mb"] for f in finals if f.get("peak_memory_mb") is not None])
-    return {
-        "method": variant, "label": METHOD_LABELS.get(variant, variant) + (f" ({paper.combo_label(modality)})" if modality else ""),
-        "combo": paper.combo_label(combo), "modality": modality,
-        "video_top1": _mean(v1), "video_top1_std": _std(v1),
-        "head_top1": _mean_dict(heads) if runs else None,
-        "ogr": _mean_dict([run_ogr(r) for r in runs]) if runs else None,
-        "contribution": _mean_dict(contribution) if runs else None,
-        "seconds": _mean(seconds), "peak_memory_mb": _mean(memory),
-        "seeds": [r.key().seed for r in runs], "missing": missing,
-    }
-
-
-def methods_table(mx: Matrix) -> list[dict]:
-    """One row per (method, combination): the best uni-modal model (chosen on V), naive, G-Blend
-    (offline; online where there are runs) and each of G-Blend's successors, on the recipe's
-    `reproduce.methods_combos` and any other combination holding a successor's run."""
-    present = {c for (v, c) in mx.by_key if v in BALANCING_METHODS}
-    combos = list(dict.fromkeys(mx.methods_combos + [c for c in mx.combos() if c in present]))
-    methods = list(dict.fromkeys(mx.methods + sorted({v for (v, c) in mx.by_key if v in BALANCING_METHODS})))
-    seeds = mx.methods_seeds
-    rows = []
-    for combo in combos:
-        mods = combo.split("+")
-        on_v = {m: _stats([x for x in (holdout_top1(f) for f in mx.get("unimodal", m)) if x is not None]) for m in mods}
-        on_v = {m: s["mean"] for m, s in on_v.items() if s["mean"] is not None}
-        best = max(on_v, key=on_v.get) if on_v else None
-        uni_missing = sorted({c for m in mods for c in mx.missing("unimodal", m, seeds)})
-        rows.append(_method_row("best-unimodal", combo, mx.get("unimodal", best) if best else [], uni_missing,
-                                modality=best))
-        variants = ["naive", "gblend-offline"] + (["gblend-online"] if mx.get("gblend-online", combo) else []) + methods
-        for v in variants:
-            rows.append(_method_row(v, combo, mx.get(v, combo), mx.missing(v, combo, seeds)))
     return rows
 
 
@@ -442,17 +355,6 @@ def _num(v, digits: int = 1) -> str:
     return "missing" if v is None else f"{v:.{digits}f}"
 
 
-def _d(d: dict | None, digits: int, signed: bool = False) -> str:
-    """'audio 57.2, rgb 78.1'; 'missing' for no runs (or runs without the number), '—' when the
-    method has no such heads (naive: no uni-modal heads)."""
-    if d is None:
-        return "missing"
-    if not d:
-        return "—"
-    fmt = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
-    return ", ".join(f"{k} {'—' if v is None else fmt.format(v)}" for k, v in d.items())
-
-
 def _w(w: dict | None, std: dict | None = None, marks: dict | None = None) -> str:
     """'rgb .63±.01, fused .36' with a mark after each weight a guard moved."""
     if not w:
@@ -489,10 +391,7 @@ def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]
                  "/".join(_num(r[k]) for k in ("paper_clip_top1", "paper_video_top1", "paper_video_top5")) if r["paper_video_top1"] else "",
                  _w(r["paper_weights"])] for r in rows]
     elif name == "methods":
-        headers = ["Combo", "Method", "V@1", "Head V@1", "OGR", "Contribution (V@1 points)", "Seconds", "Peak MB", "Seeds"]
-        body = [[r["combo"], r["label"], _pm(r, "video_top1"), _d(r["head_top1"], 1), _d(r["ogr"], 2),
-                 _d(r["contribution"], 1, signed=True), _num(r["seconds"], 0), _num(r["peak_memory_mb"], 0),
-                 ",".join(map(str, r["seeds"])) or "-"] for r in rows]
+        return methods_table.display(rows)
     else:
         headers = ["Run", "Train top-1", "Val top-1", "Gap", "OGR", "Seeds"]
         body = [[r["run"], _num(r["train_top1"]), _num(r["val_top1"]), _num(r["gap"]), _num(r["ogr"], 3),
@@ -503,14 +402,7 @@ def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]
 TITLES = {"table1": "Table 1: naive late fusion vs the best uni-modal model (video top-1, %)",
           "table4": "Table 4: G-Blend vs uni-modal vs naive (clip top-1 / video top-1 / video top-5, %; mean ± std over seeds)",
           "overfit": "Overfitting comparison (paper Fig. 4): final train vs validation clip top-1 (%), OGR over the run",
-          "methods": "G-Blend's successors: video top-1, each uni-modal head's video top-1, OGR per head, each modality's "
-                     "Shapley contribution to the fused prediction, wall time and peak memory (mean over seeds)"}
-METHODS_NOTE = ("best uni-modal: chosen on V. Head V@1: each modality's own head (a stop-gradient probe for OGM-GE and "
-                "UMT; naive has none: —). OGR: |ΔO/ΔG| from the first to the last evaluated epoch. Contribution: Shapley "
-                "values of the fused head's V@1 over the modality subsets, missing modalities' features at their T' "
-                "mean. Seconds: the run's own training and evaluation (UMT, UME and offline G-Blend read finished "
-                "uni-modal/naive runs, whose time is in their own rows). Peak MB: the run process's peak RSS on CPU, "
-                "peak allocated device memory on CUDA.")
+          "methods": methods_table.TITLE}
 
 
 def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = "", sets=()) -> dict:
@@ -526,7 +418,7 @@ def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = 
         out["overfit"], out["claims"] = overfit(mx)
         out["checks"] = checks(mx, out["overfit"])
     if "methods" in tables:
-        out["methods"] = methods_table(mx)
+        out["methods"] = methods_table.rows(mx, METHOD_LABELS)
     out["_matrix"] = mx
     out["_missing"] = sorted({c for k in TABLES if k in out for r in out[k] for c in r.get("missing", [])})
     return out
@@ -561,7 +453,7 @@ def render(report: dict, fmt: str) -> str:
         title = f"### {TITLES[k]}\n\n" if fmt == "markdown" else f"% {TITLES[k]}\n"
         parts.append(title + tabulate(body, headers=headers, tablefmt=tablefmt)
                      + (f"\n\n{WEIGHT_MARKS}" if k == "table4" and fmt == "markdown" else "")
-                     + (f"\n\n{METHODS_NOTE}" if k == "methods" and fmt == "markdown" else ""))
+                     + (f"\n\n{methods_table.NOTE}" if k == "methods" and fmt == "markdown" else ""))
     if report.get("_missing") and fmt == "markdown":
         parts.append("Missing runs (commands that would produce them):\n\n" + "\n".join(f"    {c}" for c in report["_missing"]))
     if "claims" in report and fmt == "markdown":
@@ -603,15 +495,15 @@ def print_rich(report: dict) -> None:
         headers, body = display_rows(k, report[k])
         t = Table(title=TITLES[k], title_justify="left")
         for h in headers:
-            t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "w", "w_raw", "Paper weights", "Head V@1",
-                                                    "OGR", "Contribution (V@1 points)") else "right")
+            t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "w", "w_raw", "Paper weights")
+                         + methods_table.LEFT else "right")
         for row in body:
             t.add_row(*[f"[red]{c}[/red]" if c == "missing" else escape(c) for c in row])
         out.print(t)
         if k == "table4":
             out.print(WEIGHT_MARKS, soft_wrap=True)
         if k == "methods":
-            out.print(METHODS_NOTE, soft_wrap=True)
+            out.print(methods_table.NOTE, soft_wrap=True)
     if report.get("_missing"):
         out.print("missing runs; produce them with:\n" + "\n".join(f"  {c}" for c in report["_missing"]),
                   soft_wrap=True, markup=False)
