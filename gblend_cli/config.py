@@ -137,6 +137,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "offline_from_runs": True,  # offline G-Blend reads Algorithm 2's terms from the matrix's own uni-modal and naive runs
         "methods": ["ogm-ge", "mmpareto", "umt", "ume", "inforeg"],  # `reproduce --table methods`: these, beside naive and offline G-Blend
         "methods_combos": ["audio+rgb", "audio+rgb+flow"],  # ... on these combinations, for every seed of `seeds`
+        "methods_epochs": 0,  # the methods matrix's train.epochs (0: the recipe's); > 0: give it its own --results
     },
 }
 
@@ -300,7 +301,8 @@ def validate(cfg: dict) -> None:
               "demo.texture_amp",
               "demo.audio_class_fraction", "demo.audio_class_amp", "demo.audio_memo_tones", "demo.audio_memo_amp",
               "demo.audio_noise", "methods.ogm_alpha", "methods.ogm_end_epoch", "methods.mmpareto_gamma",
-              "methods.umt_weight", "methods.inforeg_beta", "methods.inforeg_threshold", "methods.inforeg_window"):
+              "methods.umt_weight", "methods.inforeg_beta", "methods.inforeg_threshold", "methods.inforeg_window",
+              "reproduce.methods_epochs"):
         _positive(cfg, k, allow_zero=True)
     for k in ("train.momentum", "demo.blank_fraction", "demo.audio_class_fraction"):
         if _get(cfg, k) > 1:

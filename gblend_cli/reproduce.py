@@ -47,6 +47,27 @@ def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets:
     return jobs
 
 
+def methods_settings(cfg: dict, sets: list[str]) -> tuple[dict, list[str]]:
+    """The recipe and --set options of the methods matrix: with `reproduce.methods_epochs` > 0 every
+    run of it trains that many epochs (`--set train.epochs=N` on each command, so a run folder
+    says how it was trained); give it its own --results then, as its runs share folder names with
+    the paper's matrix. 0: the recipe's own train settings."""
+    n = cfg["reproduce"]["methods_epochs"]
+    if not n or n == cfg["train"]["epochs"]:
+        return cfg, list(sets)
+    return cfg | {"train": cfg["train"] | {"epochs": n}}, list(sets) + [f"train.epochs={n}"]
+
+
+def _refuse_other_epochs(cfg: dict, keys: list[RunKey], results: Path) -> None:
+    """A finished run in `results` trained for another number of epochs would be read (UMT, UME,
+    offline G-Blend) and reported beside runs it cannot be compared with: refuse, in one line."""
+    for k in keys:
+        f = RunFolder(results / k.name, writer=False)
+        if f.is_complete() and f.final().get("epochs") not in (None, cfg["train"]["epochs"]):
+            raise UserError(f"{f.path}: trained {f.final()['epochs']} epochs, the methods matrix trains "
+                            f"{cfg['train']['epochs']} (reproduce.methods_epochs): give it its own --results")
+
+
 def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: str = "gblend",
                    include_complete: bool = False, methods: bool = False) -> None:
     """The matrix as shell commands on stdout, one per line, each run after the runs it depends on:
@@ -62,6 +83,8 @@ def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: st
     if not (data / "dataset.json").exists():
         lines.append(["prepare-data", "--out", str(data)] + (["--recipe", str(recipe)] if recipe else [])
                      + [a for s in sets for a in ("--set", s)])
+    if methods:
+        cfg, sets = methods_settings(cfg, sets)
     keys = methods_matrix(cfg) if methods else matrix(cfg)
     lines += [job.argv for job in plan(cfg, keys, results, data, recipe, sets, threads=None,
                                        include_complete=include_complete)]
@@ -78,12 +101,16 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     data = data_dir(cfg)
     results = Path(results or results_dir(cfg))
     t0 = time.perf_counter()
+    tables = tables or ["table1", "table4", "overfit"]
+    methods_only = tables == ["methods"]  # `--table methods`: the methods matrix and its report
+    if methods_only:
+        cfg, sets = methods_settings(cfg, sets)
+    keys = methods_matrix(cfg) if methods_only else matrix(cfg)
+    if methods_only:
+        _refuse_other_epochs(cfg, keys, results)
     if not (data / "dataset.json").exists():
         console.print(f"[bold]1/3 preparing {cfg['dataset']['name']} data in {data}")
         prepare_dataset(cfg, data)
-    tables = tables or ["table1", "table4", "overfit"]
-    methods_only = tables == ["methods"]  # `--table methods`: the methods matrix and its report
-    keys = methods_matrix(cfg) if methods_only else matrix(cfg)
     jobs = plan(cfg, keys, results, data.resolve(), recipe, sets)
     console.print(f"[bold]2/3 training: {len(keys)} runs in the matrix, {len(keys) - len(jobs)} already done, "
                   f"{len(jobs)} to run, {cfg['reproduce']['jobs']} at a time")

@@ -188,3 +188,21 @@ def test_reproduce_table_methods_plans_the_methods_matrix_once(tmp_path, run_gbl
     assert f"--from-runs {results.resolve()}/unimodal-audio-s0,{results.resolve()}/unimodal-rgb-s0," in umt
     assert names.index("unimodal-flow-s0") < names.index("umt-audio+rgb+flow-s0")
     assert names.index("naive-audio+rgb-s0") < names.index("gblend-offline-audio+rgb-s0")
+
+
+def test_methods_epochs_sets_every_run_of_the_methods_matrix(tmp_path, run_gblend):
+    """`reproduce.methods_epochs`: each command of the methods matrix trains that many epochs (the
+    run folder's config says so); a finished run trained for another number of epochs in the same
+    results folder is refused in one line before anything is prepared or trained."""
+    results = tmp_path / "results"
+    data = tmp_path / "data"
+    p = run_gblend("reproduce", "--table", "methods", "--seeds", "0", "--results", results, "--print-commands",
+                   "--set", f"dataset.data_dir={data}", "--set", "reproduce.methods_epochs=3")
+    assert p.returncode == 0, p.stderr
+    runs = [line for line in p.stdout.strip().splitlines() if "--out" in line and "prepare-data" not in line]
+    assert len(runs) == 17 and all("--set train.epochs=3" in line for line in runs)
+    write(results, "unimodal", ["audio"], 0, 55.0)  # a finished run of 2 epochs
+    p = run_gblend("reproduce", "--table", "methods", "--seeds", "0", "--results", results,
+                   "--set", f"dataset.data_dir={data}", "--set", "reproduce.methods_epochs=3")
+    assert p.returncode == 2 and "trained 2 epochs" in p.stderr and "own --results" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not data.exists()
