@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import paper
 from .experiment import BALANCING_METHODS
-from .ogr import evaluated_epochs, ogr_between
+from .ogr import ogr_per_head
 
 if TYPE_CHECKING:
     from .run_folder import RunFolder
@@ -35,15 +35,9 @@ LEFT = ("Head V@1", "OGR", "Contribution (V@1 points)")  # left-justified column
 
 
 def run_ogr(folder: RunFolder) -> dict[str, float | None]:
-    """{head: OGR between the run's first and last evaluated epochs} (None where undefined, e.g. a
-    run that trained nothing)."""
-    rows = folder.metrics()
-    ep = evaluated_epochs(rows)
-    out = {}
-    for h in (folder.final() or {}).get("heads", {}):
-        o = ogr_between(rows, h, ep[0], ep[-1]) if len(ep) >= 2 else None
-        out[h] = o["ogr"] if o else None
-    return out
+    """{head: OGR between the run's first and last evaluated epochs}, from its metrics.jsonl (so
+    runs from before final.json's diagnostics have it too)."""
+    return ogr_per_head(folder.metrics(), (folder.final() or {}).get("heads", {}))
 
 
 def holdout_top1(folder: RunFolder) -> float | None:

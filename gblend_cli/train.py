@@ -25,7 +25,9 @@ from .engine import (NonFiniteLoss, Precision, evaluate, make_optimizer, make_sc
 from .errors import ProtocolError, UserError
 from .experiment import RunKey
 from .models import MultiModalNet, load_backbones, set_channels_last
+from .ogr import ogr_per_head
 from .run_folder import RunFolder, best_score, environment_info, load_checkpoint
+from .storage import read_jsonl
 from .ui import RunProgress, console
 
 
@@ -246,8 +248,11 @@ class Trainer:
             "epochs": epochs, "weights": {k: float(weights.get(k, 0.0)) for k in heads},
             "dataset": self.cfg["dataset"]["name"], "splits": self.data.split_sizes, "seconds": round(seconds, 1),
         } | ({"mode": key.mode} if key.mode else {}) | peak_memory(self.device)
-        if diag is not None:
-            final["diagnostics"] = diag.diagnostics(val[h])
+        if diag is not None:  # the run folder's diagnostics: contribution, each head's V@1 and OGR
+            log = self.folder.path / "metrics.jsonl"
+            final["diagnostics"] = diag.diagnostics(val[h]) | {
+                "head_video_top1": {k: v["video_top1"] for k, v in val.items() if k != "fused"},
+                "ogr": ogr_per_head(read_jsonl(log), heads) if log.exists() else {}}
         if "map" in val[h]:
             final["map"], final["mauc"] = val[h]["map"], val[h]["mauc"]
         self.folder.write_final(final)

@@ -410,6 +410,17 @@ def test_each_method_on_three_modalities_writes_its_diagnostics(method, unimodal
     assert sum(d["contribution"].values()) == pytest.approx(final["video_top1"] - d["subset_top1"]["none"])
     assert final["peak_memory_mb"] > 0 and final["peak_memory_kind"] == "process_max_rss"
     assert final["epochs"] == (0 if method == "ume" else 2)
+    # each modality's own head and its OGR over the run, from the same run folder
+    assert d["head_video_top1"] == {m: final["heads"][m]["video_top1"] for m in ("audio", "rgb", "flow")}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ep = [r["epoch"] for r in rows if r.get("train") and r.get("holdout")]
+    for h in ("audio", "rgb", "flow", "fused"):
+        if method == "ume":  # trained nothing: one evaluated epoch, no OGR
+            assert d["ogr"][h] is None
+            continue
+        (lt0, lv0), (lt1, lv1) = [(r["train"][h]["loss"], r["holdout"][h]["loss"]) for r in rows if r["epoch"] in (ep[0], ep[-1])]
+        want = abs(((lv1 - lt1) - (lv0 - lt0)) / (lv0 - lv1))  # OGR = |ΔO / ΔG|, by hand
+        assert d["ogr"][h] == pytest.approx(want, rel=1e-9)
 
 
 @pytest.mark.slow
