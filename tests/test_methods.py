@@ -392,6 +392,9 @@ def test_each_method_trains_and_resumes_bit_identically(method, unimodal_runs, t
     assert final["method"] == method and set(final["heads"]) == {"audio", "rgb", "fused"}
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)  # policy state: plain data
     assert state["spec"]["method"] == method
+    ref = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["model"].keys() == ref["model"].keys()
+    assert all(torch.equal(state["model"][k], ref["model"][k]) for k in ref["model"]), "the same weights, bit for bit"
     if method != "ume":
         assert all("policy" in r for r in _rows(run)[1:]), "the method's per-epoch statistics"
 
