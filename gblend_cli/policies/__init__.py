@@ -25,7 +25,7 @@ def unimodal_sources(key: RunKey, cfg: dict) -> dict[str, tuple[str, dict]]:
     on: `methods.from_runs`, or RESULTS/unimodal-<m>-s<seed>; each checked to have run this recipe
     and seed (RunFolder.check_same_setup)."""
     from ..config import results_dir
-    from ..run_folder import RunFolder, finished_runs
+    from ..run_folder import finished_runs
 
     sources = cfg["methods"]["from_runs"] or [str(results_dir(cfg) / k.name) for k in key.source_keys()]
     for s in sources:

@@ -41,6 +41,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+
 @runtime_checkable
 class LossPolicy(Protocol):
     """How a run weighs its heads' losses."""
