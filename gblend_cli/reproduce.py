@@ -59,13 +59,20 @@ def methods_settings(cfg: dict, sets: list[str]) -> tuple[dict, list[str]]:
 
 
 def _refuse_other_epochs(cfg: dict, keys: list[RunKey], results: Path) -> None:
-    """A finished run in `results` trained for another number of epochs would be read (UMT, UME,
-    offline G-Blend) and reported beside runs it cannot be compared with: refuse, in one line."""
+    """With `reproduce.methods_epochs`: a finished run in `results` trained with another
+    train.epochs would be read (UMT, UME, offline G-Blend) and reported beside runs it cannot be
+    compared with: refuse, in one line."""
+    import tomllib
+
+    if not cfg["reproduce"]["methods_epochs"]:
+        return
     for k in keys:
         f = RunFolder(results / k.name, writer=False)
-        if f.is_complete() and f.final().get("epochs") not in (None, cfg["train"]["epochs"]):
-            raise UserError(f"{f.path}: trained {f.final()['epochs']} epochs, the methods matrix trains "
-                            f"{cfg['train']['epochs']} (reproduce.methods_epochs): give it its own --results")
+        if f.is_complete():
+            theirs = tomllib.loads((f.path / "config.toml").read_text())["train"]["epochs"]
+            if theirs != cfg["train"]["epochs"]:
+                raise UserError(f"{f.path}: trained with train.epochs = {theirs}, the methods matrix with "
+                                f"{cfg['train']['epochs']} (reproduce.methods_epochs): give it its own --results")
 
 
 def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: str = "gblend",

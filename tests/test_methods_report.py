@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from gblend_cli.config import load_config
+from gblend_cli.errors import UserError
 from gblend_cli.experiment import RunKey
 from gblend_cli.report import build, render, render_csv
 
@@ -202,7 +203,29 @@ def test_methods_epochs_sets_every_run_of_the_methods_matrix(tmp_path, run_gblen
     runs = [line for line in p.stdout.strip().splitlines() if "--out" in line and "prepare-data" not in line]
     assert len(runs) == 17 and all("--set train.epochs=3" in line for line in runs)
     write(results, "unimodal", ["audio"], 0, 55.0)  # a finished run of 2 epochs
+    (results / "unimodal-audio-s0" / "config.toml").write_text("[train]\nepochs = 2\n")
     p = run_gblend("reproduce", "--table", "methods", "--seeds", "0", "--results", results,
                    "--set", f"dataset.data_dir={data}", "--set", "reproduce.methods_epochs=3")
-    assert p.returncode == 2 and "trained 2 epochs" in p.stderr and "own --results" in p.stderr
+    assert p.returncode == 2 and "train.epochs = 2" in p.stderr and "own --results" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and not data.exists()
+
+
+def test_only_a_methods_epochs_setting_refuses_finished_runs(tmp_path):
+    """The refusal compares the recipe's train.epochs, not final.json's epochs (UME trains 0 of
+    them by design), and only when `reproduce.methods_epochs` is set."""
+    from gblend_cli.reproduce import _refuse_other_epochs, methods_settings
+
+    results = tmp_path / "results"
+    write(results, "ume", ["audio", "rgb"], 0, 80.0)
+    (results / "ume-audio+rgb-s0" / "config.toml").write_text("[train]\nepochs = 3\n")
+    final = results / "ume-audio+rgb-s0" / "final.json"
+    final.write_text(json.dumps(json.loads(final.read_text()) | {"epochs": 0}))  # UME trains nothing
+    keys = [RunKey("ume", ("audio", "rgb"), 0)]
+    plain = load_config(None, {"train.epochs": 20})
+    _refuse_other_epochs(plain, keys, results)  # methods_epochs = 0: the recipe's own runs, no check
+    cfg, sets = methods_settings(load_config(None, {"train.epochs": 20, "reproduce.methods_epochs": 3}), [])
+    assert cfg["train"]["epochs"] == 3 and sets == ["train.epochs=3"]
+    _refuse_other_epochs(cfg, keys, results)  # trained with 3 (its final.json says 0 epochs: UME)
+    cfg, _ = methods_settings(load_config(None, {"train.epochs": 20, "reproduce.methods_epochs": 4}), [])
+    with pytest.raises(UserError, match="train.epochs = 3"):
+        _refuse_other_epochs(cfg, keys, results)
