@@ -36,6 +36,18 @@ def ensure_data(cfg: dict, data: Path | None) -> Path:
     return path
 
 
+def adopt_data_settings(cfg: dict, data_path: Path) -> None:
+    """config.toml records how the data was made, not what the recipe would have made: a demo folder
+    generated with another `--seed` (or other generator settings) is what this run trains on."""
+    import tomllib
+
+    saved = data_path / "prepare_config.toml"
+    if cfg["dataset"]["name"] != "demo" or not saved.exists():
+        return
+    demo = tomllib.loads(saved.read_text()).get("demo", {})
+    cfg["demo"].update({k: v for k, v in demo.items() if k in cfg["demo"]})
+
+
 def train(cfg: dict, method: str, modalities, *, data: Path | None = None, out: Path | None = None,
           resume: bool = False) -> dict:
     """Train one run through the core; returns final.json's content."""
@@ -45,6 +57,7 @@ def train(cfg: dict, method: str, modalities, *, data: Path | None = None, out: 
 
     key = RunKey.for_config(method, modalities, cfg)
     cfg["dataset"]["data_dir"] = str(Path(data or data_dir(cfg)).resolve())  # config.toml records the data used
+    adopt_data_settings(cfg, Path(cfg["dataset"]["data_dir"]))  # before the policy compares runs' settings
     policy = make_policy(key, cfg)  # bad weights or estimation sources are refused before anything is written
     data_path = ensure_data(cfg, data)
     folder = RunFolder(Path(out) if out else results_dir(cfg) / key.name, writer=distributed.launch_rank() == 0)

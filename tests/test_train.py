@@ -453,3 +453,17 @@ def test_an_interrupted_estimation_resumes_to_the_same_weights(tiny_demo, tmp_pa
     assert _final_numbers(run) == _final_numbers(tmp_path / "ref")
     assert not (run / "checkpoints" / "estimation.pt").exists()  # superseded by last.pt
     check_blend_run(run)
+
+
+def test_a_run_records_the_demo_its_data_was_generated_with(matrix_runs, tiny_demo):
+    """The default recipe describes demo data seed 1; the tiny demo was generated with the package
+    defaults (seed 0). config.toml must say what the run trained on, and runs made on that data
+    agree with each other (gblend.estimate_from compares them)."""
+    import tomllib
+
+    from gblend_cli.config import DEFAULT_RECIPE, load_config
+
+    made = tomllib.loads((tiny_demo / "prepare_config.toml").read_text())["demo"]
+    assert load_config(DEFAULT_RECIPE)["demo"] != made  # else this test could not fail
+    for run in matrix_runs.values():
+        assert tomllib.loads((run / "config.toml").read_text())["demo"] == made, run
