@@ -316,7 +316,7 @@ def test_run_keys_of_the_methods():
 def test_the_methods_matrix_shares_the_paper_matrix_runs():
     from gblend_cli.experiment import matrix
 
-    cfg = load_config(None, {"reproduce.seeds": [0]})
+    cfg = load_config(None, {"reproduce.seeds": [0], "reproduce.other_seeds": [0]})
     keys = methods_matrix(cfg)
     names = [k.name for k in keys]
     assert len(names) == len(set(names)) == 17
@@ -461,11 +461,14 @@ def test_umt_and_ume_need_their_unimodal_runs(tiny_demo, tmp_path, run_gblend):
 @pytest.mark.slow
 def test_umt_refuses_a_teacher_from_another_recipe(unimodal_runs, tiny_demo):
     from gblend_cli.policies import make_policy
+    from gblend_cli.runs import adopt_data_settings
 
     same = tiny_cfg(unimodal_runs, **{"dataset.data_dir": str(tiny_demo.resolve())})
+    adopt_data_settings(same, tiny_demo.resolve())  # as runs.train does before make_policy
     assert make_policy(RunKey("umt", ("audio", "rgb"), 5), same).sources == {"audio": "unimodal-audio-s5",
                                                                               "rgb": "unimodal-rgb-s5"}
     other = tiny_cfg(unimodal_runs, **{"dataset.data_dir": str(tiny_demo.resolve()), "train.lr": 0.3})
+    adopt_data_settings(other, tiny_demo.resolve())
     with pytest.raises(UserError, match="train.lr = 0.05, this run with 0.3"):
         make_policy(RunKey("umt", ("audio", "rgb"), 5), other)
     seed6 = same | {"train": same["train"] | {"seed": 6},
