@@ -93,7 +93,7 @@ OPTION_KEYS = {
     "dataset.annotations": "--annotations", "prepare.workers": "--workers", "prepare.flow": "--flow",
     "prepare.fps": "--fps", "prepare.short_side": "--short-side", "demo.seed": "--seed",
     "dataset.label_field": "--label-field", "dataset.allow_outside_root": "--allow-outside-root",
-    "dataset.ucf_split": "--ucf-split",
+    "dataset.ucf_split": "--ucf-split", "model.fusion": "--fusion",
     "reproduce.seeds": "--seeds", "reproduce.other_seeds": "--seeds", "reproduce.jobs": "--jobs", "dataset.results_dir": "--results",
 }
 
@@ -222,12 +222,14 @@ def train_naive(
     batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optimizer = OptimOpt,
     device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
     init_from: Optional[str] = InitOpt, sets: Optional[List[str]] = SetOpt,
+    fusion: Optional[Literal["late", "dropout", "midconcat", "se-gate", "nl-gate"]] = typer.Option(None, "--fusion", help=f"late concat, or one of the paper's attempted fixes (Fig. 1): dropout (stronger, model.fix_dropout), midconcat, se-gate, nl-gate (audio meets the visual features after model.fusion_stage) {_d('model.fusion')}."),
 ):
     """Naive late fusion: every backbone trained only through the fused head's loss (Table 1)."""
     from .experiment import parse_modalities
 
     mods = parse_modalities(modalities, minimum=2)
-    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from)
+    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from,
+                     model__fusion=fusion)
     _loading("train-naive")
     from .runs import train
 
@@ -281,13 +283,13 @@ def train_method(
     epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
     batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optimizer = OptimOpt,
     device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
-    sets: Optional[List[str]] = SetOpt,
+    init_from: Optional[str] = InitOpt, sets: Optional[List[str]] = SetOpt,
 ):
     """G-Blend's successors on the same training core and run folder: OGM-GE, MMPareto, UMT, UME, InfoReg."""
     from .experiment import parse_modalities
 
     mods = parse_modalities(modalities, minimum=2)
-    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, None,
+    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from,
                      methods__from_runs=[p for p in from_runs.split(",") if p] if from_runs else None)
     _loading("train-method")
     from .runs import train
@@ -311,21 +313,21 @@ def measure_ogr(
     print_measure(measure(runs, from_epoch, to_epoch, metric), fmt)
 
 
-TableChoice = Literal["1", "4", "overfit", "all", "methods"]
+TableChoice = Literal["1", "4", "overfit", "3", "5", "fig1", "all", "methods"]
 
 
 @app.command("report", epilog="Examples:\n\n  gblend report --table 4 > table4.txt\n\n"
              "  gblend report --results results/k400 --table all --format latex --out tables.tex")
 @command
 def report(
-    table: TableChoice = typer.Option("all", "--table", "-t", help="Which table."),
+    table: Optional[TableChoice] = typer.Option(None, "--table", "-t", help="Which table: 1, 4, overfit (Fig. 4), 3, 5, fig1 (the paper's other experiments), all (every table of the paper) or methods (G-Blend's successors) " + escape("[default: 1, 4 and overfit].")),
     results: Optional[Path] = typer.Option(None, "--results", help="Results folder " + escape("[default: the recipe's, results/demo].")),
     fmt: Optional[Literal["markdown", "csv", "latex", "json"]] = typer.Option(None, "--format", "-f", help="Text format " + escape("[default: tables for the terminal]") + ". csv: one table per file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the formatted tables here (csv with several tables: OUT_table1.csv, ...)."),
-    figure: Optional[Path] = typer.Option(None, "--figure", help="Where to write the Fig. 4 PNG " + escape("[default: RESULTS/report/overfitting.png].")),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="Where to write the Fig. 4 PNG " + escape("[default: RESULTS/report/overfitting.png]") + "; the Fig. 1 bar chart goes beside it (fig1.png)."),
     recipe: Optional[Path] = RecipeOpt, sets: Optional[List[str]] = SetOpt,
 ):
-    """The paper's Table 1, Table 4 and the overfitting comparison, from run folders only (paper numbers beside); --table methods: G-Blend's successors beside naive, G-Blend and the best uni-modal model, with their diagnostics.
+    """The paper's tables from run folders only (paper numbers beside): Table 1, Table 4 and the overfitting comparison; Table 3, Table 5 and Figure 1 with --table 3|5|fig1|all (all: every table of the paper); --table methods: G-Blend's successors beside naive, G-Blend and the best uni-modal model, with their diagnostics.
 
     Missing runs are listed once, each with the command that trains it into RESULTS; a requested
     table without any data exits with code 2."""
@@ -337,13 +339,21 @@ def report(
     results = results or results_dir(cfg)
     if not results.is_dir():
         raise UserError(f"{results}: no such results folder (--results); run `gblend reproduce` or a train command first")
-    tables = parse_tables(table)
+    tables = parse_tables(table or "core")
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name, e.g. {out / 'tables.md'}")
     if fmt == "csv" and len(tables) > 1 and out is None:
-        raise UserError("--format csv writes one table per file: give --table 1|4|overfit, or --out FILE.csv "
+        raise UserError("--format csv writes one table per file: give --table 1|4|overfit|3|5|fig1|methods, or --out FILE.csv "
                         "(then FILE_table1.csv, FILE_table4.csv, ...)")
     rep = build(results, tables, cfg, str(recipe) if recipe else "", sets or [])
     if "overfit" in rep:
         fig = overfit_figure(rep["_matrix"], figure or results / "report" / "overfitting.png")
+        if fig:
+            console.print(f"figure: {fig}")
+    if "fig1" in rep:
+        from .paper_tables import fig1_figure
+
+        fig = fig1_figure(rep["fig1"], (figure.parent if figure else results / "report") / "fig1.png")
         if fig:
             console.print(f"figure: {fig}")
     if fmt is None and out is None:
@@ -358,7 +368,7 @@ def report(
         console.print(f"wrote {out}")
     else:
         sys.stdout.write(render(rep, fmt))
-    empty = empty_tables(rep)
+    empty = empty_tables(rep, optional=("table5", "fig1", "table3") if table == "all" else ())
     if empty:
         raise UserError(f"{results}: no runs for {', '.join(empty)}; the commands above train them")
 
@@ -370,7 +380,7 @@ def report(
 def reproduce_cmd(
     recipe: Optional[Path] = RecipeOpt,
     seeds: Optional[str] = typer.Option(None, "--seeds", help=f"Training seeds of every combination's rows, e.g. 3,4,5 {_d('reproduce.seeds')}."),
-    table: TableChoice = typer.Option("all", "--table", "-t", help="Which tables to print at the end."),
+    table: Optional[TableChoice] = typer.Option(None, "--table", "-t", help="Which tables' runs to train and print: 1, 4 or overfit (the matrix of [reproduce]), 3, 5 or fig1 (their own runs, sharing any already there), all (every table of the paper), methods (G-Blend's successors: reproduce.methods on reproduce.methods_combos) " + escape("[default: 1, 4 and overfit].")),
     results: Optional[Path] = typer.Option(None, "--results", help="Results folder " + escape("[default: the recipe's, results/demo].")),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help=f"Runs in parallel {_d('reproduce.jobs')}."),
     print_commands: bool = typer.Option(False, "--print-commands", help="Print the matrix's commands (unfinished runs, dependencies first), one per line, instead of running them."),
@@ -391,11 +401,11 @@ def reproduce_cmd(
             raise UserError(f"--seeds: expected comma-separated integers like 0,1,2; got {seeds!r}") from None
         if not seed_list:
             raise UserError("--seeds: give at least one seed")
-    tables = parse_tables(table) + (["overfit"] if table in ("1", "4") else [])
+    tables = parse_tables(table or "core") + (["overfit"] if table in ("1", "4") else [])
     cfg = _config(recipe, sets, reproduce__seeds=seed_list, reproduce__other_seeds=seed_list, reproduce__jobs=jobs,
                   dataset__results_dir=str(results) if results else None)
     if print_commands:
-        print_matrix(cfg, resolve_recipe_path(recipe), sets or [], launcher, all_runs, methods=table == "methods")
+        print_matrix(cfg, resolve_recipe_path(recipe), sets or [], launcher, all_runs, tables)
         return
     _loading("reproduce")
     reproduce(cfg, run_argv, resolve_recipe_path(recipe), sets or [], results, sorted(set(tables), key=tables.index),

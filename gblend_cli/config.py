@@ -78,6 +78,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "audio_widths": [16, 32, 64, 128],
         "audio_layers": [1, 1, 1, 1],
         "fusion_dropout": 0.5,
+        "fusion": "late",  # late|dropout|midconcat|se-gate|nl-gate: naive fusion's attempted fixes (paper Fig. 1; gblend_cli/fusion/)
+        "fix_dropout": 0.8,  # fusion = "dropout": the fusion head's stronger dropout rate (the paper's regulariser, Table 5)
+        "fusion_stage": 3,  # midconcat|se-gate|nl-gate: after which backbone stage (1-3 of 4) audio meets the visual features
     },
     "train": {
         "epochs": 30,
@@ -125,6 +128,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "inforeg_beta": 0.95,  # InfoReg's β in β·exp(tanh(s_u - s_min)) (the official code's audio value)
         "inforeg_threshold": 0.04,  # InfoReg's prime learning window: while the encoder's FIM-trace growth k > this
         "inforeg_window": 0,  # epochs averaged in the FIM-trace growth k (0: max(1, epochs // 8), 10 of 80 as in the code)
+    },
+    "tables": {  # the runs of the paper's Table 3 (optimisers), Table 5 (regularisers) and Fig. 1 (attempted fixes)
+        "optimizers": ["adam", "adagrad"],  # Table 3's optimisers (each: RGB only, naive, G-Blend offline)
+        "adam_lr": 0.001,  # Table 3's learning rate with Adam (train.lr is SGD's)
+        "adagrad_lr": 0.01,  # Table 3's learning rate with AdaGrad
     },
     "reproduce": {  # the matrix `gblend reproduce` runs and `gblend report` expects
         "seeds": [0, 1, 2],  # seeds of the main combination's rows
@@ -275,6 +283,7 @@ def validate(cfg: dict) -> None:
     _choice(cfg, "train.schedule", ("cosine", "step", "constant"))
     _choice(cfg, "train.amp", ("auto", "bf16", "fp16", "none"))
     _choice(cfg, "gblend.mode", ("offline", "online", "fixed"))
+    _choice(cfg, "model.fusion", ("late", "dropout", "midconcat", "se-gate", "nl-gate"))
     _choice(cfg, "gblend.metric", ("loss", "accuracy"))
     _choice(cfg, "gblend.rule", ("regularised", "raw"))
     _choice(cfg, "dataset.label_field", ("verb", "noun", "action"))
@@ -288,7 +297,7 @@ def validate(cfg: dict) -> None:
         raise BadValue("dataset.classes", f"must be a list of class names; got {cfg['dataset']['classes']!r}")
     for k in ("train.epochs", "train.batch_size", "clip.frames", "clip.crop", "clip.eval_clips",
               "clip.audio_frames", "prepare.fps", "prepare.short_side", "train.lr", "prepare.decode_timeout_s",
-              "gblend.super_epoch", "gblend.warmup_super_epoch", "demo.classes", "demo.fps", "demo.size",
+              "gblend.super_epoch", "gblend.warmup_super_epoch", "tables.adam_lr", "tables.adagrad_lr", "demo.classes", "demo.fps", "demo.size",
               "demo.texture_block",
               "train.eval_every"):
         _positive(cfg, k)
@@ -296,6 +305,7 @@ def validate(cfg: dict) -> None:
               "gblend.estimate_epochs", "prepare.workers", "gblend.min_weight",
               "demo.train_videos", "demo.test_videos", "train.train_eval_size",
               "train.momentum", "train.gamma", "train.seed", "demo.seed", "train.threads", "model.fusion_dropout",
+              "model.fix_dropout",
               "prepare.threads", "prepare.max_seconds", "demo.seconds", "demo.blob_sigma",
               "demo.blob_speed", "demo.blank_fraction", "demo.pixel_noise", "demo.direction_jitter_deg",
               "demo.texture_amp",
@@ -307,8 +317,15 @@ def validate(cfg: dict) -> None:
     for k in ("train.momentum", "demo.blank_fraction", "demo.audio_class_fraction"):
         if _get(cfg, k) > 1:
             raise BadValue(k, f"must be <= 1; got {_get(cfg, k)}")
-    if cfg["model"]["fusion_dropout"] >= 1:
-        raise BadValue("model.fusion_dropout", f"must be < 1; got {cfg['model']['fusion_dropout']}")
+    for k in ("model.fusion_dropout", "model.fix_dropout"):
+        if _get(cfg, k) >= 1:
+            raise BadValue(k, f"must be < 1; got {_get(cfg, k)}")
+    if cfg["model"]["fusion_stage"] not in (1, 2, 3):
+        raise BadValue("model.fusion_stage", f"must be 1, 2 or 3 (the stage after which audio meets the visual "
+                                             f"features); got {cfg['model']['fusion_stage']!r}")
+    for opt in cfg["tables"]["optimizers"]:
+        if opt not in ("sgd", "adam", "adagrad"):
+            raise BadValue("tables.optimizers", f"holds {opt!r}; choose from sgd, adam, adagrad")
     for k in ("model.visual_widths", "model.visual_layers", "model.audio_widths", "model.audio_layers"):
         v = _get(cfg, k)
         if len(v) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):

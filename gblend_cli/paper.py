@@ -33,3 +33,20 @@ SHORT = {"audio": "A", "rgb": "RGB", "flow": "OF"}
 
 def combo_label(combo: str) -> str:
     return "+".join(SHORT[m] for m in combo.split("+"))
+
+# Table 5: A+RGB on Kinetics (clip top-1 / video top-1 / video top-5), by row id (experiment.table_keys);
+# the paper's mini-Sports column beside it
+TABLE5 = {"audio": (13.9, 19.7, 33.6), "rgb": (63.5, 72.6, 90.1), "pretrain": (61.9, 71.7, 89.6),
+          "naive": (61.8, 71.7, 89.3), "dropout": (63.8, 72.9, 90.6), "aux": (60.5, 70.8, 88.6),
+          "gblend": (65.9, 74.7, 91.5)}
+TABLE5_MINI_SPORTS = {"audio": (14.7, 22.1, 35.6), "rgb": (48.5, 62.7, 84.8), "pretrain": (48.3, 61.3, 84.9),
+                      "naive": (47.1, 60.2, 83.3), "dropout": (47.4, 61.4, 84.3), "aux": (48.9, 62.1, 84.0),
+                      "gblend": (49.7, 62.8, 85.5)}
+
+# Figure 1: attempted fixes for A+RGB on Kinetics, video top-1 only
+FIG1 = {"rgb": 72.6, "late": 71.4, "pretrain": 71.7, "earlystop": 71.3, "dropout": 72.9, "midconcat": 72.8,
+        "se-gate": 71.4, "nl-gate": 72.0}
+
+# Table 3: optimisers (clip top-1 / video top-1 / video top-5): visual (RGB) only, naive A+RGB, G-Blend
+TABLE3 = {"adagrad": {"rgb": (60.0, 68.9, 88.4), "naive": (56.4, 65.2, 86.5), "gblend": (62.1, 71.3, 89.8)},
+          "adam": {"rgb": (60.1, 69.3, 88.7), "naive": (57.9, 66.4, 86.8), "gblend": (63.0, 72.1, 90.5)}}

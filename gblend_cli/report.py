@@ -1,5 +1,6 @@
 """`report`: the paper's Table 1, Table 4 and the overfitting comparison (Fig. 4), built only
-from run folders (final.json, metrics.jsonl, blend_weights.jsonl). The paper's numbers come from
+from run folders (final.json, metrics.jsonl, blend_weights.jsonl); Table 3, Table 5 and Figure 1
+come from gblend_cli/paper_tables.py and are rendered here beside them. The paper's numbers come from
 gblend_cli/paper.py and are labelled `paper_*`. A run the recipe's matrix expects but that is not
 there is shown as missing, with the command that would produce it.
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from . import methods_table, paper
+from . import methods_table, paper, paper_tables
 from .errors import UserError
 from .experiment import RunKey, matrix
 from .ogr import evaluated_epochs, ogr_between
@@ -42,9 +43,11 @@ class Matrix:
         self.folders, self.cfg, self.recipe_arg, self.results, self.sets = folders, cfg, recipe_arg, results, list(sets)
         self.data = _common_data_dir(folders)
         self.by_key: dict[tuple[str, str], list[RunFolder]] = {}
+        self.base_optimizer = None if (cfg or {}).get("train", {}).get("optimizer", "sgd") == "sgd" else cfg["train"]["optimizer"]
         for f in folders:
             k = f.key()
-            self.by_key.setdefault((k.variant, k.combo), []).append(f)
+            if k.fix is None and k.optimizer == self.base_optimizer:  # the other tables' runs: paper_tables.py
+                self.by_key.setdefault((k.variant, k.combo), []).append(f)
         rp = (cfg or {}).get("reproduce")
         self.main = rp["main"] if rp else "audio+rgb"
         self.expected = matrix(cfg) if rp else []
@@ -69,7 +72,8 @@ class Matrix:
         """Commands that would produce the expected but absent runs of (variant, combo)."""
         have = {f.key().seed for f in self.get(variant, combo)}
         want = seeds if seeds is not None else self.expected_seeds(combo)
-        keys = [RunKey.from_variant(variant, combo.split("+"), s) for s in want if s not in have]
+        keys = [RunKey.from_variant(variant, combo.split("+"), s, optimizer=self.base_optimizer)
+                for s in want if s not in have]
         return [k.command(recipe=self.recipe_arg or None, data=self.data,
                           out=self.results / k.name if self.results else None, sets=self.sets) for k in keys]
 
@@ -250,10 +254,12 @@ def claims(mx: Matrix) -> list[str]:
 
 def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
     """The paper's claims on every combination, as data (report.json "checks"; the markdown and
-    terminal reports print them): naive below the best uni-modal model (Table 1); each G-Blend mode
-    above both (Table 4); the uni-modal ranking of Kinetics (RGB, then flow, then audio, which
-    overfits most: largest train-val gap and OGR); and every G-Blend weight within 0.05 of the
-    formula's w_raw (its last estimation, every seed). Means over the seeds found."""
+    terminal reports print them), with the margins of the demo's target (issue 19): naive below the
+    best uni-modal model by 1 to 8 points (Table 1; the paper's drops are 1.2-3.8); each G-Blend mode
+    at least 1 point above both (2 on the main combination: the paper's +2.1/+3.2 on A+RGB); the
+    uni-modal ranking of Kinetics (RGB, then flow, then audio, which overfits most: largest
+    train-val gap and OGR); and every G-Blend weight within 0.05 of the formula's w_raw (its last
+    estimation, every seed). Video top-1, means over the seeds found."""
     out = []
     v1 = {m: mx.metric("unimodal", m, "video_top1")["mean"] for m in ("audio", "rgb", "flow")}
     for combo in mx.combos():
@@ -261,14 +267,17 @@ def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
         naive = mx.metric("naive", combo, "video_top1")["mean"]
         uni = v1.get(best) if best else None
         if naive is not None and uni is not None:
-            out.append({"check": "naive below the best uni-modal model", "combo": label, "holds": naive < uni,
+            out.append({"check": "naive below the best uni-modal model by 1 to 8 points", "combo": label,
+                        "holds": 1 <= uni - naive <= 8,
                         "values": {"naive": round(naive, 2), f"best uni-modal ({paper.combo_label(best)})": round(uni, 2),
                                    "difference": round(naive - uni, 2)}})
         for variant in sorted(v for (v, c) in mx.by_key if c == combo and v in ("gblend-offline", "gblend-online")):
             gb = mx.metric(variant, combo, "video_top1")["mean"]
             if gb is not None and naive is not None and uni is not None:
-                out.append({"check": f"{METHOD_LABELS[variant]} above naive and the best uni-modal model", "combo": label,
-                            "holds": gb > naive and gb > uni,
+                margin = 2 if combo == mx.main else 1
+                out.append({"check": f"{METHOD_LABELS[variant]} at least {margin} point{'s' if margin > 1 else ''} "
+                                     f"above naive and the best uni-modal model", "combo": label,
+                            "holds": gb >= naive + margin and gb >= uni + margin,
                             "values": {"gblend": round(gb, 2), "over naive": round(gb - naive, 2),
                                        "over best uni-modal": round(gb - uni, 2)}})
             deviations = [abs(v["w"] - v["w_raw"]) if v.get("w_raw") is not None else float("inf")
@@ -378,6 +387,8 @@ def _marks(r: dict) -> dict:
 
 def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Human-readable cells (mean ± std, 'missing') for the terminal, Markdown and LaTeX."""
+    if name in paper_tables.TITLES:
+        return paper_tables.display_rows(name, rows)
     if name == "table1":
         headers = ["Combo", "Naive V@1", "Best uni-modal", "Uni-modal V@1", "Drop", "Paper naive", "Paper uni-modal", "Paper drop"]
         body = [[r["combo"], f"{_num(r['naive_video_top1'])}" + (f" ± {r['naive_std']:.1f}" if r["naive_seeds"] > 1 else ""),
@@ -419,19 +430,23 @@ def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = 
         out["checks"] = checks(mx, out["overfit"])
     if "methods" in tables:
         out["methods"] = methods_table.rows(mx, METHOD_LABELS)
+    out |= paper_tables.build(mx, tables)
     out["_matrix"] = mx
     out["_missing"] = sorted({c for k in TABLES if k in out for r in out[k] for c in r.get("missing", [])})
     return out
 
 
-TABLES = ("table1", "table4", "overfit", "methods")
+TABLES = ("table1", "table4", "overfit", "table5", "fig1", "table3", "methods")
 HAS_DATA = {"table1": ("naive_video_top1", "best_unimodal_video_top1"), "table4": ("video_top1",),
-            "overfit": ("train_top1",), "methods": ("video_top1",)}
+            "overfit": ("train_top1",), "table5": ("video_top1",), "fig1": ("video_top1",), "table3": ("video_top1",),
+            "methods": ("video_top1",)}
+ALL_TITLES = TITLES | paper_tables.TITLES  # TITLES: this module's tables (methods: methods_table.py)
 
 
-def empty_tables(report: dict) -> list[str]:
-    """Requested tables without a single measured number."""
-    return [k for k in TABLES if k in report and not any(r.get(c) is not None for r in report[k] for c in HAS_DATA[k])]
+def empty_tables(report: dict, optional=()) -> list[str]:
+    """Requested tables without a single measured number (`optional` ones may be empty)."""
+    return [k for k in TABLES if k in report and k not in optional
+            and not any(r.get(c) is not None for r in report[k] for c in HAS_DATA[k])]
 
 
 def render(report: dict, fmt: str) -> str:
@@ -441,6 +456,8 @@ def render(report: dict, fmt: str) -> str:
     tables = [k for k in TABLES if k in report]
     if fmt == "json":
         doc = {k: report[k] for k in tables} | {k: report[k] for k in ("claims", "checks") if k in report}
+        if set(report) & set(paper_tables.TITLES):
+            doc["findings"] = paper_tables.findings(report)
         return json.dumps(finite_or_null(doc), indent=2, allow_nan=False)
     if fmt == "csv":
         if len(tables) != 1:
@@ -450,12 +467,14 @@ def render(report: dict, fmt: str) -> str:
     for k in tables:
         headers, body = display_rows(k, report[k])
         tablefmt = {"markdown": "github", "latex": "latex_booktabs"}[fmt]
-        title = f"### {TITLES[k]}\n\n" if fmt == "markdown" else f"% {TITLES[k]}\n"
+        title = f"### {ALL_TITLES[k]}\n\n" if fmt == "markdown" else f"% {ALL_TITLES[k]}\n"
         parts.append(title + tabulate(body, headers=headers, tablefmt=tablefmt)
                      + (f"\n\n{WEIGHT_MARKS}" if k == "table4" and fmt == "markdown" else "")
                      + (f"\n\n{methods_table.NOTE}" if k == "methods" and fmt == "markdown" else ""))
     if report.get("_missing") and fmt == "markdown":
         parts.append("Missing runs (commands that would produce them):\n\n" + "\n".join(f"    {c}" for c in report["_missing"]))
+    if fmt == "markdown" and set(report) & set(paper_tables.TITLES):
+        parts.append("\n".join(f"- {c}" for c in paper_tables.findings(report)))
     if "claims" in report and fmt == "markdown":
         parts.append("\n".join(f"- {c}" for c in report["claims"]))
     if report.get("checks") and fmt == "markdown":
@@ -493,7 +512,7 @@ def print_rich(report: dict) -> None:
         if k not in report:
             continue
         headers, body = display_rows(k, report[k])
-        t = Table(title=TITLES[k], title_justify="left")
+        t = Table(title=ALL_TITLES[k], title_justify="left")
         for h in headers:
             t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "w", "w_raw", "Paper weights")
                          + methods_table.LEFT else "right")
@@ -507,7 +526,7 @@ def print_rich(report: dict) -> None:
     if report.get("_missing"):
         out.print("missing runs; produce them with:\n" + "\n".join(f"  {c}" for c in report["_missing"]),
                   soft_wrap=True, markup=False)
-    for c in report.get("claims", []):
+    for c in report.get("claims", []) + (paper_tables.findings(report) if set(report) & set(paper_tables.TITLES) else []):
         out.print(c, soft_wrap=True, markup=False)
     if report.get("checks"):
         out.print("The paper's claims on every combination (means over seeds):", markup=False)
@@ -516,9 +535,12 @@ def print_rich(report: dict) -> None:
 
 
 def parse_tables(table: str) -> list[str]:
-    """'all' is the paper's tables; 'methods' (G-Blend's successors) is asked for by name."""
-    names = {"1": ["table1"], "4": ["table4"], "overfit": ["overfit"], "all": ["table1", "table4", "overfit"],
-             "methods": ["methods"]}
+    """--table's value -> table names. "core": Tables 1, 4 and the overfitting comparison; "all":
+    every table of the paper (core, Table 5, Figure 1, Table 3); "methods" (G-Blend's successors,
+    not in the paper) is asked for by name."""
+    core = ["table1", "table4", "overfit"]
+    names = {"1": ["table1"], "4": ["table4"], "overfit": ["overfit"], "3": ["table3"], "5": ["table5"],
+             "fig1": ["fig1"], "core": core, "all": core + ["table5", "fig1", "table3"], "methods": ["methods"]}
     if table not in names:
-        raise UserError(f"--table must be 1, 4, overfit, all or methods; got {table!r}")
+        raise UserError(f"--table must be 1, 4, overfit, 3, 5, fig1, all or methods; got {table!r}")
     return names[table]

@@ -1,7 +1,9 @@
 """`reproduce`: a recipe's whole matrix — prepare the data, the uni-modal, naive and G-Blend runs
 (each one `gblend train-*` command in its own process, `reproduce.jobs` at a time, one thread each), the OGR
-comparison and the report. A run whose final.json exists is skipped and one with a last.pt is
-resumed, so an interrupted reproduce continues where it stopped."""
+comparison and the report; with `--table 3|5|fig1|all`, the runs of the paper's Table 3, Table 5 and
+Figure 1 (experiment.tables_matrix), each run once whichever tables share it; with `--table methods`,
+the matrix of G-Blend's successors (experiment.methods_matrix). A run whose final.json
+exists is skipped and one with a last.pt is resumed, so an interrupted reproduce continues where it stopped."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from .config import data_dir, results_dir
 from .errors import UserError
-from .experiment import RunKey, matrix, methods_matrix
+from .experiment import RunKey, tables_matrix
 from .run_folder import RunFolder
 from .storage import write_text_atomic
 from .ui import console, progress
@@ -31,18 +33,22 @@ def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets:
     """A job per unfinished run (every run with `include_complete`), in matrix order, which puts
     each run after the runs it depends on. With `reproduce.offline_from_runs`, an offline G-Blend
     run reads its terms from its estimator runs (RunKey.estimator_keys) and waits for them; UMT and
-    UME read their uni-modal runs (RunKey.source_keys) and wait for them."""
+    UME read their uni-modal runs (RunKey.source_keys) and wait for them; a pre-training run waits
+    for the uni-modal runs it starts from (RunKey.init_keys)."""
     jobs = []
     for k in keys:
         folder = RunFolder(results / k.name)
         if folder.is_complete() and not include_complete:
             continue
-        deps = (k.estimator_keys() if cfg["reproduce"]["offline_from_runs"] else []) + k.source_keys()
-        cost = len(k.modalities) * (3.0 if k.method == "gblend" and not deps else 0.3 if k.method == "ume"
-                                    else 1.6 if k.method == "mmpareto" else 1.2 if deps else 1.0)
+        estimators = k.estimator_keys() if cfg["reproduce"]["offline_from_runs"] else []
+        sources = k.source_keys()
+        deps = k.dependencies(cfg["reproduce"]["offline_from_runs"])
+        cost = len(k.modalities) * (3.0 if k.method == "gblend" and not estimators else 0.3 if k.method == "ume"
+                                    else 1.6 if k.method == "mmpareto" else 1.2 if estimators or sources else 1.0)
         jobs.append(Job(k.name, k.argv(recipe=recipe, data=data, out=folder.path, sets=sets, threads=threads,
                                        resume=folder.is_complete() or folder.has_checkpoint(),
-                                       estimate_from=[results / d.name for d in deps]),
+                                       estimate_from=[results / d.name for d in estimators + sources],
+                                       init_from=[results / d.name for d in k.init_keys()], cfg=cfg),
                         cost, [d.name for d in deps]))
     return jobs
 
@@ -76,7 +82,7 @@ def _refuse_other_epochs(cfg: dict, keys: list[RunKey], results: Path) -> None:
 
 
 def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: str = "gblend",
-                   include_complete: bool = False, methods: bool = False) -> None:
+                   include_complete: bool = False, tables=("table1", "table4", "overfit")) -> None:
     """The matrix as shell commands on stdout, one per line, each run after the runs it depends on:
     `prepare-data` first when the data is not prepared, then every unfinished run (every run with
     `include_complete`: a finished one then answers 'already complete')."""
@@ -90,10 +96,9 @@ def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: st
     if not (data / "dataset.json").exists():
         lines.append(["prepare-data", "--out", str(data)] + (["--recipe", str(recipe)] if recipe else [])
                      + [a for s in sets for a in ("--set", s)])
-    if methods:
+    if list(tables) == ["methods"]:
         cfg, sets = methods_settings(cfg, sets)
-    keys = methods_matrix(cfg) if methods else matrix(cfg)
-    lines += [job.argv for job in plan(cfg, keys, results, data, recipe, sets, threads=None,
+    lines += [job.argv for job in plan(cfg, tables_matrix(cfg, tables), results, data, recipe, sets, threads=None,
                                        include_complete=include_complete)]
     for argv in lines:
         out.print(f"{launcher} {shlex.join(argv)}", soft_wrap=True, markup=False, highlight=False)
@@ -103,6 +108,7 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
               tables: list[str] | None = None, recipe_arg: str = "") -> dict:
     """`entry(argv)` runs one `gblend` command line in a child process (the CLI passes its own)."""
     from .prepare import prepare_dataset
+    from .paper_tables import fig1_figure
     from .report import TABLES, build, overfit_figure, print_rich, render, render_csv
 
     data = data_dir(cfg)
@@ -112,7 +118,7 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     methods_only = tables == ["methods"]  # `--table methods`: the methods matrix and its report
     if methods_only:
         cfg, sets = methods_settings(cfg, sets)
-    keys = methods_matrix(cfg) if methods_only else matrix(cfg)
+    keys = tables_matrix(cfg, tables)
     if methods_only:
         _refuse_other_epochs(cfg, keys, results)
     if not (data / "dataset.json").exists():
@@ -131,10 +137,11 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     csvs = [f"report_{k}.csv" for k in TABLES if k in rep]
     for k, name in zip([k for k in TABLES if k in rep], csvs):
         write_text_atomic(out_dir / name, render_csv(rep, k))
-    fig = overfit_figure(rep["_matrix"], out_dir / "overfitting.png") if "overfit" in rep else None
+    figs = [overfit_figure(rep["_matrix"], out_dir / "overfitting.png") if "overfit" in rep else None,
+            fig1_figure(rep["fig1"], out_dir / "fig1.png") if "fig1" in rep else None]
     print_rich(rep)
     console.print(f"report written to {out_dir}/ ({stem}.md, {stem}.json, {', '.join(csvs)}"
-                  f"{', overfitting.png' if fig else ''}) in {time.perf_counter() - t0:.0f} s")
+                  f"{''.join(f', {f.name}' for f in figs if f)}) in {time.perf_counter() - t0:.0f} s")
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their logs are in {results / 'logs'}; "
                         f"run `gblend reproduce` again to retry them")

@@ -6,6 +6,7 @@
     <run>/summary.csv           metrics.jsonl flattened, rewritten after every epoch
     <run>/final.json            the final evaluation and the run's identity (method, modalities, seed, mode)
     <run>/blend_weights.jsonl   G-Blend: one object per estimation (journal)
+    <run>/early_stop.json       naive runs: the best-by-V checkpoint's final evaluation (early stopping)
     <run>/checkpoints/last.pt, best.pt
 
 Every write is atomic or a whole appended line; only the writing process (rank 0) writes. A
@@ -23,7 +24,7 @@ import tomllib
 from pathlib import Path
 
 from . import FORMAT_VERSION, __version__
-from .config import to_toml
+from .config import DEFAULTS, to_toml
 from .errors import UserError
 from .experiment import RunKey
 from .storage import (append_jsonl, read_jsonl, require_known_format, rewrite_jsonl_atomic, torch_save_atomic,
@@ -132,7 +133,7 @@ class RunFolder:
         if not self.writer:
             return
         if resume_from is None:
-            for stale in ("metrics.jsonl", "blend_weights.jsonl", "summary.csv", "final.json"):
+            for stale in ("metrics.jsonl", "blend_weights.jsonl", "summary.csv", "final.json", "early_stop.json"):
                 (self.path / stale).unlink(missing_ok=True)
         else:
             rewrite_jsonl_atomic(self.path / "metrics.jsonl",
@@ -155,6 +156,21 @@ class RunFolder:
     def log_blend(self, row: dict) -> None:
         if self.writer:
             append_jsonl(self.path / "blend_weights.jsonl", row)
+
+    def early_stop(self) -> dict | None:
+        """early_stop.json (naive runs): best.pt's final evaluation; None when absent."""
+        path = self.path / "early_stop.json"
+        try:
+            row = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if isinstance(row, dict):
+            require_known_format(row, path)
+        return row if isinstance(row, dict) else None
+
+    def write_early_stop(self, row: dict) -> None:
+        if self.writer:
+            write_json_atomic(self.path / "early_stop.json", {**row, "format_version": FORMAT_VERSION})
 
     def write_final(self, final: dict) -> None:
         if self.writer:
@@ -195,9 +211,10 @@ class RunFolder:
         old, new = tomllib.loads(saved_toml), tomllib.loads(to_toml(cfg))
         for section, values in new.items():
             for k, value in values.items():
-                if (section, k) not in RESUME_MAY_CHANGE and old.get(section, {}).get(k) != value:
+                was = old.get(section, {}).get(k, DEFAULTS.get(section, {}).get(k))  # a key added since: its default
+                if (section, k) not in RESUME_MAY_CHANGE and was != value:
                     raise UserError(f"{self.path}: --resume with a different recipe: {section}.{k} was "
-                                    f"{old.get(section, {}).get(k)!r}, now {value!r}; use the original settings or a new --out")
+                                    f"{was!r}, now {value!r}; use the original settings or a new --out")
 
     def check_same_recipe(self, cfg: dict) -> None:
         """The finished run here ran with `cfg` (its config.toml), up to where and how fast."""
@@ -214,9 +231,9 @@ class RunFolder:
         theirs = tomllib.loads((self.path / "config.toml").read_text())
         for section in SAME_SETUP_SECTIONS:
             for k, v in ours[section].items():
-                if (section, k) not in SAME_SETUP_EXCEPT and theirs.get(section, {}).get(k) != v:
-                    raise UserError(f"{self.path}: ran with {section}.{k} = {theirs.get(section, {}).get(k)!r}, this run "
-                                    f"with {v!r}; {why}")
+                was = theirs.get(section, {}).get(k, DEFAULTS.get(section, {}).get(k))  # a key added since: its default
+                if (section, k) not in SAME_SETUP_EXCEPT and was != v:
+                    raise UserError(f"{self.path}: ran with {section}.{k} = {was!r}, this run with {v!r}; {why}")
 
     def resume_state(self, cfg: dict, key: RunKey) -> dict:
         """last.pt, checked to belong to the same run with the same recipe."""

@@ -24,6 +24,7 @@ from .engine import (NonFiniteLoss, Precision, evaluate, make_optimizer, make_sc
                      train_one_epoch)
 from .errors import ProtocolError, UserError
 from .experiment import RunKey
+from .fusion import build_model
 from .models import MultiModalNet, load_backbones, set_channels_last
 from .ogr import ogr_per_head
 from .run_folder import RunFolder, best_score, environment_info, load_checkpoint
@@ -64,9 +65,10 @@ class Trainer:
     def device(self) -> torch.device:
         return self.precision.device
 
-    def new_model(self) -> MultiModalNet:
-        model = MultiModalNet(list(self.key.modalities), self.key.heads, len(self.data.ds.classes), self.cfg["model"],
-                              init_seed=self.tcfg["seed"], probe_heads=self.key.probe_heads, fusion=self.key.fusion)
+    def new_model(self) -> torch.nn.Module:
+        model = build_model(list(self.key.modalities), self.key.heads, len(self.data.ds.classes), self.cfg["model"],
+                            init_seed=self.tcfg["seed"], probe_heads=self.key.probe_heads, head_fusion=self.key.fusion)
+        # MultiModalNet, or a naive run's model.fusion (gblend_cli/fusion/)
         if self.tcfg["init_from"]:
             load_backbones(model, [(str(p), load_checkpoint(p)["model"]) for p in init_checkpoints(self.tcfg["init_from"])])
         model = model.to(self.device)
@@ -225,7 +227,8 @@ class Trainer:
         heads, h, key = self.key.heads, self.key.eval_head, self.key
         epochs = self.tcfg["epochs"] if epochs is None else epochs
         diag = None
-        if "fused" in heads and len(key.modalities) > 1:
+        if "fused" in heads and len(key.modalities) > 1 and isinstance(dist_utils.unwrap(self.model), MultiModalNet):
+            # (not the mid-fusion models of gblend_cli/fusion/: no separate pooled features per modality)
             means = FeatureMeans()
             train = self.evaluate(self.model, "train", heads, on_features=means.add)
             module = dist_utils.unwrap(self.model)
@@ -247,7 +250,8 @@ class Trainer:
             "method": key.method, "modalities": list(key.modalities), "seed": key.seed,
             "epochs": epochs, "weights": {k: float(weights.get(k, 0.0)) for k in heads},
             "dataset": self.cfg["dataset"]["name"], "splits": self.data.split_sizes, "seconds": round(seconds, 1),
-        } | ({"mode": key.mode} if key.mode else {}) | peak_memory(self.device)
+        } | ({"mode": key.mode} if key.mode else {}) | ({"fix": key.fix} if key.fix else {}) \
+            | ({"optimizer": key.optimizer} if key.optimizer else {}) | peak_memory(self.device)
         if diag is not None:  # the run folder's diagnostics: contribution, each head's V@1 and OGR
             log = self.folder.path / "metrics.jsonl"
             final["diagnostics"] = diag.diagnostics(val[h]) | {
@@ -255,8 +259,30 @@ class Trainer:
                 "ogr": ogr_per_head(read_jsonl(log), heads) if log.exists() else {}}
         if "map" in val[h]:
             final["map"], final["mauc"] = val[h]["map"], val[h]["mauc"]
+        if key.method == "naive":
+            self.write_early_stop(val)  # before final.json, which marks the run complete
         self.folder.write_final(final)
         return final
+
+
+    def write_early_stop(self, last_val: dict) -> None:
+        """Early stopping (paper Fig. 1), read from a naive run: the best-by-V checkpoint (best.pt)
+        evaluated like the final model (`eval_clips` clips per video) -> early_stop.json."""
+        if not self.folder.best.exists():
+            return
+        state = load_checkpoint(self.folder.best)
+        h, epoch = self.key.eval_head, int(state["epoch"])
+        if epoch == self.tcfg["epochs"]:
+            val = last_val
+        else:
+            import copy
+
+            model = copy.deepcopy(dist_utils.unwrap(self.model))
+            model.load_state_dict(state["model"])
+            val = self.evaluate(model, "final", [h], video_level=True)
+        self.folder.write_early_stop({"epoch": epoch, "head": h, "clip_top1": val[h]["top1"],
+                                      "video_top1": val[h]["video_top1"], "video_top5": val[h]["video_top5"],
+                                      "val_loss": val[h]["loss"], "chosen_by": "V top-1 (best.pt)"})
 
 
 class RunContext:

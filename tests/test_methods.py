@@ -477,3 +477,27 @@ def test_umt_refuses_a_teacher_from_another_recipe(unimodal_runs, tiny_demo):
         make_policy(RunKey("umt", ("audio", "rgb"), 6), seed6)
     with pytest.raises(UserError, match="no finished uni-modal run"):  # by default: RESULTS/unimodal-<m>-s6
         make_policy(RunKey("ume", ("audio", "rgb"), 6), same | {"train": same["train"] | {"seed": 6}})
+
+
+def test_run_keys_of_the_methods_with_the_paper_tables_fields():
+    """The methods beside the paper's other experiments (a fix, an optimiser): folder names,
+    commands and parsing back; `tables_matrix` covers the methods matrix for "methods" only, and
+    "all" (the paper's tables) leaves the methods out."""
+    from gblend_cli.experiment import tables_matrix
+    from gblend_cli.report import parse_tables
+
+    cfg = load_config(None, {"reproduce.seeds": [0], "reproduce.other_seeds": [0]})
+    for k in (RunKey("ogm-ge", ("audio", "rgb"), 0, optimizer="adam"), RunKey("umt", ("audio", "rgb"), 1, optimizer="adagrad"),
+              RunKey("inforeg", ("audio", "rgb"), 0, fix="pretrain"), RunKey("naive", ("audio", "rgb"), 0, fix="se-gate")):
+        assert RunKey.parse(k.name) == k
+    k = RunKey("ogm-ge", ("audio", "rgb"), 0, optimizer="adam")
+    assert k.name == "ogm-ge-audio+rgb-adam-s0"
+    argv = k.argv(cfg=cfg)
+    assert argv[:3] == ["train-method", "--method", "ogm-ge"] and argv[argv.index("--optimizer") + 1] == "adam"
+    assert [s.name for s in RunKey("ume", ("audio", "rgb"), 1, optimizer="adam").dependencies()] == \
+        ["unimodal-audio-adam-s1", "unimodal-rgb-adam-s1"]
+    with pytest.raises(ValueError):
+        RunKey("ogm-ge", ("audio", "rgb"), 0, fix="se-gate")  # a fusion fix is naive fusion's
+    assert set(tables_matrix(cfg, ["methods"])) == set(methods_matrix(cfg))
+    assert "methods" not in parse_tables("all") and parse_tables("methods") == ["methods"]
+    assert not any(k.method in ("ogm-ge", "umt") for k in tables_matrix(cfg, parse_tables("all")))

@@ -5,6 +5,7 @@
 #   recipes/batch/matrix.sh [REPRODUCE OPTIONS] [-- OPTIONS FOR EVERY RUN]
 #   recipes/batch/matrix.sh --recipe kinetics400 --seeds 0,1,2
 #   recipes/batch/matrix.sh --seeds 0 -- --workers 4          # extra options go to every train command
+#   recipes/batch/matrix.sh --table 5 --seeds 0               # the runs of Table 5 (also 3, fig1, all, methods)
 #   LAUNCHER="torchrun --nproc_per_node=8 -m gblend_cli" recipes/batch/matrix.sh --recipe kinetics400
 #
 # REPRODUCE OPTIONS are those of `gblend reproduce` (--recipe, --seeds, --results, --set ...).
@@ -38,10 +39,10 @@ if [ -z "${DRY_RUN:-}" ]; then  # the tables, from the options report shares wit
   REPORT=(); i=0
   while [ $i -lt ${#OPTS[@]} ]; do
     case "${OPTS[$i]}" in
-      --recipe|-r|--results|--set) REPORT+=("${OPTS[$i]}" "${OPTS[$((i + 1))]}"); i=$((i + 2)) ;;
-      --recipe=*|--results=*|--set=*) REPORT+=("${OPTS[$i]}"); i=$((i + 1)) ;;
+      --recipe|-r|--results|--set|--table|-t) REPORT+=("${OPTS[$i]}" "${OPTS[$((i + 1))]}"); i=$((i + 2)) ;;
+      --recipe=*|--results=*|--set=*|--table=*) REPORT+=("${OPTS[$i]}"); i=$((i + 1)) ;;
       *) i=$((i + 1)) ;;
     esac
   done
-  "${GB[@]}" report --table all "${REPORT[@]+"${REPORT[@]}"}"
+  "${GB[@]}" report "${REPORT[@]+"${REPORT[@]}"}"   # the tables of --table (default 1, 4 and overfit)
 fi
