@@ -126,12 +126,6 @@ def estimate_blend_weights(ctx, epoch: int, n_epochs: int, gcfg: dict) -> dict:
 
 
 # --- Algorithm 2 from finished runs -------------------------------------------------------------
-# recipe keys that may differ between a G-Blend run and the runs its offline terms are read from:
-# where and how fast they ran, and the G-Blend and reproduce settings themselves
-_SAME_RUN_EXCEPT = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
-                    ("dataset", "results_dir")}
-
-
 def terms_from_runs(sources: list[str], cfg: dict, modalities: list[str]) -> tuple[dict[str, dict], list[str]]:
     """Algorithm 2's measurements read from finished runs instead of retraining them.
 
@@ -140,37 +134,16 @@ def terms_from_runs(sources: list[str], cfg: dict, modalities: list[str]) -> tup
     initialised from (seed, its name), data order and dropout draws depend only on (seed, epoch)),
     so their L^T/L^V at epoch 0 and at the end are those runs' logged values (a test checks this
     bit for bit against `estimate_blend_weights`). Returns ({head: terms}, [run names])."""
-    import tomllib
-
-    from .config import DEFAULTS, to_toml
-    from .run_folder import RunFolder
+    from .run_folder import finished_runs
 
     want = {m: ("unimodal", (m,)) for m in modalities} | {"fused": ("naive", tuple(modalities))}
-    found: dict[str, RunFolder] = {}
-    for src in sources:
-        f = RunFolder(src, writer=False)
-        key = f.key()
-        if key is None:
-            raise UserError(f"{src}: not a finished gblend run (gblend.estimate_from needs final.json)")
-        for head, (method, mods) in want.items():
-            if key.method == method and key.modalities == mods:
-                found[head] = f
-    missing = [h for h in want if h not in found]
-    if missing:
-        raise UserError(f"gblend.estimate_from: no {', '.join(missing)} run among {', '.join(map(str, sources))} "
-                        f"(needs the uni-modal run of each modality and the naive run)")
-    ours = tomllib.loads(to_toml(cfg))
+    found = finished_runs(sources, want, "gblend.estimate_from",
+                          "needs the uni-modal run of each modality and the naive run")
     n_epochs = cfg["gblend"]["estimate_epochs"] or cfg["train"]["epochs"]
     metric = cfg["gblend"]["metric"]
     rows = {}
     for head, f in found.items():
-        theirs = tomllib.loads((f.path / "config.toml").read_text())
-        for section in ("dataset", "prepare", "demo", "clip", "model", "train"):
-            for k, v in ours[section].items():
-                was = theirs.get(section, {}).get(k, DEFAULTS[section][k])  # a key added since: its default
-                if (section, k) not in _SAME_RUN_EXCEPT and was != v:
-                    raise UserError(f"{f.path}: ran with {section}.{k} = {was!r}, this run "
-                                    f"with {v!r}; its losses do not stand for this run's estimators (gblend.estimate_from)")
+        f.check_same_setup(cfg, "its losses do not stand for this run's estimators (gblend.estimate_from)")
         by_epoch = {r["epoch"]: r for r in f.metrics()}
         a, b = by_epoch.get(0), by_epoch.get(n_epochs)
         if not (a and b and a.get("holdout") and b.get("holdout")):

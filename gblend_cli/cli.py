@@ -101,7 +101,7 @@ OPTION_KEYS = {
     "train.optimizer": "--optimizer", "train.device": "--device", "train.workers": "--workers",
     "train.threads": "--threads", "train.init_from": "--init-from", "gblend.mode": "--mode",
     "gblend.metric": "--metric", "gblend.rule": "--blend-rule", "gblend.weights": "--weights",
-    "gblend.estimate_from": "--estimate-from", "dataset.name": "--dataset", "dataset.root": "--root",
+    "gblend.estimate_from": "--estimate-from", "methods.from_runs": "--from-runs", "dataset.name": "--dataset", "dataset.root": "--root",
     "dataset.annotations": "--annotations", "prepare.workers": "--workers", "prepare.flow": "--flow",
     "prepare.fps": "--fps", "prepare.short_side": "--short-side", "demo.seed": "--seed",
     "dataset.label_field": "--label-field", "dataset.allow_outside_root": "--allow-outside-root",
@@ -279,6 +279,36 @@ def train_gblend(
     train(cfg, "gblend", mods, data=data, out=out, resume=resume)
 
 
+MethodChoice = Literal["ogm-ge", "mmpareto", "umt", "ume", "inforeg"]
+
+
+@app.command("train-method", epilog="Examples:\n\n  gblend train-method --method ogm-ge --modalities audio,rgb\n\n"
+             "  gblend train-method --method mmpareto --modalities audio,rgb,flow --seed 1\n\n"
+             "  gblend train-method --method umt --modalities audio,rgb   # reads RESULTS/unimodal-audio-s0 and unimodal-rgb-s0\n\n"
+             "  gblend train-method --method ogm-ge --modalities audio,rgb --set methods.ogm_alpha=0.5")
+@command
+def train_method(
+    method: MethodChoice = typer.Option(..., "--method", "-m", help="ogm-ge: OGM-GE (Peng et al. 2022), gradient modulation of the dominant encoders + noise; mmpareto: MMPareto (Wei & Hu 2024), fused and uni-modal gradients combined per encoder; umt / ume: uni-modal teacher / ensemble (Du et al. 2023), built on the finished uni-modal runs; inforeg: InfoReg (Huang et al. 2025), the modality ahead regulated in its prime learning window. Hyper-parameters: the recipe's [methods] keys (--set methods.KEY=VALUE)."),
+    modalities: str = typer.Option(..., "--modalities", help="Two or three of audio, rgb, flow, comma-separated."),
+    from_runs: Optional[str] = typer.Option(None, "--from-runs", help="umt, ume: the finished uni-modal runs to read, comma-separated " + escape("[default: RESULTS/unimodal-M-sSEED for each modality M].")),
+    data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
+    epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
+    batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optimizer = OptimOpt,
+    device: Optional[str] = DeviceOpt, workers: Optional[int] = WorkersOpt, threads: Optional[int] = ThreadsOpt,
+    init_from: Optional[str] = InitOpt, sets: Optional[List[str]] = SetOpt,
+):
+    """G-Blend's successors on the same training core and run folder: OGM-GE, MMPareto, UMT, UME, InfoReg."""
+    from .experiment import parse_modalities
+
+    mods = parse_modalities(modalities, minimum=2)
+    cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from,
+                     methods__from_runs=[p for p in from_runs.split(",") if p] if from_runs else None)
+    _loading("train-method")
+    from .runs import train
+
+    train(cfg, method, mods, data=data, out=out, resume=resume)
+
+
 @app.command("measure-ogr", epilog="Examples:\n\n  gblend measure-ogr results/demo/unimodal-audio-s0 results/demo/unimodal-rgb-s0 "
              "results/demo/naive-audio+rgb-s0\n\n  gblend measure-ogr results/demo/naive-audio+rgb-s0 --from 0 --to 10 --format json")
 @command
@@ -295,21 +325,21 @@ def measure_ogr(
     print_measure(measure(runs, from_epoch, to_epoch, metric), fmt)
 
 
-TableChoice = Literal["1", "4", "overfit", "3", "5", "fig1", "all"]
+TableChoice = Literal["1", "4", "overfit", "3", "5", "fig1", "all", "methods"]
 
 
 @app.command("report", epilog="Examples:\n\n  gblend report --table 4 > table4.txt\n\n"
              "  gblend report --results results/k400 --table all --format latex --out tables.tex")
 @command
 def report(
-    table: Optional[TableChoice] = typer.Option(None, "--table", "-t", help="Which table: 1, 4, overfit (Fig. 4), 3, 5, fig1 (the paper's other experiments) or all " + escape("[default: 1, 4 and overfit].")),
+    table: Optional[TableChoice] = typer.Option(None, "--table", "-t", help="Which table: 1, 4, overfit (Fig. 4), 3, 5, fig1 (the paper's other experiments), all (every table of the paper) or methods (G-Blend's successors) " + escape("[default: 1, 4 and overfit].")),
     results: Optional[Path] = typer.Option(None, "--results", help="Results folder " + escape("[default: the recipe's, results/demo].")),
     fmt: Optional[Literal["markdown", "csv", "latex", "json"]] = typer.Option(None, "--format", "-f", help="Text format " + escape("[default: tables for the terminal]") + ". csv: one table per file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the formatted tables here (csv with several tables: OUT_table1.csv, ...)."),
     figure: Optional[Path] = typer.Option(None, "--figure", help="Where to write the Fig. 4 PNG " + escape("[default: RESULTS/report/overfitting.png]") + "; the Fig. 1 bar chart goes beside it (fig1.png)."),
     recipe: Optional[Path] = RecipeOpt, sets: Optional[List[str]] = SetOpt,
 ):
-    """The paper's tables from run folders only (paper numbers beside): Table 1, Table 4 and the overfitting comparison; Table 3, Table 5 and Figure 1 with --table 3|5|fig1|all.
+    """The paper's tables from run folders only (paper numbers beside): Table 1, Table 4 and the overfitting comparison; Table 3, Table 5 and Figure 1 with --table 3|5|fig1|all (all: every table of the paper); --table methods: G-Blend's successors beside naive, G-Blend and the best uni-modal model, with their diagnostics.
 
     Missing runs are listed once, each with the command that trains it into RESULTS; a requested
     table without any data exits with code 2."""
@@ -325,7 +355,7 @@ def report(
     if out is not None and out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a file name, e.g. {out / 'tables.md'}")
     if fmt == "csv" and len(tables) > 1 and out is None:
-        raise UserError("--format csv writes one table per file: give --table 1|4|overfit|3|5|fig1, or --out FILE.csv "
+        raise UserError("--format csv writes one table per file: give --table 1|4|overfit|3|5|fig1|methods, or --out FILE.csv "
                         "(then FILE_table1.csv, FILE_table4.csv, ...)")
     rep = build(results, tables, cfg, str(recipe) if recipe else "", sets or [])
     if "overfit" in rep:
@@ -362,7 +392,7 @@ def report(
 def reproduce_cmd(
     recipe: Optional[Path] = RecipeOpt,
     seeds: Optional[str] = typer.Option(None, "--seeds", help=f"Training seeds of every combination's rows, e.g. 3,4,5 {_d('reproduce.seeds')}."),
-    table: Optional[TableChoice] = typer.Option(None, "--table", "-t", help="Which tables' runs to train and print: 1, 4 or overfit (the matrix of [reproduce]), 3, 5 or fig1 (their own runs, sharing any already there), all " + escape("[default: 1, 4 and overfit].")),
+    table: Optional[TableChoice] = typer.Option(None, "--table", "-t", help="Which tables' runs to train and print: 1, 4 or overfit (the matrix of [reproduce]), 3, 5 or fig1 (their own runs, sharing any already there), all (every table of the paper), methods (G-Blend's successors: reproduce.methods on reproduce.methods_combos) " + escape("[default: 1, 4 and overfit].")),
     results: Optional[Path] = typer.Option(None, "--results", help="Results folder " + escape("[default: the recipe's, results/demo].")),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help=f"Runs in parallel {_d('reproduce.jobs')}."),
     print_commands: bool = typer.Option(False, "--print-commands", help="Print the matrix's commands (unfinished runs, dependencies first), one per line, instead of running them."),
@@ -370,7 +400,7 @@ def reproduce_cmd(
     launcher: str = typer.Option("gblend", "--launcher", help="With --print-commands: what starts each command, e.g. 'torchrun --nproc_per_node=8 -m gblend_cli'."),
     sets: Optional[List[str]] = SetOpt,
 ):
-    """Run a recipe's whole matrix (data, uni-modal, naive, G-Blend runs, OGR, report), resumably."""
+    """Run a recipe's whole matrix (data, uni-modal, naive, G-Blend runs, OGR, report), resumably; --table methods: the matrix of G-Blend's successors (reproduce.methods on reproduce.methods_combos), sharing its uni-modal, naive and G-Blend runs."""
     from .config import resolve_recipe_path
     from .report import parse_tables
     from .reproduce import print_commands as print_matrix, reproduce

@@ -19,6 +19,7 @@ DEFAULT_RECIPE = RECIPES_DIR / "demo.toml"
 HEADS = ("audio", "rgb", "flow", "fused")
 MODALITIES = ("audio", "rgb", "flow")
 GBLEND_MODES = ("offline", "online", "fixed", "equal")  # fixed: hand-set weights; equal: auxiliary loss
+BALANCING_METHODS = ("ogm-ge", "mmpareto", "umt", "ume", "inforeg")  # G-Blend's successors (experiment.RunKey)
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "dataset": {
@@ -117,6 +118,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "min_weight": 0.05,  # regularised rule: weight of a head whose ΔG <= 0 (a guard, not a knob: <= 0.05 in all)
         "estimate_from": [],  # offline: run folders (uni-modal per modality + naive) to read Algorithm 2's terms from
     },
+    "methods": {  # G-Blend's successors (`gblend train-method`; gblend_cli/policies/): the papers' defaults, fixed a priori
+        "from_runs": [],  # umt/ume: the uni-modal run folders to read ([]: RESULTS/unimodal-<m>-s<seed>)
+        "ogm_alpha": 0.1,  # OGM-GE's α in k_u = 1 - tanh(α·ρ_u) (Peng et al. 2022, Eq. 10)
+        "ogm_coefficient": "paper",  # paper: 1 - tanh(α·ρ) for ρ > 1 (Eq. 10, the official code); shifted: 1 - tanh(α·relu(ρ - 1))
+        "ogm_noise": True,  # OGM-GE's generalisation enhancement: + N(0, std(g)²) on each encoder gradient (False: OGM)
+        "ogm_end_epoch": 0,  # modulate in epochs [0, ogm_end_epoch) (0: the whole run)
+        "mmpareto_gamma": 1.5,  # MMPareto's magnitude factor γ on the combined encoder gradients (the official code's 1.5)
+        "umt_weight": 1.0,  # UMT's λ: L = CE_fused + λ Σ_m MSE(student_m, teacher_m) over the pooled features
+        "inforeg_beta": 0.95,  # InfoReg's β in β·exp(tanh(s_u - s_min)) (the official code's audio value)
+        "inforeg_threshold": 0.04,  # InfoReg's prime learning window: while the encoder's FIM-trace growth k > this
+        "inforeg_window": 0,  # epochs averaged in the FIM-trace growth k (0: max(1, epochs // 8), 10 of 80 as in the code)
+    },
     "tables": {  # the runs of the paper's Table 3 (optimisers), Table 5 (regularisers) and Fig. 1 (attempted fixes)
         "optimizers": ["adam", "adagrad"],  # Table 3's optimisers (each: RGB only, naive, G-Blend offline)
         "adam_lr": 0.001,  # Table 3's learning rate with Adam (train.lr is SGD's)
@@ -131,6 +144,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "other_gblend_modes": ["offline"],
         "jobs": 2,  # runs in parallel (one thread each)
         "offline_from_runs": True,  # offline G-Blend reads Algorithm 2's terms from the matrix's own uni-modal and naive runs
+        "methods": ["ogm-ge", "mmpareto", "umt", "ume", "inforeg"],  # `reproduce --table methods`: these, beside naive and offline G-Blend
+        "methods_combos": ["audio+rgb", "audio+rgb+flow"],  # ... on these combinations, for every seed of `seeds`
+        "methods_epochs": 0,  # the methods matrix's train.epochs (0: the recipe's); > 0: give it its own --results
     },
 }
 
@@ -272,6 +288,10 @@ def validate(cfg: dict) -> None:
     _choice(cfg, "gblend.metric", ("loss", "accuracy"))
     _choice(cfg, "gblend.rule", ("regularised", "raw"))
     _choice(cfg, "dataset.label_field", ("verb", "noun", "action"))
+    _choice(cfg, "methods.ogm_coefficient", ("paper", "shifted"))
+    for m in cfg["reproduce"]["methods"]:
+        if m not in BALANCING_METHODS:
+            raise BadValue("reproduce.methods", f"holds {m!r}; known methods: {', '.join(BALANCING_METHODS)}")
     if cfg["dataset"]["ucf_split"] not in (1, 2, 3):
         raise BadValue("dataset.ucf_split", f"must be 1, 2 or 3 (UCF-101's official splits); got {cfg['dataset']['ucf_split']!r}")
     if not all(isinstance(c, str) and c for c in cfg["dataset"]["classes"]):
@@ -291,7 +311,9 @@ def validate(cfg: dict) -> None:
               "demo.blob_speed", "demo.blank_fraction", "demo.pixel_noise", "demo.direction_jitter_deg",
               "demo.texture_amp",
               "demo.audio_class_fraction", "demo.audio_class_amp", "demo.audio_memo_tones", "demo.audio_memo_amp",
-              "demo.audio_noise"):
+              "demo.audio_noise", "methods.ogm_alpha", "methods.ogm_end_epoch", "methods.mmpareto_gamma",
+              "methods.umt_weight", "methods.inforeg_beta", "methods.inforeg_threshold", "methods.inforeg_window",
+              "reproduce.methods_epochs"):
         _positive(cfg, k, allow_zero=True)
     for k in ("train.momentum", "demo.blank_fraction", "demo.audio_class_fraction"):
         if _get(cfg, k) > 1:
@@ -316,7 +338,8 @@ def validate(cfg: dict) -> None:
         raise BadValue("gblend.min_weight", f"must be <= 0.05 (a guard for heads that do not generalise, not a "
                                             f"tuning knob); got {cfg['gblend']['min_weight']}")
     rp = cfg["reproduce"]
-    for k, combos in (("reproduce.main", [rp["main"]]), ("reproduce.other_combos", rp["other_combos"])):
+    for k, combos in (("reproduce.main", [rp["main"]]), ("reproduce.other_combos", rp["other_combos"]),
+                      ("reproduce.methods_combos", rp["methods_combos"])):
         for c in combos:
             mods = str(c).split("+")
             if len(mods) < 2 or len(set(mods)) != len(mods) or not set(mods) <= set(MODALITIES):

@@ -90,10 +90,47 @@ class NonFiniteLoss(Exception):
         self.value = value
 
 
+@dataclass
+class TrainStep:
+    """One training step as a loss policy's `backward` hook sees it (policies/base.py): the forward
+    pass is done, the gradients are zeroed, and the hook must fill `.grad` (the optimiser step,
+    gradient clipping and the schedule follow in the loop). `loss` is sum_h w_h loss_h over the heads
+    with w_h > 0 (`losses`); `features` the pooled backbone features of this forward."""
+
+    model: torch.nn.Module  # as called (DDP-wrapped in a distributed run)
+    module: torch.nn.Module  # the MultiModalNet itself
+    inputs: dict[str, torch.Tensor]
+    y: torch.Tensor
+    out: dict[str, torch.Tensor]
+    features: dict[str, torch.Tensor]
+    losses: dict[str, torch.Tensor]
+    loss: torch.Tensor
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    epoch: int
+    step: int
+    multilabel: bool
+
+    def backward(self, loss: torch.Tensor, **kw) -> None:
+        """loss.backward() through the run's gradient scaler (fp16 on CUDA; identity elsewhere)."""
+        self.scaler.scale(loss).backward(**kw)
+
+    @property
+    def grad_scale(self) -> float:
+        """The factor the scaler multiplies gradients by (1 unless fp16): a term a hook adds to
+        `.grad` directly must be multiplied by it."""
+        return float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, weights: dict[str, float], *, epoch: int,
                     precision: Precision, scaler, modalities, multilabel: bool, grad_clip: float = 0.0,
-                    clip_groups=None, on_step=None) -> dict[str, float]:
+                    clip_groups=None, on_step=None, backward=None) -> dict[str, float]:
     """One pass over `loader`: minimise L = sum_h w_h * loss_h (heads with w_h = 0 are left out).
+
+    `backward` (a loss policy's hook, policies/base.py): called with a `TrainStep` instead of
+    `L.backward()`; it fills the gradients (it may combine or modulate per-encoder gradients) and
+    returns the loss it minimised (for the running mean). Without it the step is exactly
+    `scaler.scale(L).backward()`.
 
     `on_step(step, clips_seen, running_loss_sum)` is called after each step (progress display);
     on CUDA the running loss stays on the device and is read only every 50 steps. Returns the
@@ -113,11 +150,18 @@ def train_one_epoch(model, loader, optimizer, scheduler, weights: dict[str, floa
     for step, batch in enumerate(loader):
         inputs, y = precision.to_device(batch, modalities)
         with precision.autocast():
-            out = model(inputs)
+            out = model(inputs) if backward is None else model(inputs, return_features=True)
+        if backward is not None:
+            out, feats = out
         losses = torch.stack([head_loss(out[h], y, multilabel) for h in heads])
         loss = (losses * w_vec).sum()
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        if backward is None:
+            scaler.scale(loss).backward()
+        else:
+            loss = backward(TrainStep(model, dist_utils.unwrap(model), inputs, y, out, feats,
+                                      {h: losses[i] for i, h in enumerate(heads)}, loss, scaler, precision, epoch,
+                                      step, multilabel))
         if grad_clip > 0:
             scaler.unscale_(optimizer)
             for group in (clip_groups or [list(model.parameters())]):
@@ -138,11 +182,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, weights: dict[str, floa
 
 @torch.no_grad()
 def evaluate(model, loader, heads: list[str], *, precision: Precision, modalities, num_classes: int,
-             multilabel: bool, video_level: bool = False, on_batch=None) -> dict:
+             multilabel: bool, video_level: bool = False, on_batch=None, on_features=None) -> dict:
     """A clean pass in eval mode over `loader` (a ClipDataset's): per head, the mean per-clip loss and
     clip top-1 (%); with `video_level`, video top-1/top-5 from the clip probabilities averaged per
     video (and mAP/mAUC for multi-label data). See gblend_cli/metrics.py. The model's train/eval
-    mode is restored afterwards."""
+    mode is restored afterwards. `on_features(features, batch, y, video)` sees each batch's pooled
+    backbone features (the diagnostics, gblend_cli/diagnostics.py); the heads' numbers are the same
+    with or without it."""
     was_training = model.training
     model.eval()
     acc = ClipAccumulator(heads, len(loader.dataset.videos), num_classes, multilabel, precision.device)
@@ -150,7 +196,11 @@ def evaluate(model, loader, heads: list[str], *, precision: Precision, modalitie
         inputs, y = precision.to_device(batch, modalities)
         v = batch["video"].to(precision.device)
         with precision.autocast():
-            out = model(inputs)
+            if on_features is None:
+                out = model(inputs)
+            else:
+                out, feats = model(inputs, return_features=True)
+                on_features(feats, batch, y, v)
         if video_level:
             acc.add(out, y, v, batch["label"], batch["video"].tolist())
         else:

@@ -29,3 +29,8 @@ def output_error(e: OSError, resume_hint: str = "run the same command again") ->
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return OutOfSpace(f"{where}{what}; make the folder writable, then {resume_hint}")
     return OutOfSpace(f"{where}{what}")
+
+
+class ProtocolError(RuntimeError):
+    """Code asked for data the protocol forbids it (a loss policy measuring the evaluation split):
+    a bug in that code, not bad input (README, "One protocol for every method")."""

@@ -2,11 +2,13 @@
 
 A run is identified by a `RunKey` (method, modalities, seed, mode, and for the paper's other
 experiments a fix and an optimiser). The key is the one place that knows a run's folder name
-(``gblend-offline-audio+rgb-s0``, ``naive-pretrain-audio+rgb-s0``, ``unimodal-rgb-adam-s0``), the
-heads its model has, the head it is judged by, the command line that trains it, the runs it needs
-first, and how to read all of that back from a folder name or a final.json. `matrix(cfg)` expands a
+(``gblend-offline-audio+rgb-s0``, ``ogm-ge-audio+rgb-s0``, ``naive-pretrain-audio+rgb-s0``,
+``unimodal-rgb-adam-s0``), the heads its model has (and which are stop-gradient probes, and how it
+fuses), the head it is judged by, the runs it reads or needs first, the command line that trains
+it, and how to read all of that back from a folder name or a final.json. `matrix(cfg)` expands a
 recipe's ``[reproduce]`` section into keys (Tables 1, 4 and the overfitting comparison);
-`table_keys` and `tables_matrix` give the runs of Table 3, Table 5 and Figure 1.
+`table_keys` and `tables_matrix` give the runs of Table 3, Table 5 and Figure 1, `methods_matrix`
+the matrix of G-Blend's successors (`reproduce --table methods`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import GBLEND_MODES, MODALITIES
+from .config import BALANCING_METHODS, GBLEND_MODES, MODALITIES
 from .errors import UserError
 
-METHODS = ("unimodal", "naive", "gblend")
-COMMANDS = {"unimodal": "train-unimodal", "naive": "train-naive", "gblend": "train-gblend"}
+# G-Blend's successors (config.BALANCING_METHODS), each a loss policy in gblend_cli/policies/
+# (`gblend train-method --method NAME`)
+METHODS = ("unimodal", "naive", "gblend") + BALANCING_METHODS
+COMMANDS = {"unimodal": "train-unimodal", "naive": "train-naive", "gblend": "train-gblend"} | \
+    {m: "train-method" for m in BALANCING_METHODS}
+READS_UNIMODAL_RUNS = ("umt", "ume")  # methods built on the finished uni-modal runs of the same seed
+PROBE_HEAD_METHODS = ("ogm-ge", "umt")  # uni-modal heads behind a stop-gradient: linear probes
 # naive fusion's attempted fixes (paper Fig. 1, Table 5): pre-training (train.init_from) and the
 # model options of gblend_cli/fusion/ (model.fusion)
 FUSION_FIXES = ("dropout", "midconcat", "se-gate", "nl-gate")
@@ -134,6 +141,19 @@ class RunKey:
         return list(self.modalities) + ["fused"]
 
     @property
+    def probe_heads(self) -> list[str]:
+        """Uni-modal heads trained on their backbone's features through a stop-gradient: the method
+        puts no uni-modal loss on its encoders (OGM-GE reads its confidence ratios from them, UMT
+        trains its encoders by distillation), and the heads still measure each encoder."""
+        return list(self.modalities) if self.method in PROBE_HEAD_METHODS else []
+
+    @property
+    def fusion(self) -> str:
+        """How the fused head combines modalities: "mlp" (the paper's head) or "mean" (UME: the mean
+        of the uni-modal runs' logits)."""
+        return "mean" if self.method == "ume" else "mlp"
+
+    @property
     def eval_head(self) -> str:
         """The head a run is judged by."""
         return self.modalities[0] if self.method == "unimodal" else "fused"
@@ -154,18 +174,28 @@ class RunKey:
 
     def dependencies(self, offline_from_runs: bool = True) -> list["RunKey"]:
         """The runs that must finish before this one starts: a pre-training run's uni-modal runs,
-        and (with `reproduce.offline_from_runs`) an offline G-Blend run's estimator runs."""
-        return self.init_keys() + (self.estimator_keys() if offline_from_runs else [])
+        UMT's and UME's uni-modal runs, and (with `reproduce.offline_from_runs`) an offline G-Blend
+        run's estimator runs."""
+        return self.init_keys() + self.source_keys() + (self.estimator_keys() if offline_from_runs else [])
+
+    def source_keys(self) -> list["RunKey"]:
+        """The finished runs this run is built on: UMT's teachers and UME's members are the
+        uni-modal runs of its modalities, same seed (`methods.from_runs`)."""
+        if self.method not in READS_UNIMODAL_RUNS:
+            return []
+        return [RunKey("unimodal", (m,), self.seed, optimizer=self.optimizer) for m in self.modalities]
 
     # --- the command that trains it -----------------------------------------------------------
     def argv(self, *, recipe: str | Path | None = None, data: Path | None = None, out: Path | None = None,
              sets=(), threads: int | None = None, resume: bool = False, estimate_from=(), init_from=(),
              cfg: dict | None = None) -> list[str]:
         """`gblend` arguments that train this run (`estimate_from`: run folders an offline G-Blend
-        run reads its weights' terms from; `init_from`: the uni-modal run folders a pretrain run
-        starts from; `cfg`: the recipe, for the learning rate of an optimizer other than its own,
-        `tables.adam_lr` / `tables.adagrad_lr`)."""
+        run reads its weights' terms from, or UMT/UME their uni-modal runs; `init_from`: the
+        uni-modal run folders a pretrain run starts from; `cfg`: the recipe, for the learning rate of
+        an optimizer other than its own, `tables.adam_lr` / `tables.adagrad_lr`)."""
         args = [COMMANDS[self.method]]
+        if self.method in BALANCING_METHODS:
+            args += ["--method", self.method]
         if self.method == "unimodal":
             args += ["--modality", self.modalities[0]]
         else:
@@ -184,7 +214,8 @@ class RunKey:
         if init_from:
             args += ["--init-from", ",".join(str(p) for p in init_from)]
         if estimate_from:
-            args += ["--estimate-from", ",".join(str(p) for p in estimate_from)]
+            option = "--from-runs" if self.method in READS_UNIMODAL_RUNS else "--estimate-from"
+            args += [option, ",".join(str(p) for p in estimate_from)]
         if data is not None:
             args += ["--data", str(data)]
         if out is not None:
@@ -204,8 +235,8 @@ class RunKey:
         return "gblend " + shlex.join(self.argv(**kw))
 
     # --- reading it back ----------------------------------------------------------------------
-    _NAME = re.compile(r"^(unimodal|naive|gblend)(?:-(offline|online|fixed|equal))?"
-                       r"(?:-(pretrain|dropout|midconcat|se-gate|nl-gate))?-([a-z+]+)(?:-(adam|adagrad))?-s(\d+)$")
+    _NAME = re.compile(rf"^({'|'.join(METHODS)})(?:-(offline|online|fixed|equal))?"
+                       rf"(?:-({'|'.join(FIXES)}))?-([a-z+]+)(?:-({'|'.join(OPTIMIZERS)}))?-s(\d+)$")
 
     @classmethod
     def parse(cls, name: str) -> "RunKey | None":
@@ -217,6 +248,13 @@ class RunKey:
             return cls(m[1], tuple(m[4].split("+")), int(m[6]), m[2], m[3], m[5])
         except ValueError:
             return None
+
+    @classmethod
+    def from_variant(cls, variant: str, modalities, seed: int, optimizer: str | None = None) -> "RunKey":
+        """The key of a `variant` ('naive', 'gblend-offline', 'ogm-ge', ...) on `modalities`."""
+        if variant.startswith("gblend-"):
+            return cls("gblend", tuple(modalities), seed, variant[len("gblend-"):], optimizer=optimizer)
+        return cls(variant, tuple(modalities), seed, optimizer=optimizer)
 
     @classmethod
     def from_final(cls, final: dict) -> "RunKey":
@@ -243,7 +281,25 @@ def matrix(cfg: dict) -> list[RunKey]:
     return keys
 
 
+def methods_matrix(cfg: dict) -> list[RunKey]:
+    """`reproduce --table methods`: for each combination of `reproduce.methods_combos` and seed of
+    `reproduce.seeds`, the uni-modal runs, naive fusion, offline G-Blend and every method of
+    `reproduce.methods`, in run order (each run after the runs it reads). Runs shared with
+    `matrix(cfg)` have the same keys, hence the same folders: they are trained once."""
+    rp = cfg["reproduce"]
+    keys: list[RunKey] = []
+    for combo in rp["methods_combos"]:
+        mods = tuple(combo.split("+"))
+        for seed in rp["seeds"]:
+            batch = [RunKey("unimodal", (m,), seed) for m in mods] + [RunKey("naive", mods, seed),
+                                                                      RunKey("gblend", mods, seed, "offline")]
+            batch += [RunKey(m, mods, seed) for m in rp["methods"]]
+            keys += [k for k in batch if k not in keys]
+    return keys
+
+
 # --- the paper's Table 3, Table 5 and Figure 1 --------------------------------------------------
+CORE_TABLES = ("table1", "table4", "overfit")  # the runs of `matrix(cfg)`
 EXTRA_TABLES = ("table3", "table5", "fig1")
 
 
@@ -286,12 +342,14 @@ def table_keys(cfg: dict, table: str, seed: int) -> list[tuple[str, str | None, 
 def tables_matrix(cfg: dict, tables) -> list[RunKey]:
     """Every run the given tables need, each once, each after the runs it depends on: `matrix(cfg)`
     for Tables 1 and 4 and the overfitting comparison, `table_keys` (per seed of
-    `reproduce.seeds`) for Table 3, Table 5 and Figure 1. A run two tables share is listed once."""
-    keys: list[RunKey] = list(matrix(cfg)) if set(tables) - set(EXTRA_TABLES) else []
-    for table in [t for t in EXTRA_TABLES if t in tables]:
-        for seed in cfg["reproduce"]["seeds"]:
-            for _, _, k in table_keys(cfg, table, seed):
-                for dep in k.dependencies(cfg["reproduce"]["offline_from_runs"]) + [k]:
-                    if dep not in keys:
-                        keys.append(dep)
+    `reproduce.seeds`) for Table 3, Table 5 and Figure 1, `methods_matrix` for "methods" (G-Blend's
+    successors). A run two tables share is listed once."""
+    keys: list[RunKey] = list(matrix(cfg)) if set(tables) & set(CORE_TABLES) else []
+    wanted = [k for table in EXTRA_TABLES if table in tables for seed in cfg["reproduce"]["seeds"]
+              for _, _, k in table_keys(cfg, table, seed)]
+    wanted += methods_matrix(cfg) if "methods" in tables else []
+    for k in wanted:
+        for dep in k.dependencies(cfg["reproduce"]["offline_from_runs"]) + [k]:
+            if dep not in keys:
+                keys.append(dep)
     return keys

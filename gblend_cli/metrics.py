@@ -133,3 +133,13 @@ class ClipAccumulator:
         r["video_top1"] = 100.0 * float(counts[0] / counts[2])
         r["video_top5"] = 100.0 * float(counts[1] / counts[2])
         return r
+
+
+def true_class_confidence(logits: torch.Tensor, y: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """s = Σ_i p_i(y_i): the probability each clip's head gives its label, summed over the batch
+    (OGM-GE's and InfoReg's per-modality score); multi-label: the mean sigmoid over a clip's labels."""
+    logits = logits.detach().float()
+    if multilabel:
+        p = torch.sigmoid(logits)
+        return ((p * y).sum(1) / y.sum(1).clamp(min=1)).sum()
+    return logits.softmax(1).gather(1, y[:, None]).sum()

@@ -179,29 +179,52 @@ class MultiModalNet(nn.Module):
     """Backbones for `modalities`; a linear head per modality in `heads`, plus "fused" if asked.
     Each backbone and head is initialised from (init_seed, its name) (see `seeded_build`).
 
-    forward(inputs) -> {head: logits}; only the backbones the requested heads need are run."""
+    forward(inputs) -> {head: logits}; only the backbones the requested heads need are run.
+    forward(inputs, return_features=True) -> ({head: logits}, {modality: pooled features}).
 
-    def __init__(self, modalities: list[str], heads: list[str], num_classes: int, model_cfg: dict, init_seed: int = 0):
+    `probe_heads`: uni-modal heads that read their backbone's features through a stop-gradient
+    (linear probes trained beside a method that does not want uni-modal losses on its encoders).
+    `fusion`: "mlp" (the paper's fused head on the concatenated features) or "mean" (the mean of
+    the uni-modal heads' logits: an ensemble, UME). `fuse(features)` is the fused head alone, so a
+    modality's features can be replaced (the Shapley diagnostics, gblend_cli/diagnostics.py)."""
+
+    FUSIONS = ("mlp", "mean")
+
+    def __init__(self, modalities: list[str], heads: list[str], num_classes: int, model_cfg: dict, init_seed: int = 0,
+                 probe_heads=(), fusion: str = "mlp"):
         super().__init__()
         self.modalities, self.head_names, self.num_classes = list(modalities), list(heads), num_classes
+        self.probe_heads, self.fusion = frozenset(probe_heads), fusion
         for h in heads:
             if h != "fused" and h not in modalities:
                 raise ValueError(f"head {h!r} needs modality {h!r}")
+        if fusion not in self.FUSIONS or (fusion == "mean" and not set(modalities) <= set(heads)):
+            raise ValueError(f"fusion {fusion!r} with heads {heads}")
         self.backbones = nn.ModuleDict({m: seeded_build(init_seed, f"backbone/{m}", build_backbone, m, model_cfg)
                                         for m in modalities})
         self.heads = nn.ModuleDict({h: seeded_build(init_seed, f"head/{h}", nn.Linear, self.backbones[h].out_dim,
                                                     num_classes) for h in heads if h != "fused"})
-        if "fused" in heads:
+        if "fused" in heads and fusion == "mlp":
             self.fused = seeded_build(init_seed, "fused", FusionHead, sum(b.out_dim for b in self.backbones.values()),
                                       num_classes, model_cfg["fusion_dropout"])
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def features(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{modality: pooled backbone features} for the backbones the heads need."""
         need = self.modalities if "fused" in self.head_names else [h for h in self.head_names]
-        feats = {m: self.backbones[m](inputs[m]) for m in need}
-        out = {h: self.heads[h](feats[h]) for h in self.heads}
+        return {m: self.backbones[m](inputs[m]) for m in need}
+
+    def fuse(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fused head's logits from every modality's features."""
+        if self.fusion == "mean":
+            return torch.stack([self.heads[m](feats[m]) for m in self.modalities]).mean(0)
+        return self.fused(torch.cat([feats[m] for m in self.modalities], dim=1))
+
+    def forward(self, inputs: dict[str, torch.Tensor], return_features: bool = False):
+        feats = self.features(inputs)
+        out = {h: self.heads[h](feats[h].detach() if h in self.probe_heads else feats[h]) for h in self.heads}
         if "fused" in self.head_names:
-            out["fused"] = self.fused(torch.cat([feats[m] for m in self.modalities], dim=1))
-        return out
+            out["fused"] = self.fuse(feats)
+        return (out, feats) if return_features else out
 
 
 class EstimatorEnsemble(nn.Module):

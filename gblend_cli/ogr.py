@@ -62,6 +62,17 @@ def ogr_between(rows: list[dict], head: str, a: int, b: int, metric: str = "loss
             "ogr": t["ogr"] if math.isfinite(t["ogr"]) else None}
 
 
+def ogr_per_head(rows: list[dict], heads) -> dict[str, float | None]:
+    """{head: OGR from the run's first to its last evaluated epoch} (None where undefined: a run
+    that trained nothing, or a ΔG of 0)."""
+    ep = evaluated_epochs(rows)
+    out = {}
+    for h in heads:
+        o = ogr_between(rows, h, ep[0], ep[-1]) if len(ep) >= 2 else None
+        out[h] = o["ogr"] if o else None
+    return out
+
+
 def measure(runs: list[Path], start: int | None, end: int | None, metric: str = "loss") -> list[dict]:
     """`measure-ogr`: per run and head, the OGR between `start` and `end` (default: first and last
     evaluated epochs) plus the per-epoch OGR between consecutive evaluated epochs."""

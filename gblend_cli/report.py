@@ -3,6 +3,8 @@ from run folders (final.json, metrics.jsonl, blend_weights.jsonl); Table 3, Tabl
 come from gblend_cli/paper_tables.py and are rendered here beside them. The paper's numbers come from
 gblend_cli/paper.py and are labelled `paper_*`. A run the recipe's matrix expects but that is not
 there is shown as missing, with the command that would produce it.
+
+`--table methods` (G-Blend's successors): gblend_cli/methods_table.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from . import paper, paper_tables
+from . import methods_table, paper, paper_tables
 from .errors import UserError
 from .experiment import RunKey, matrix
 from .ogr import evaluated_epochs, ogr_between
@@ -22,7 +24,7 @@ from .storage import finite_or_null
 
 METHOD_LABELS = {"unimodal": "uni-modal", "naive": "naive", "gblend-offline": "G-Blend offline",
                  "gblend-online": "G-Blend online", "gblend-equal": "auxiliary loss (equal w)",
-                 "gblend-fixed": "G-Blend fixed w"}
+                 "gblend-fixed": "G-Blend fixed w"} | methods_table.LABELS
 
 
 def _stats(values: list[float]) -> dict:
@@ -70,8 +72,7 @@ class Matrix:
         """Commands that would produce the expected but absent runs of (variant, combo)."""
         have = {f.key().seed for f in self.get(variant, combo)}
         want = seeds if seeds is not None else self.expected_seeds(combo)
-        method, _, mode = variant.partition("-")
-        keys = [RunKey(method, tuple(combo.split("+")), s, mode or None, optimizer=self.base_optimizer)
+        keys = [RunKey.from_variant(variant, combo.split("+"), s, optimizer=self.base_optimizer)
                 for s in want if s not in have]
         return [k.command(recipe=self.recipe_arg or None, data=self.data,
                           out=self.results / k.name if self.results else None, sets=self.sets) for k in keys]
@@ -400,6 +401,8 @@ def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]
                  ",".join(map(str, r["seeds"])) or "-",
                  "/".join(_num(r[k]) for k in ("paper_clip_top1", "paper_video_top1", "paper_video_top5")) if r["paper_video_top1"] else "",
                  _w(r["paper_weights"])] for r in rows]
+    elif name == "methods":
+        return methods_table.display(rows)
     else:
         headers = ["Run", "Train top-1", "Val top-1", "Gap", "OGR", "Seeds"]
         body = [[r["run"], _num(r["train_top1"]), _num(r["val_top1"]), _num(r["gap"]), _num(r["ogr"], 3),
@@ -409,7 +412,8 @@ def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]
 
 TITLES = {"table1": "Table 1: naive late fusion vs the best uni-modal model (video top-1, %)",
           "table4": "Table 4: G-Blend vs uni-modal vs naive (clip top-1 / video top-1 / video top-5, %; mean ± std over seeds)",
-          "overfit": "Overfitting comparison (paper Fig. 4): final train vs validation clip top-1 (%), OGR over the run"}
+          "overfit": "Overfitting comparison (paper Fig. 4): final train vs validation clip top-1 (%), OGR over the run",
+          "methods": methods_table.TITLE}
 
 
 def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = "", sets=()) -> dict:
@@ -424,16 +428,19 @@ def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = 
     if "overfit" in tables:
         out["overfit"], out["claims"] = overfit(mx)
         out["checks"] = checks(mx, out["overfit"])
+    if "methods" in tables:
+        out["methods"] = methods_table.rows(mx, METHOD_LABELS)
     out |= paper_tables.build(mx, tables)
     out["_matrix"] = mx
     out["_missing"] = sorted({c for k in TABLES if k in out for r in out[k] for c in r.get("missing", [])})
     return out
 
 
-TABLES = ("table1", "table4", "overfit", "table5", "fig1", "table3")
+TABLES = ("table1", "table4", "overfit", "table5", "fig1", "table3", "methods")
 HAS_DATA = {"table1": ("naive_video_top1", "best_unimodal_video_top1"), "table4": ("video_top1",),
-            "overfit": ("train_top1",), "table5": ("video_top1",), "fig1": ("video_top1",), "table3": ("video_top1",)}
-ALL_TITLES = TITLES | paper_tables.TITLES  # TITLES: this module's tables
+            "overfit": ("train_top1",), "table5": ("video_top1",), "fig1": ("video_top1",), "table3": ("video_top1",),
+            "methods": ("video_top1",)}
+ALL_TITLES = TITLES | paper_tables.TITLES  # TITLES: this module's tables (methods: methods_table.py)
 
 
 def empty_tables(report: dict, optional=()) -> list[str]:
@@ -462,7 +469,8 @@ def render(report: dict, fmt: str) -> str:
         tablefmt = {"markdown": "github", "latex": "latex_booktabs"}[fmt]
         title = f"### {ALL_TITLES[k]}\n\n" if fmt == "markdown" else f"% {ALL_TITLES[k]}\n"
         parts.append(title + tabulate(body, headers=headers, tablefmt=tablefmt)
-                     + (f"\n\n{WEIGHT_MARKS}" if k == "table4" and fmt == "markdown" else ""))
+                     + (f"\n\n{WEIGHT_MARKS}" if k == "table4" and fmt == "markdown" else "")
+                     + (f"\n\n{methods_table.NOTE}" if k == "methods" and fmt == "markdown" else ""))
     if report.get("_missing") and fmt == "markdown":
         parts.append("Missing runs (commands that would produce them):\n\n" + "\n".join(f"    {c}" for c in report["_missing"]))
     if fmt == "markdown" and set(report) & set(paper_tables.TITLES):
@@ -506,12 +514,15 @@ def print_rich(report: dict) -> None:
         headers, body = display_rows(k, report[k])
         t = Table(title=ALL_TITLES[k], title_justify="left")
         for h in headers:
-            t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "w", "w_raw", "Paper weights") else "right")
+            t.add_column(h, justify="left" if h in ("Combo", "Method", "Run", "w", "w_raw", "Paper weights")
+                         + methods_table.LEFT else "right")
         for row in body:
             t.add_row(*[f"[red]{c}[/red]" if c == "missing" else escape(c) for c in row])
         out.print(t)
         if k == "table4":
             out.print(WEIGHT_MARKS, soft_wrap=True)
+        if k == "methods":
+            out.print(methods_table.NOTE, soft_wrap=True)
     if report.get("_missing"):
         out.print("missing runs; produce them with:\n" + "\n".join(f"  {c}" for c in report["_missing"]),
                   soft_wrap=True, markup=False)
@@ -524,10 +535,12 @@ def print_rich(report: dict) -> None:
 
 
 def parse_tables(table: str) -> list[str]:
-    """--table's value -> table names ("core": Tables 1, 4 and the overfitting comparison)."""
+    """--table's value -> table names. "core": Tables 1, 4 and the overfitting comparison; "all":
+    every table of the paper (core, Table 5, Figure 1, Table 3); "methods" (G-Blend's successors,
+    not in the paper) is asked for by name."""
     core = ["table1", "table4", "overfit"]
     names = {"1": ["table1"], "4": ["table4"], "overfit": ["overfit"], "3": ["table3"], "5": ["table5"],
-             "fig1": ["fig1"], "core": core, "all": core + ["table5", "fig1", "table3"]}
+             "fig1": ["fig1"], "core": core, "all": core + ["table5", "fig1", "table3"], "methods": ["methods"]}
     if table not in names:
-        raise UserError(f"--table must be 1, 4, overfit, 3, 5, fig1 or all; got {table!r}")
+        raise UserError(f"--table must be 1, 4, overfit, 3, 5, fig1, all or methods; got {table!r}")
     return names[table]

@@ -1,7 +1,8 @@
 """`reproduce`: a recipe's whole matrix — prepare the data, the uni-modal, naive and G-Blend runs
 (each one `gblend train-*` command in its own process, `reproduce.jobs` at a time, one thread each), the OGR
 comparison and the report; with `--table 3|5|fig1|all`, the runs of the paper's Table 3, Table 5 and
-Figure 1 (experiment.tables_matrix), each run once whichever tables share it. A run whose final.json
+Figure 1 (experiment.tables_matrix), each run once whichever tables share it; with `--table methods`,
+the matrix of G-Blend's successors (experiment.methods_matrix). A run whose final.json
 exists is skipped and one with a last.pt is resumed, so an interrupted reproduce continues where it stopped."""
 
 from __future__ import annotations
@@ -31,22 +32,53 @@ def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets:
          threads: int | None = 1, include_complete: bool = False) -> list[Job]:
     """A job per unfinished run (every run with `include_complete`), in matrix order, which puts
     each run after the runs it depends on. With `reproduce.offline_from_runs`, an offline G-Blend
-    run reads its terms from its estimator runs (RunKey.estimator_keys) and waits for them; a
-    pre-training run waits for the uni-modal runs it starts from (RunKey.init_keys)."""
+    run reads its terms from its estimator runs (RunKey.estimator_keys) and waits for them; UMT and
+    UME read their uni-modal runs (RunKey.source_keys) and wait for them; a pre-training run waits
+    for the uni-modal runs it starts from (RunKey.init_keys)."""
     jobs = []
     for k in keys:
         folder = RunFolder(results / k.name)
         if folder.is_complete() and not include_complete:
             continue
         estimators = k.estimator_keys() if cfg["reproduce"]["offline_from_runs"] else []
+        sources = k.source_keys()
         deps = k.dependencies(cfg["reproduce"]["offline_from_runs"])
-        cost = len(k.modalities) * (3.0 if k.method == "gblend" and not estimators else 1.2 if estimators else 1.0)
+        cost = len(k.modalities) * (3.0 if k.method == "gblend" and not estimators else 0.3 if k.method == "ume"
+                                    else 1.6 if k.method == "mmpareto" else 1.2 if estimators or sources else 1.0)
         jobs.append(Job(k.name, k.argv(recipe=recipe, data=data, out=folder.path, sets=sets, threads=threads,
                                        resume=folder.is_complete() or folder.has_checkpoint(),
-                                       estimate_from=[results / d.name for d in estimators],
+                                       estimate_from=[results / d.name for d in estimators + sources],
                                        init_from=[results / d.name for d in k.init_keys()], cfg=cfg),
                         cost, [d.name for d in deps]))
     return jobs
+
+
+def methods_settings(cfg: dict, sets: list[str]) -> tuple[dict, list[str]]:
+    """The recipe and --set options of the methods matrix: with `reproduce.methods_epochs` > 0 every
+    run of it trains that many epochs (`--set train.epochs=N` on each command, so a run folder
+    says how it was trained); give it its own --results then, as its runs share folder names with
+    the paper's matrix. 0: the recipe's own train settings."""
+    n = cfg["reproduce"]["methods_epochs"]
+    if not n or n == cfg["train"]["epochs"]:
+        return cfg, list(sets)
+    return cfg | {"train": cfg["train"] | {"epochs": n}}, list(sets) + [f"train.epochs={n}"]
+
+
+def _refuse_other_epochs(cfg: dict, keys: list[RunKey], results: Path) -> None:
+    """With `reproduce.methods_epochs`: a finished run in `results` trained with another
+    train.epochs would be read (UMT, UME, offline G-Blend) and reported beside runs it cannot be
+    compared with: refuse, in one line."""
+    import tomllib
+
+    if not cfg["reproduce"]["methods_epochs"]:
+        return
+    for k in keys:
+        f = RunFolder(results / k.name, writer=False)
+        if f.is_complete():
+            theirs = tomllib.loads((f.path / "config.toml").read_text())["train"]["epochs"]
+            if theirs != cfg["train"]["epochs"]:
+                raise UserError(f"{f.path}: trained with train.epochs = {theirs}, the methods matrix with "
+                                f"{cfg['train']['epochs']} (reproduce.methods_epochs): give it its own --results")
 
 
 def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: str = "gblend",
@@ -64,6 +96,8 @@ def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: st
     if not (data / "dataset.json").exists():
         lines.append(["prepare-data", "--out", str(data)] + (["--recipe", str(recipe)] if recipe else [])
                      + [a for s in sets for a in ("--set", s)])
+    if list(tables) == ["methods"]:
+        cfg, sets = methods_settings(cfg, sets)
     lines += [job.argv for job in plan(cfg, tables_matrix(cfg, tables), results, data, recipe, sets, threads=None,
                                        include_complete=include_complete)]
     for argv in lines:
@@ -80,11 +114,16 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     data = data_dir(cfg)
     results = Path(results or results_dir(cfg))
     t0 = time.perf_counter()
+    tables = tables or ["table1", "table4", "overfit"]
+    methods_only = tables == ["methods"]  # `--table methods`: the methods matrix and its report
+    if methods_only:
+        cfg, sets = methods_settings(cfg, sets)
+    keys = tables_matrix(cfg, tables)
+    if methods_only:
+        _refuse_other_epochs(cfg, keys, results)
     if not (data / "dataset.json").exists():
         console.print(f"[bold]1/3 preparing {cfg['dataset']['name']} data in {data}")
         prepare_dataset(cfg, data)
-    tables = tables or ["table1", "table4", "overfit"]
-    keys = tables_matrix(cfg, tables)
     jobs = plan(cfg, keys, results, data.resolve(), recipe, sets)
     console.print(f"[bold]2/3 training: {len(keys)} runs in the matrix, {len(keys) - len(jobs)} already done, "
                   f"{len(jobs)} to run, {cfg['reproduce']['jobs']} at a time")
@@ -92,7 +131,8 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     console.print("[bold]3/3 report")
     rep = build(results, tables, cfg, recipe_arg, sets)
     out_dir = results / "report"
-    for fmt, name in (("markdown", "report.md"), ("json", "report.json")):
+    stem = "report_methods" if methods_only else "report"  # the paper's tables' report stays as it is
+    for fmt, name in (("markdown", f"{stem}.md"), ("json", f"{stem}.json")):
         write_text_atomic(out_dir / name, render(rep, fmt))
     csvs = [f"report_{k}.csv" for k in TABLES if k in rep]
     for k, name in zip([k for k in TABLES if k in rep], csvs):
@@ -100,7 +140,7 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     figs = [overfit_figure(rep["_matrix"], out_dir / "overfitting.png") if "overfit" in rep else None,
             fig1_figure(rep["fig1"], out_dir / "fig1.png") if "fig1" in rep else None]
     print_rich(rep)
-    console.print(f"report written to {out_dir}/ (report.md, report.json, {', '.join(csvs)}"
+    console.print(f"report written to {out_dir}/ ({stem}.md, {stem}.json, {', '.join(csvs)}"
                   f"{''.join(f', {f.name}' for f in figs if f)}) in {time.perf_counter() - t0:.0f} s")
     if failed:
         raise UserError(f"{len(failed)} run(s) failed: {', '.join(failed)}; their logs are in {results / 'logs'}; "

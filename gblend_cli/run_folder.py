@@ -40,6 +40,12 @@ from .storage import (append_jsonl, read_jsonl, remove_stale_temps, require_know
 RESUME_MAY_CHANGE = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
                      ("dataset", "data_dir"), ("dataset", "results_dir")}
 JOURNALS = ("metrics.jsonl", "blend_weights.jsonl")
+# recipe keys that may differ between a run and the finished runs it reads (offline G-Blend's
+# estimators, UMT's teachers, UME's members): where and how fast they ran; every other key of
+# these sections must agree, the seed included
+SAME_SETUP_SECTIONS = ("dataset", "prepare", "demo", "clip", "model", "train")
+SAME_SETUP_EXCEPT = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
+                     ("dataset", "results_dir")}
 
 
 class RunFolder:
@@ -288,6 +294,17 @@ class RunFolder:
             raise UserError(f"{self.path}: no config.toml; not a gblend run folder") from None
         self._same_recipe(saved, cfg)
 
+    def check_same_setup(self, cfg: dict, why: str) -> None:
+        """The finished run here ran with the data, model and training recipe of `cfg` (same seed),
+        up to SAME_SETUP_EXCEPT; `why` ends the message when it did not."""
+        ours = tomllib.loads(to_toml(cfg))
+        theirs = tomllib.loads((self.path / "config.toml").read_text())
+        for section in SAME_SETUP_SECTIONS:
+            for k, v in ours[section].items():
+                was = theirs.get(section, {}).get(k, DEFAULTS.get(section, {}).get(k))  # a key added since: its default
+                if (section, k) not in SAME_SETUP_EXCEPT and was != v:
+                    raise UserError(f"{self.path}: ran with {section}.{k} = {was!r}, this run with {v!r}; {why}")
+
     def resume_state(self, cfg: dict, key: RunKey) -> dict:
         """last.pt, checked to belong to the same run with the same recipe; when last.pt is
         damaged, best.pt (an earlier epoch's whole state: the epochs after it are trained again)."""
@@ -330,6 +347,24 @@ class RunFolder:
 
 class DamagedCheckpoint(UserError):
     """A checkpoint that is missing, does not load or whose state differs from its checksum."""
+
+
+def finished_runs(sources, want: dict[str, tuple[str, tuple[str, ...]]], option: str, needs: str) -> dict[str, RunFolder]:
+    """{role: the run among `sources` whose (method, modalities) is want[role]}: the finished runs a
+    run reads (`option` names the recipe key they came from; `needs` says what it needs)."""
+    found: dict[str, RunFolder] = {}
+    for src in sources:
+        f = RunFolder(src, writer=False)
+        key = f.key()
+        if key is None:
+            raise UserError(f"{src}: not a finished gblend run ({option} needs final.json)")
+        for role, (method, mods) in want.items():
+            if key.method == method and key.modalities == tuple(mods):
+                found[role] = f
+    missing = [r for r in want if r not in found]
+    if missing:
+        raise UserError(f"{option}: no {', '.join(missing)} run among {', '.join(map(str, sources))} ({needs})")
+    return {r: found[r] for r in want}
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -423,8 +458,9 @@ def environment_info(device, world: int, amp_dtype, splits: dict) -> dict:
 
 
 def best_score(metrics: dict, head: str) -> float:
-    """What best.pt is chosen by: the head's top-1 on V (the evaluation split only when a run has
-    no V); -inf when this epoch was not evaluated."""
-    split = metrics.get("holdout") or metrics.get("val") or {}
-    score = split.get(head, {}).get("top1")
+    """What best.pt is chosen by: the head's top-1 on V; -inf when this epoch was not evaluated or
+    the run has no V (then no best.pt is written: choosing an epoch on the evaluation split would
+    break the protocol, README "One protocol for every method"). The reported numbers are always
+    the last epoch's."""
+    score = (metrics.get("holdout") or {}).get(head, {}).get("top1")
     return -math.inf if score is None else score

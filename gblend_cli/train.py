@@ -19,13 +19,16 @@ import torch
 from . import distributed as dist_utils
 from .config import to_toml
 from .data import PreparedDataset, build_run_data
+from .diagnostics import FeatureMeans, SubsetAccuracy, peak_memory
 from .engine import (NonFiniteLoss, Precision, evaluate, make_optimizer, make_scheduler, recalibrated_bn, rng_seed,
                      train_one_epoch)
-from .errors import UserError
+from .errors import ProtocolError, UserError
 from .experiment import RunKey
 from .fusion import build_model
-from .models import load_backbones, set_channels_last
+from .models import MultiModalNet, load_backbones, set_channels_last
+from .ogr import ogr_per_head
 from .run_folder import RunFolder, best_score, environment_info, load_checkpoint
+from .storage import read_jsonl
 from .ui import RunProgress, console
 
 
@@ -34,6 +37,7 @@ class TrainingDiverged(UserError):
 
 
 SPLIT_NAMES = {"train": "T'", "holdout": "V", "val": "val", "final": "val, every clip"}
+POLICY_SPLITS = ("train", "holdout")  # what a loss policy may measure (RunContext.evaluate)
 
 
 class Trainer:
@@ -63,7 +67,8 @@ class Trainer:
 
     def new_model(self) -> torch.nn.Module:
         model = build_model(list(self.key.modalities), self.key.heads, len(self.data.ds.classes), self.cfg["model"],
-                            init_seed=self.tcfg["seed"])  # MultiModalNet, or a naive run's model.fusion
+                            init_seed=self.tcfg["seed"], probe_heads=self.key.probe_heads, head_fusion=self.key.fusion)
+        # MultiModalNet, or a naive run's model.fusion (gblend_cli/fusion/)
         if self.tcfg["init_from"]:
             load_backbones(model, [(str(p), load_checkpoint(p)["model"]) for p in init_checkpoints(self.tcfg["init_from"])])
         model = model.to(self.device)
@@ -76,19 +81,20 @@ class Trainer:
 
     # --- the epoch and the evaluation -----------------------------------------------------------
     def run_epoch(self, model, optimizer, scheduler, weights: dict[str, float], epoch: int, *, scaler=None,
-                  clip_groups=None, on_step=None) -> dict[str, float]:
-        """One epoch over T (see engine.train_one_epoch); a NaN/Inf loss stops the run (exit 3)."""
+                  clip_groups=None, on_step=None, backward=None) -> dict[str, float]:
+        """One epoch over T (see engine.train_one_epoch; `backward`: a policy's gradient hook); a
+        NaN/Inf loss stops the run (exit 3)."""
         try:
             return train_one_epoch(model, self.data.train_loader, optimizer, scheduler, weights, epoch=epoch,
                                    precision=self.precision, scaler=scaler or self.scaler, modalities=self.key.modalities,
                                    multilabel=self.data.ds.multilabel, grad_clip=self.tcfg["grad_clip"],
-                                   clip_groups=clip_groups, on_step=on_step)
+                                   clip_groups=clip_groups, on_step=on_step, backward=backward)
         except NonFiniteLoss as e:
             raise TrainingDiverged(f"{self.folder.path}: the training loss became {e.value} at epoch {epoch + 1}; "
                                    f"the last good checkpoint is {self.folder.last} "
                                    f"(lower train.lr or set train.grad_clip)") from None
 
-    def evaluate(self, model, split: str, heads: list[str], video_level: bool = False) -> dict:
+    def evaluate(self, model, split: str, heads: list[str], video_level: bool = False, on_features=None) -> dict:
         """A clean pass over a named split: 'train' (T'), 'holdout' (V), 'val', or 'final' (the
         evaluation split, `eval_clips` clips per video); {} for a split this run does not have."""
         loader = self.data.final_loader if split == "final" else self.data.eval_loaders.get(split)
@@ -98,7 +104,7 @@ class Trainer:
         try:
             return evaluate(model, loader, heads, precision=self.precision, modalities=self.key.modalities,
                             num_classes=len(self.data.ds.classes), multilabel=self.data.ds.multilabel,
-                            video_level=video_level, on_batch=on_batch)
+                            video_level=video_level, on_batch=on_batch, on_features=on_features)
         finally:
             self.progress.done_evaluating()
 
@@ -129,10 +135,17 @@ class Trainer:
         }
 
     def fit(self, policy) -> dict:
-        """Train `train.epochs` epochs with the policy's weights, evaluating every `eval_every`
-        epochs and checkpointing every epoch; then the final evaluation -> final.json."""
+        """Train `train.epochs` epochs with the policy's weights (and its gradient hook, if it has
+        one: policies/base.py), evaluating every `eval_every` epochs and checkpointing every epoch;
+        then the final evaluation -> final.json. A policy with `trains = False` (UME) trains no
+        epoch: its model is measured, checkpointed and evaluated."""
         folder, main = self.folder, self.env.is_main
-        epochs, eval_every = self.tcfg["epochs"], self.tcfg["eval_every"]
+        eval_every = self.tcfg["eval_every"]
+        epochs = self.tcfg["epochs"] if getattr(policy, "trains", True) else 0
+        if self.env.world > 1 and getattr(policy, "single_process", False):
+            raise UserError(f"{self.key.method} modulates gradients with per-batch statistics that are not "
+                            "all-reduced across processes yet: run it in one process (not under torchrun)")
+        backward, after_epoch = getattr(policy, "backward", None), getattr(policy, "after_epoch", None)
         start, best, resumed = 0, -math.inf, False
         if self.resume and folder.last.exists():
             state = folder.resume_state(self.cfg, self.key)
@@ -153,25 +166,32 @@ class Trainer:
         steps = self.data.steps_per_epoch
         estimation = sum(n for e, n in policy.estimation_plan().items() if e >= start)
         with RunProgress(main, folder.path.name, (epochs - start + estimation) * steps) as self.progress:
-            if start == 0:
+            if not resumed:
                 torch.manual_seed(rng_seed(self.tcfg["seed"], 0, self.env.rank))
-                self._log_epoch(0, self.evaluate_splits(self.bn_recalibrated(self.model)), {}, policy.weights_for(0), 0.0)
+                if hasattr(policy, "init_model"):
+                    policy.init_model(dist_utils.unwrap(self.model))
+                # φ_0 on BatchNorm statistics of T'; a model that trains nothing is measured as it is
+                probe = self.bn_recalibrated(self.model) if epochs else self.model
+                self._log_epoch(0, self.evaluate_splits(probe), {}, policy.weights_for(0), 0.0)
+                if not epochs:
+                    folder.save_checkpoint(self.checkpoint_state(0, policy, best), is_best=False)
             for epoch in range(start, epochs):
                 policy.before_epoch(epoch, ctx)  # G-Blend re-estimates here (Algorithms 2 and 3)
                 weights = {h: float(policy.weights_for(epoch).get(h, 0.0)) for h in self.key.heads}
                 self.progress.phase(f"epoch {epoch + 1}/{epochs}", steps)
                 t0 = time.perf_counter()
                 train_stats = self.run_epoch(model, self.optimizer, self.scheduler, weights, epoch,
-                                             on_step=self._on_step(t0))
+                                             on_step=self._on_step(t0), backward=backward)
+                summary = after_epoch(epoch) if after_epoch is not None else None
                 metrics = {}
                 if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
                     metrics = self.evaluate_splits(self.model)
-                self._log_epoch(epoch + 1, metrics, train_stats, weights, time.perf_counter() - t0)
+                self._log_epoch(epoch + 1, metrics, train_stats, weights, time.perf_counter() - t0, summary)
                 score = best_score(metrics, self.key.eval_head)
                 folder.save_checkpoint(self.checkpoint_state(epoch + 1, policy, max(best, score)), is_best=score > best)
                 folder.drop_estimation()  # superseded: last.pt holds the weights it estimated
                 best = max(best, score)
-            final = self.finish(policy.weights_for(epochs - 1), time.perf_counter() - t_start)
+            final = self.finish(policy.weights_for(max(0, epochs - 1)), time.perf_counter() - t_start, epochs)
         self.progress = RunProgress(False, folder.path.name, 0)
         dist_utils.barrier()
         return final
@@ -182,7 +202,8 @@ class Trainer:
             self.progress.step(step, f"loss {loss:.3f}  {rate:.0f} clips/s")
         return on_step
 
-    def _log_epoch(self, epoch: int, metrics: dict, train_stats: dict, weights: dict, seconds: float) -> None:
+    def _log_epoch(self, epoch: int, metrics: dict, train_stats: dict, weights: dict, seconds: float,
+                   policy_summary: dict | None = None) -> None:
         if not self.env.is_main:
             return
         row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"],
@@ -190,6 +211,8 @@ class Trainer:
         row.update(metrics)
         if train_stats:
             row["train_running"] = {k: round(v, 5) for k, v in train_stats.items()}
+        if policy_summary:
+            row["policy"] = policy_summary
         row["epoch_seconds"] = round(seconds, 3)
         self.folder.log_metrics(row)
         if metrics and epoch > 0:
@@ -198,11 +221,26 @@ class Trainer:
             self.progress.log(f"{self.folder.path.name} epoch {epoch}: {h} top-1 " + ", ".join(parts)
                               + f"  ({train_stats.get('clips_per_s', 0):.0f} clips/s)")
 
-    def finish(self, weights: dict, seconds: float) -> dict:
-        """Final evaluation: `eval_clips` clips per video on the evaluation split -> final.json."""
+    def finish(self, weights: dict, seconds: float, epochs: int | None = None) -> dict:
+        """Final evaluation: `eval_clips` clips per video on the evaluation split -> final.json;
+        for a multi-modal run, with the diagnostics (gblend_cli/diagnostics.py): each modality's
+        Shapley contribution to the fused head, measured in the same pass."""
         heads, h, key = self.key.heads, self.key.eval_head, self.key
-        val = self.evaluate(self.model, "final", heads, video_level=True)
-        train = self.evaluate(self.model, "train", heads)
+        epochs = self.tcfg["epochs"] if epochs is None else epochs
+        diag = None
+        if "fused" in heads and len(key.modalities) > 1 and isinstance(dist_utils.unwrap(self.model), MultiModalNet):
+            # (not the mid-fusion models of gblend_cli/fusion/: no separate pooled features per modality)
+            means = FeatureMeans()
+            train = self.evaluate(self.model, "train", heads, on_features=means.add)
+            module = dist_utils.unwrap(self.model)
+            final_set = self.data.final_loader.dataset
+            diag = SubsetAccuracy(module, means.result(), len(final_set.videos), len(self.data.ds.classes),
+                                  self.data.ds.multilabel, self.device)
+            val = self.evaluate(self.model, "final", heads, video_level=True,
+                                on_features=lambda f, b, y, v: diag.add(f, b, y, v))
+        else:
+            train = self.evaluate(self.model, "train", heads)
+            val = self.evaluate(self.model, "final", heads, video_level=True)
         final = {
             "head": h, "clip_top1": val[h]["top1"], "video_top1": val[h]["video_top1"],
             "video_top5": val[h]["video_top5"], "train_top1": train[h]["top1"], "val_loss": val[h]["loss"],
@@ -211,10 +249,15 @@ class Trainer:
                           "train_top1": train[k]["top1"]} | ({"map": v["map"], "mauc": v["mauc"]} if "map" in v else {})
                       for k, v in val.items()},
             "method": key.method, "modalities": list(key.modalities), "seed": key.seed,
-            "epochs": self.tcfg["epochs"], "weights": {k: float(weights.get(k, 0.0)) for k in heads},
+            "epochs": epochs, "weights": {k: float(weights.get(k, 0.0)) for k in heads},
             "dataset": self.cfg["dataset"]["name"], "splits": self.data.split_sizes, "seconds": round(seconds, 1),
         } | ({"mode": key.mode} if key.mode else {}) | ({"fix": key.fix} if key.fix else {}) \
-            | ({"optimizer": key.optimizer} if key.optimizer else {})
+            | ({"optimizer": key.optimizer} if key.optimizer else {}) | peak_memory(self.device)
+        if diag is not None:  # the run folder's diagnostics: contribution, each head's V@1 and OGR
+            log = self.folder.path / "metrics.jsonl"
+            final["diagnostics"] = diag.diagnostics(val[h]) | {
+                "head_video_top1": {k: v["video_top1"] for k, v in val.items() if k != "fused"},
+                "ogr": ogr_per_head(read_jsonl(log), heads) if log.exists() else {}}
         if "map" in val[h]:
             final["map"], final["mauc"] = val[h]["map"], val[h]["mauc"]
         if key.method == "naive":
@@ -257,6 +300,10 @@ class RunContext:
         return dist_utils.unwrap(self._t.model)
 
     def evaluate(self, model, split: str, heads: list[str]) -> dict:
+        """T' ('train') or V ('holdout') only: a policy never sees the evaluation split."""
+        if split not in POLICY_SPLITS:
+            raise ProtocolError(f"a loss policy may measure only T' ('train') and V ('holdout'), not {split!r}: "
+                                "the evaluation split is touched only for the reported numbers")
         return self._t.evaluate(model, split, heads)
 
     def bn_recalibrated(self, model) -> torch.nn.Module:

@@ -194,7 +194,8 @@ def assert_one_line_error(rc: int, stderr: str, stdout: str, *needles: str, code
 
 def final_numbers(run: Path) -> dict:
     f = json.loads((run / "final.json").read_text())
-    f.pop("seconds")
+    for k in ("seconds", "peak_memory_mb"):  # wall clock and memory: not part of a run's numbers
+        f.pop(k, None)
     return f
 
 

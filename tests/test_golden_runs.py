@@ -40,7 +40,7 @@ RUNS = {
                                      "--set", "gblend.warmup_super_epoch=2", "--set", "gblend.super_epoch=1"],
     "gblend-equal-rgb+flow": ["train-gblend", "--modalities", "rgb,flow", "--weights", "equal", "--epochs", "2"],
 }
-TIMING = {"seconds", "epoch_seconds", "clips_per_s"}  # wall-clock fields: never compared
+TIMING = {"seconds", "epoch_seconds", "clips_per_s", "peak_memory_mb"}  # wall-clock and memory: never compared
 
 
 def fingerprint() -> dict:

@@ -325,7 +325,9 @@ distributed.cleanup()
 
 def _final(path: Path) -> dict:
     f = json.loads((path / "final.json").read_text())
-    f.pop("seconds")
+    for k in ("seconds", "peak_memory_mb"):  # wall clock and memory: not part of a run's numbers
+        f.pop(k, None)
+    f.get("diagnostics", {}).pop("ogr", None)  # from the run's metrics.jsonl: not the evaluation's
     return f
 
 

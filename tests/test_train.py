@@ -34,7 +34,8 @@ def tiny_cfg(**over):
 
 def _final_numbers(run: Path) -> dict:
     f = json.loads((run / "final.json").read_text())
-    f.pop("seconds")
+    for k in ("seconds", "peak_memory_mb"):  # wall clock and memory: not part of a run's numbers
+        f.pop(k, None)
     return f
 
 

@@ -24,13 +24,16 @@ MID_FUSIONS = ("midconcat", "se-gate", "nl-gate")  # audio meets one visual moda
 
 
 def build_model(modalities: list[str], heads: list[str], num_classes: int, model_cfg: dict,
-                init_seed: int = 0) -> nn.Module:
+                init_seed: int = 0, probe_heads=(), head_fusion: str = "mlp") -> nn.Module:
     """The network of a run: `MultiModalNet` unless a naive run (heads == ["fused"]) asks for
     another `model.fusion`. Every variant builds its backbones and fused head from the same
-    (seed, name) initialisations as naive late fusion (`models.seeded_build`)."""
+    (seed, name) initialisations as naive late fusion (`models.seeded_build`). `probe_heads` and
+    `head_fusion` (the methods' stop-gradient probes and UME's mean of logits, RunKey.probe_heads
+    and RunKey.fusion) go to `MultiModalNet` (its `fusion`)."""
     fusion = model_cfg.get("fusion", "late")
     if fusion == "late" or list(heads) != ["fused"]:
-        return MultiModalNet(modalities, heads, num_classes, model_cfg, init_seed=init_seed)
+        return MultiModalNet(modalities, heads, num_classes, model_cfg, init_seed=init_seed, probe_heads=probe_heads,
+                             fusion=head_fusion)
     if fusion == "dropout":
         from .dropout import DropoutFusionNet as cls
     elif fusion == "midconcat":

@@ -5,7 +5,7 @@
 #   recipes/batch/matrix.sh [REPRODUCE OPTIONS] [-- OPTIONS FOR EVERY RUN]
 #   recipes/batch/matrix.sh --recipe kinetics400 --seeds 0,1,2
 #   recipes/batch/matrix.sh --seeds 0 -- --workers 4          # extra options go to every train command
-#   recipes/batch/matrix.sh --table 5 --seeds 0               # the runs of Table 5 (also 3, fig1, all)
+#   recipes/batch/matrix.sh --table 5 --seeds 0               # the runs of Table 5 (also 3, fig1, all, methods)
 #   LAUNCHER="torchrun --nproc_per_node=8 -m gblend_cli" recipes/batch/matrix.sh --recipe kinetics400
 #
 # REPRODUCE OPTIONS are those of `gblend reproduce` (--recipe, --seeds, --results, --set ...).
