@@ -16,6 +16,8 @@ The paper leaves ΔG <= 0 and ΔO ≈ 0 open. Our choices:
 - `w_raw` (logged beside every weight): the formula with ΔG clipped at 0 (a head that does not
   generalise gets no weight), normalised; null where it is undefined (a ΔO of exactly 0, or every
   ΔG <= 0).
+- rule `formula`: w_raw itself — the paper's formula with no guard beyond clipping ΔG (equal
+  weights where it is undefined). The README's raw-rule rows use it; no head is flagged.
 - rule `raw`: w_raw with ΔO² floored at its own noise, SE(ΔO)², where SE(ΔO) combines the
   standard errors of the four mean losses (per-clip losses on T' and V, before and after): a head
   whose ΔO is indistinguishable from 0 cannot take all the weight by a near-zero denominator, and
@@ -75,6 +77,9 @@ def blend_weights(delta_g: dict[str, float], delta_o: dict[str, float], rule: st
 
     `delta_o_se`: {head: standard error of ΔO} for the noise guard (None: only ΔO² >= 1e-12)."""
     heads = list(delta_g)
+    if rule == "formula":
+        w = raw_weights(delta_g, delta_o)
+        return w if all(v is not None for v in w.values()) else {h: 1.0 / len(heads) for h in heads}
     g = _generalisation(delta_g)
     se = delta_o_se or {}
     o2 = {}
@@ -169,8 +174,8 @@ def blend_row(epoch: int, n_epochs: int, gcfg: dict, rows: dict[str, dict], **ex
     se = {h: rows[h].get("delta_O_se") for h in heads}
     w_raw = raw_weights(dg, do)
     w = blend_weights(dg, do, gcfg["rule"], gcfg["min_weight"], se)
-    bound = noise_bound(do, se)
-    fallback = not any(v > 0 for v in dg.values())  # no head generalises: equal weights
+    bound = noise_bound(do, se) if gcfg["rule"] != "formula" else {h: False for h in heads}  # flags a guard that acted
+    fallback = w_raw[heads[0]] is None if gcfg["rule"] == "formula" else not any(v > 0 for v in dg.values())
     for h in heads:
         rows[h]["w_raw"] = w_raw[h]
         rows[h]["w"] = w[h]

@@ -110,7 +110,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "gblend": {
         "mode": "offline",  # offline (Alg. 2) | online (Alg. 3) | fixed (hand-set / equal weights)
         "metric": "loss",  # loss|accuracy: what G and O are measured with
-        "rule": "regularised",  # regularised|raw (see gblend_cli/blend.py)
+        "rule": "regularised",  # regularised|raw|formula (see gblend_cli/blend.py; formula: w_raw, no guard)
         "weights": "",  # fixed weights "rgb=.63,audio=.01,fused=.36"; "equal" = auxiliary-loss baseline
         "estimate_epochs": 0,  # offline: estimation length; 0 = the whole run (as in the paper)
         "warmup_super_epoch": 10,  # online: first super-epoch length
@@ -286,7 +286,7 @@ def validate(cfg: dict) -> None:
     _choice(cfg, "gblend.mode", ("offline", "online", "fixed"))
     _choice(cfg, "model.fusion", ("late", "dropout", "midconcat", "se-gate", "nl-gate"))
     _choice(cfg, "gblend.metric", ("loss", "accuracy"))
-    _choice(cfg, "gblend.rule", ("regularised", "raw"))
+    _choice(cfg, "gblend.rule", ("regularised", "raw", "formula"))
     _choice(cfg, "dataset.label_field", ("verb", "noun", "action"))
     _choice(cfg, "methods.ogm_coefficient", ("paper", "shifted"))
     for m in cfg["reproduce"]["methods"]:

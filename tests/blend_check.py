@@ -64,8 +64,9 @@ def check_blend_row(row: dict, gcfg: dict) -> None:
         dg[h], do[h], se[h] = t["delta_G"], t["delta_O"], r.get("delta_O_se")
     w_raw = raw_weights(dg, do)
     w = blend_weights(dg, do, gcfg["rule"], gcfg["min_weight"], se)
-    bound = noise_bound(do, se)
-    fallback = not any(v > 0 for v in dg.values())
+    formula = gcfg["rule"] == "formula"  # the formula alone: no guard acts, none is flagged
+    bound = {h: False for h in heads} if formula else noise_bound(do, se)
+    fallback = w_raw[next(iter(heads))] is None if formula else not any(v > 0 for v in dg.values())
     assert row["equal_fallback"] == fallback
     for h, r in heads.items():
         assert r["w_raw"] == w_raw[h], (h, r["w_raw"], w_raw[h])

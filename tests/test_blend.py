@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from gblend_cli.blend import blend_weights, noise_bound, raw_weights
+from gblend_cli.blend import blend_row, blend_weights, noise_bound, raw_weights
 from gblend_cli.policies.gblend import GradientBlending
 from gblend_cli.ogr import gradient_blend_terms, ogr_between
 
@@ -72,6 +72,23 @@ def test_a_delta_o_within_its_noise_is_floored_at_the_noise():
     w2 = blend_weights(dg, {**do, "audio": 10.0}, rule="raw", delta_o_se=se)
     assert w2["rgb"] / w2["fused"] == pytest.approx(w["rgb"] / w["fused"])
     assert noise_bound(do, se) == {"audio": False, "rgb": True, "fused": False}
+
+
+def test_formula_rule_is_w_raw_with_no_guard():
+    dg = {"audio": -0.3, "rgb": 0.5, "fused": 0.5}
+    do = {"audio": 1.0, "rgb": 0.05, "fused": 0.5}
+    se = {"audio": 0.05, "rgb": 0.1, "fused": 0.05}
+    w = blend_weights(dg, do, rule="formula", delta_o_se=se)  # the SEs change nothing: no guard
+    # audio's ΔG < 0 -> 0; rgb 0.5/0.0025 = 200, fused 0.5/0.25 = 2
+    assert w == raw_weights(dg, do) and w["audio"] == 0
+    assert w["rgb"] == pytest.approx(200 / 202) and w["fused"] == pytest.approx(2 / 202)
+    assert blend_weights(dg, do, rule="raw", delta_o_se=se)["rgb"] < w["rgb"]  # where the guard would act
+    no_g = {h: -0.1 for h in dg}  # undefined (no head generalises): equal weights
+    assert blend_weights(no_g, do, rule="formula") == {h: pytest.approx(1 / 3) for h in dg}
+    row = blend_row(0, 30, {"rule": "formula", "min_weight": 0.05, "metric": "loss"},
+                    {h: {"delta_G": dg[h], "delta_O": do[h], "delta_O_se": se[h], "ogr": 1.0} for h in dg})
+    assert not any(r["noise_bound"] or r["floored"] for r in row["heads"].values())  # nothing acted, nothing flagged
+    assert [r["w"] for r in row["heads"].values()] == [r["w_raw"] for r in row["heads"].values()]
 
 
 def test_floors_lift_only_heads_that_do_not_generalise():
