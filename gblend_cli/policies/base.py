@@ -42,6 +42,19 @@ from typing import Protocol, runtime_checkable
 import torch
 
 
+class SetWeights:
+    """The part of LossPolicy shared by every policy whose head weights are set for the whole run
+    (`self.weights`) and that trains no estimators: FixedWeights and G-Blend's successors."""
+
+    weights: dict[str, float]
+
+    def weights_for(self, epoch: int) -> dict[str, float]:
+        return self.weights
+
+    def estimation_plan(self) -> dict[int, int]:
+        return {}
+
+
 @runtime_checkable
 class LossPolicy(Protocol):
     """How a run weighs its heads' losses."""

@@ -4,6 +4,7 @@ weights over every head (the auxiliary-loss baseline of the paper's Table 5)."""
 from __future__ import annotations
 
 from ..errors import UserError
+from .base import SetWeights
 
 
 def parse_weights(text: str, heads: list[str]) -> dict[str, float]:
@@ -30,7 +31,7 @@ def parse_weights(text: str, heads: list[str]) -> dict[str, float]:
     return {h: w.get(h, 0.0) / total for h in heads}
 
 
-class FixedWeights:
+class FixedWeights(SetWeights):
     """Loss weights that never change."""
 
     def __init__(self, weights: dict[str, float]):
@@ -38,12 +39,6 @@ class FixedWeights:
 
     def before_epoch(self, epoch: int, ctx) -> None:
         pass
-
-    def weights_for(self, epoch: int) -> dict[str, float]:
-        return self.weights
-
-    def estimation_plan(self) -> dict[int, int]:
-        return {}
 
     def state_dict(self) -> dict:
         return {"weights": self.weights}

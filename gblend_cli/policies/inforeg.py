@@ -38,6 +38,7 @@ import math
 import torch
 
 from ..metrics import true_class_confidence
+from .base import SetWeights
 
 
 def trace_growth(traces: list[float], window: int) -> float:
@@ -56,7 +57,7 @@ def regulation_strengths(scores: dict[str, float], in_window: dict[str, bool], b
     return {u: beta * math.exp(math.tanh(s - low)) if s > low and in_window[u] else 0.0 for u, s in scores.items()}
 
 
-class InfoReg:
+class InfoReg(SetWeights):
     """L_mm + Σ_u L_u; the modality ahead is pulled back towards its epoch start in its window."""
 
     single_process = True  # the scores come from this process's batch
@@ -83,12 +84,6 @@ class InfoReg:
         self.growth = {m: trace_growth(self.traces[m], self.window) for m in self.modalities}
         self.in_window = {m: g > self.threshold for m, g in self.growth.items()}
         self._sums = self._fresh()
-
-    def weights_for(self, epoch: int) -> dict[str, float]:
-        return self.weights
-
-    def estimation_plan(self) -> dict[int, int]:
-        return {}
 
     def backward(self, step) -> torch.Tensor:
         step.backward(step.loss)

@@ -30,6 +30,7 @@ the second freeing the graph), instead of the official code's k + 2.
 from __future__ import annotations
 
 import torch
+from .base import SetWeights
 
 
 def pareto_alpha(g_mm: torch.Tensor, g_u: torch.Tensor) -> tuple[float, float]:
@@ -59,7 +60,7 @@ def mmpareto_combine(g_mm: list[torch.Tensor], g_u: list[torch.Tensor], gamma: f
     return out, alpha, cos
 
 
-class MMPareto:
+class MMPareto(SetWeights):
     """L_mm + Σ_u L_u, with each encoder's two gradients combined by the Pareto rule."""
 
     single_process = True  # the combination is per process; DDP would also need its own reduction
@@ -76,12 +77,6 @@ class MMPareto:
 
     def before_epoch(self, epoch: int, ctx) -> None:
         self._sums = self._fresh()
-
-    def weights_for(self, epoch: int) -> dict[str, float]:
-        return self.weights
-
-    def estimation_plan(self) -> dict[int, int]:
-        return {}
 
     def backward(self, step) -> torch.Tensor:
         net = step.module

@@ -43,6 +43,7 @@ import math
 import torch
 
 from ..metrics import true_class_confidence
+from .base import SetWeights
 
 
 def discrepancy_ratios(scores: dict[str, float]) -> dict[str, float]:
@@ -67,7 +68,7 @@ def ogm_coefficients(scores: dict[str, float], alpha: float, form: str = "paper"
     return k
 
 
-class OGMGE:
+class OGMGE(SetWeights):
     """Fused loss on the encoders, modulated per modality; the uni-modal heads are probes."""
 
     single_process = True  # the ratios come from this process's batch
@@ -86,12 +87,6 @@ class OGMGE:
 
     def before_epoch(self, epoch: int, ctx) -> None:
         self._sums = self._fresh()
-
-    def weights_for(self, epoch: int) -> dict[str, float]:
-        return self.weights
-
-    def estimation_plan(self) -> dict[int, int]:
-        return {}
 
     def backward(self, step) -> torch.Tensor:
         step.backward(step.loss)

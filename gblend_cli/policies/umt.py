@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from ..models import build_backbone, seeded_build
+from .base import SetWeights
 
 
-class UMT:
+class UMT(SetWeights):
     """Fused loss plus feature distillation from each modality's uni-modal run."""
 
     def __init__(self, cfg: dict, modalities: list[str], sources: dict[str, tuple[str, dict]]):
@@ -48,12 +49,6 @@ class UMT:
     def before_epoch(self, epoch: int, ctx) -> None:
         self.teachers.to(ctx.device)
         self._sums = {"steps": 0, "distill": {m: 0.0 for m in self.modalities}}
-
-    def weights_for(self, epoch: int) -> dict[str, float]:
-        return self.weights
-
-    def estimation_plan(self) -> dict[int, int]:
-        return {}
 
     def backward(self, step) -> torch.Tensor:
         with torch.no_grad(), step.precision.autocast():
