@@ -17,6 +17,7 @@ from pathlib import Path
 from . import paper
 from .config import DEFAULTS
 from .experiment import EXTRA_TABLES, RunKey, table_keys, tables_pair
+from .storage import save_figure_atomic
 
 LABELS = {
     "table5": {"audio": "audio only", "rgb": "RGB only", "pretrain": "pre-training", "naive": "naive",
@@ -226,9 +227,8 @@ def fig1_figure(rows_: list[dict], path: Path) -> Path | None:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Figure 1: attempted fixes for naive A+RGB (dashed: late concat)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        save_figure_atomic(path, fig)
+    finally:
+        plt.close(fig)
     return path

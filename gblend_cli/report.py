@@ -20,7 +20,7 @@ from .errors import UserError
 from .experiment import RunKey, matrix
 from .ogr import evaluated_epochs, ogr_between
 from .run_folder import RunFolder
-from .storage import finite_or_null
+from .storage import finite_or_null, save_figure_atomic
 
 METHOD_LABELS = {"unimodal": "uni-modal", "naive": "naive", "gblend-offline": "G-Blend offline",
                  "gblend-online": "G-Blend online", "gblend-equal": "auxiliary loss (equal w)",
@@ -342,11 +342,10 @@ def overfit_figure(mx: Matrix, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        save_figure_atomic(path, fig)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -124,6 +124,11 @@ def torch_save_atomic(path: Path, obj: Any) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def save_figure_atomic(path: Path, fig, dpi: int = 120) -> None:
+    """A matplotlib figure as PNG, written like every other output (temp + fsync + rename)."""
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
 def append_jsonl(path: Path, obj: dict) -> None:
     """Append one JSON line and fsync it. A line cut short by a kill is skipped by read_jsonl."""
     path = Path(path)
@@ -150,23 +155,7 @@ def read_jsonl(path: Path, damaged: list[int] | None = None) -> list[dict]:
     A whole line in the middle that is not a JSON object (a torn line a later append went on
     from, or damage) is skipped too, and its 1-based number appended to `damaged` when given:
     callers for which a lost row matters (run folders) refuse or repair rather than go on."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.endswith("\n"):
-                break
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if isinstance(row, dict):
-                rows.append(row)
-            elif damaged is not None and line.strip():
-                damaged.append(n)
-    return rows
+    return list(iter_jsonl(path, damaged))
 
 
 def iter_jsonl(path: Path, damaged: list[int] | None = None) -> Iterator[dict]:
