@@ -138,27 +138,45 @@ def terms_from_runs(sources: list[str], cfg: dict, modalities: list[str]) -> tup
     seed they *are* the uni-modal run of each modality and the naive run (every backbone and head is
     initialised from (seed, its name), data order and dropout draws depend only on (seed, epoch)),
     so their L^T/L^V at epoch 0 and at the end are those runs' logged values (a test checks this
-    bit for bit against `estimate_blend_weights`). Returns ({head: terms}, [run names])."""
-    from .run_folder import finished_runs
+    bit for bit against `estimate_blend_weights`).
+
+    Pooled over seeds: given those runs for several seeds (each seed with every head's run), each
+    loss is the mean over the seeds — so ΔO and ΔG are the means of the seeds' ΔO and ΔG — and
+    SE(ΔO) is that of a mean, sqrt(Σ SE_s²) / n: the same estimate of Proposition 1's terms with
+    the noise of n estimations instead of one (the paper's Table 4 gives one weight set per
+    combination for its three G-Blend runs). Returns ({head: terms}, [run names])."""
+    from .run_folder import finished_run_sets
 
     want = {m: ("unimodal", (m,)) for m in modalities} | {"fused": ("naive", tuple(modalities))}
-    found = finished_runs(sources, want, "gblend.estimate_from",
-                          "needs the uni-modal run of each modality and the naive run")
+    found = finished_run_sets(sources, want, "gblend.estimate_from",
+                              "needs the uni-modal run of each modality and the naive run")
+    seeds = {h: [f.key().seed for f in runs] for h, runs in found.items()}
+    first = seeds["fused"]
+    for h, s in seeds.items():
+        if sorted(s) != sorted(first) or len(set(s)) != len(s):
+            raise UserError(f"gblend.estimate_from: the {h} runs have seeds {sorted(s)}, the naive runs {sorted(first)} "
+                            f"(pooling needs every head's run for each seed, once)")
     n_epochs = cfg["gblend"]["estimate_epochs"] or cfg["train"]["epochs"]
     metric = cfg["gblend"]["metric"]
     rows = {}
-    for head, f in found.items():
-        f.check_same_setup(cfg, "its losses do not stand for this run's estimators (gblend.estimate_from)")
-        by_epoch = {r["epoch"]: r for r in f.metrics()}
-        a, b = by_epoch.get(0), by_epoch.get(n_epochs)
-        if not (a and b and a.get("holdout") and b.get("holdout")):
-            raise UserError(f"{f.path}/metrics.jsonl: needs T' and V losses at epochs 0 and {n_epochs}")
-        ses = [se_like(r[s], head, metric) for r in (a, b) for s in ("train", "holdout")]
-        lt_b, lv_b = loss_like(a["train"], head, metric), loss_like(a["holdout"], head, metric)
-        lt_a, lv_a = loss_like(b["train"], head, metric), loss_like(b["holdout"], head, metric)
+    for head, runs in found.items():
+        measured = []
+        for f in runs:
+            own = cfg | {"train": cfg["train"] | {"seed": f.key().seed}}  # pooled runs differ in their seed only
+            f.check_same_setup(own, "its losses do not stand for this run's estimators (gblend.estimate_from)")
+            by_epoch = {r["epoch"]: r for r in f.metrics()}
+            a, b = by_epoch.get(0), by_epoch.get(n_epochs)
+            if not (a and b and a.get("holdout") and b.get("holdout")):
+                raise UserError(f"{f.path}/metrics.jsonl: needs T' and V losses at epochs 0 and {n_epochs}")
+            losses = [loss_like(r[s], head, metric) for r in (a, b) for s in ("train", "holdout")]
+            ses = [se_like(r[s], head, metric) for r in (a, b) for s in ("train", "holdout")]
+            measured.append((losses, delta_o_se(*ses)))
+        n = len(measured)
+        lt_b, lv_b, lt_a, lv_a = (math.fsum(m[0][i] for m in measured) / n for i in range(4))
+        se = None if any(m[1] is None for m in measured) else math.sqrt(math.fsum(m[1] ** 2 for m in measured)) / n
         rows[head] = {"LT_before": lt_b, "LV_before": lv_b, "LT_after": lt_a, "LV_after": lv_a,
-                      **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a), "delta_O_se": delta_o_se(ses[0], ses[1], ses[2], ses[3])}
-    return {h: rows[h] for h in want}, [found[h].path.name for h in want]
+                      **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a), "delta_O_se": se}
+    return {h: rows[h] for h in want}, [f.path.name for h in want for f in found[h]]
 
 
 def delta_o_se(*ses: float | None) -> float | None:

@@ -259,7 +259,7 @@ def train_gblend(
     weights: Optional[str] = typer.Option(None, "--weights", help="Hand-set weights instead of estimating: HEAD=W,... or 'equal' (the auxiliary-loss baseline)."),
     metric: Optional[Literal["loss", "accuracy"]] = typer.Option(None, "--metric", help=f"What ΔG and ΔO are measured with {_d('gblend.metric')}."),
     blend_rule: Optional[Literal["regularised", "raw", "formula"]] = typer.Option(None, "--blend-rule", help=f"formula: w_raw, the paper's formula alone; raw: the formula with its noise guard; regularised: also lifts heads with ΔG <= 0 to gblend.min_weight {_d('gblend.rule')}."),
-    estimate_from: Optional[str] = typer.Option(None, "--estimate-from", help="Offline: read Algorithm 2's terms from these finished runs (the uni-modal run of each modality and the naive run, same recipe and seed; comma-separated) instead of training the estimators again."),
+    estimate_from: Optional[str] = typer.Option(None, "--estimate-from", help="Offline: read Algorithm 2's terms from these finished runs (the uni-modal run of each modality and the naive run, same recipe and seed; comma-separated) instead of training the estimators again; those of several seeds are pooled (mean ΔG and ΔO over the seeds)."),
     data: Optional[Path] = DataOpt, out: Optional[Path] = OutOpt, recipe: Optional[Path] = RecipeOpt,
     epochs: Optional[int] = EpochsOpt, seed: Optional[int] = SeedOpt, resume: bool = ResumeOpt,
     batch_size: Optional[int] = BatchOpt, lr: Optional[float] = LrOpt, optimizer: Optimizer = OptimOpt,

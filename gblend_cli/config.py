@@ -116,7 +116,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "warmup_super_epoch": 10,  # online: first super-epoch length
         "super_epoch": 5,  # online: later super-epoch length
         "min_weight": 0.05,  # regularised rule: weight of a head whose ΔG <= 0 (a guard, not a knob: <= 0.05 in all)
-        "estimate_from": [],  # offline: run folders (uni-modal per modality + naive) to read Algorithm 2's terms from
+        "estimate_from": [],  # offline: run folders (uni-modal per modality + naive, one or more seeds) to read Algorithm 2's terms from
     },
     "methods": {  # G-Blend's successors (`gblend train-method`; gblend_cli/policies/): the papers' defaults, fixed a priori
         "from_runs": [],  # umt/ume: the uni-modal run folders to read ([]: RESULTS/unimodal-<m>-s<seed>)
@@ -144,6 +144,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "other_gblend_modes": ["offline"],
         "jobs": 2,  # runs in parallel (one thread each)
         "offline_from_runs": True,  # offline G-Blend reads Algorithm 2's terms from the matrix's own uni-modal and naive runs
+        "offline_pool": True,  # ... pooled over every seed of its row: one weight set per combination, as the paper's Table 4
         "methods": ["ogm-ge", "mmpareto", "umt", "ume", "inforeg"],  # `reproduce --table methods`: these, beside naive and offline G-Blend
         "methods_combos": ["audio+rgb", "audio+rgb+flow"],  # ... on these combinations, for every seed of `seeds`
         "methods_epochs": 0,  # the methods matrix's train.epochs (0: the recipe's); > 0: give it its own --results

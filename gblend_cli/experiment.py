@@ -158,13 +158,15 @@ class RunKey:
         """The head a run is judged by."""
         return self.modalities[0] if self.method == "unimodal" else "fused"
 
-    def estimator_keys(self) -> list["RunKey"]:
+    def estimator_keys(self, seeds=None) -> list["RunKey"]:
         """The runs that Algorithm 2's estimators of this offline G-Blend run are: the uni-modal run
-        of each modality and the naive run, same seed (gblend_cli/blend.py `terms_from_runs`)."""
+        of each modality and the naive run of its seed, or of each of `seeds` when its terms are
+        pooled over its row's seeds (`pooled_seeds`; gblend_cli/blend.py `terms_from_runs`)."""
         if self.variant != "gblend-offline" or self.fix:
             return []
-        return [RunKey("unimodal", (m,), self.seed, optimizer=self.optimizer) for m in self.modalities] + \
-            [RunKey("naive", self.modalities, self.seed, optimizer=self.optimizer)]
+        return [k for s in (seeds or (self.seed,)) for k in
+                [RunKey("unimodal", (m,), s, optimizer=self.optimizer) for m in self.modalities] +
+                [RunKey("naive", self.modalities, s, optimizer=self.optimizer)]]
 
     def init_keys(self) -> list["RunKey"]:
         """The uni-modal runs a pre-training run's backbones start from (`train.init_from`)."""
@@ -172,11 +174,11 @@ class RunKey:
             return []
         return [RunKey("unimodal", (m,), self.seed, optimizer=self.optimizer) for m in self.modalities]
 
-    def dependencies(self, offline_from_runs: bool = True) -> list["RunKey"]:
+    def dependencies(self, offline_from_runs: bool = True, estimator_seeds=None) -> list["RunKey"]:
         """The runs that must finish before this one starts: a pre-training run's uni-modal runs,
         UMT's and UME's uni-modal runs, and (with `reproduce.offline_from_runs`) an offline G-Blend
-        run's estimator runs."""
-        return self.init_keys() + self.source_keys() + (self.estimator_keys() if offline_from_runs else [])
+        run's estimator runs (of `estimator_seeds`: `estimators(cfg, key)`)."""
+        return self.init_keys() + self.source_keys() + (self.estimator_keys(estimator_seeds) if offline_from_runs else [])
 
     def source_keys(self) -> list["RunKey"]:
         """The finished runs this run is built on: UMT's teachers and UME's members are the
@@ -264,20 +266,48 @@ class RunKey:
                    final.get("mode") if final["method"] == "gblend" else None, final.get("fix"), final.get("optimizer"))
 
 
+def row_seeds(cfg: dict, key: RunKey) -> list[int]:
+    """The seeds of the matrix row `key` is in: `reproduce.seeds` for the main combination (and
+    for the tables' and methods' matrices), `reproduce.other_seeds` for the other combinations."""
+    rp = cfg["reproduce"]
+    return list(rp["other_seeds"] if key.combo in rp["other_combos"] and key.combo != rp["main"] else rp["seeds"])
+
+
+def pooled_seeds(cfg: dict, key: RunKey) -> tuple[int, ...]:
+    """The seeds whose uni-modal and naive runs an offline G-Blend run of the matrix reads its
+    terms from: with `reproduce.offline_pool`, every seed of its row (the paper's Table 4 gives one
+    weight set per combination for its three G-Blend runs; averaging the estimators' ΔG and ΔO over
+    seeds is the same estimate with less noise), else its own seed."""
+    seeds = row_seeds(cfg, key)
+    if cfg["reproduce"]["offline_pool"] and key.seed in seeds:
+        return tuple(sorted(set(seeds)))
+    return (key.seed,)
+
+
+def estimators(cfg: dict, key: RunKey) -> list[RunKey]:
+    """The finished runs an offline G-Blend run of the matrix reads Algorithm 2's terms from
+    ([] without `reproduce.offline_from_runs`: it trains its own estimators)."""
+    return key.estimator_keys(pooled_seeds(cfg, key)) if cfg["reproduce"]["offline_from_runs"] else []
+
+
+def dependencies(cfg: dict, key: RunKey) -> list[RunKey]:
+    """The runs that must finish before `key` starts, under the recipe's reproduce settings."""
+    return key.dependencies(cfg["reproduce"]["offline_from_runs"], pooled_seeds(cfg, key))
+
+
 def matrix(cfg: dict) -> list[RunKey]:
     """Every run of the recipe's reproduce matrix, in run order, each once: for the main combination
-    and every other one, per seed, the uni-modal runs of its modalities, naive fusion and G-Blend in
-    each listed mode."""
+    and every other one, the uni-modal runs of its modalities and naive fusion per seed, then G-Blend
+    in each listed mode per seed (after every seed's estimator runs: offline terms may be pooled)."""
     rp = cfg["reproduce"]
     plan = [(rp["main"], rp["seeds"], rp["gblend_modes"])]
     plan += [(combo, rp["other_seeds"], rp["other_gblend_modes"]) for combo in rp["other_combos"]]
     keys: list[RunKey] = []
     for combo, seeds, modes in plan:
         mods = tuple(combo.split("+"))
-        for seed in seeds:
-            batch = [RunKey("unimodal", (m,), seed) for m in mods] + [RunKey("naive", mods, seed)]
-            batch += [RunKey("gblend", mods, seed, mode) for mode in modes]
-            keys += [k for k in batch if k not in keys]
+        batch = [k for seed in seeds for k in [RunKey("unimodal", (m,), seed) for m in mods] + [RunKey("naive", mods, seed)]]
+        batch += [RunKey("gblend", mods, seed, mode) for seed in seeds for mode in modes]
+        keys += [k for k in batch if k not in keys]
     return keys
 
 
@@ -349,7 +379,7 @@ def tables_matrix(cfg: dict, tables) -> list[RunKey]:
               for _, _, k in table_keys(cfg, table, seed)]
     wanted += methods_matrix(cfg) if "methods" in tables else []
     for k in wanted:
-        for dep in k.dependencies(cfg["reproduce"]["offline_from_runs"]) + [k]:
+        for dep in dependencies(cfg, k) + [k]:
             if dep not in keys:
                 keys.append(dep)
     return keys

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import paper
 from .config import DEFAULTS
-from .experiment import EXTRA_TABLES, RunKey, table_keys, tables_pair
+from .experiment import EXTRA_TABLES, RunKey, dependencies, estimators, table_keys, tables_pair
 from .storage import save_figure_atomic
 
 LABELS = {
@@ -51,13 +51,13 @@ def _commands(mx, key: RunKey, cfg: dict, found: dict) -> list[str]:
     """The commands that train `key` into mx.results, the runs it depends on first (those absent)."""
     results = Path(mx.results) if mx.results else None
     cmds = []
-    for dep in key.dependencies(cfg["reproduce"]["offline_from_runs"]):
+    for dep in dependencies(cfg, key):
         if dep not in found:
             cmds += _commands(mx, dep, cfg, found)
     where = (lambda ks: [results / k.name for k in ks]) if results else (lambda ks: [Path(k.name) for k in ks])
-    estimators = key.estimator_keys() if cfg["reproduce"]["offline_from_runs"] else []
+    ests = estimators(cfg, key)
     cmds.append(key.command(recipe=mx.recipe_arg or None, data=mx.data, out=results / key.name if results else None,
-                            sets=mx.sets, init_from=where(key.init_keys()), estimate_from=where(estimators), cfg=cfg))
+                            sets=mx.sets, init_from=where(key.init_keys()), estimate_from=where(ests), cfg=cfg))
     return cmds
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import data_dir, results_dir
 from .errors import UserError
-from .experiment import RunKey, tables_matrix
+from .experiment import RunKey, dependencies, estimators, tables_matrix
 from .run_folder import RunFolder
 from .storage import write_text_atomic
 from .ui import console, progress
@@ -32,7 +32,8 @@ def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets:
          threads: int | None = 1, include_complete: bool = False) -> list[Job]:
     """A job per unfinished run (every run with `include_complete`), in matrix order, which puts
     each run after the runs it depends on. With `reproduce.offline_from_runs`, an offline G-Blend
-    run reads its terms from its estimator runs (RunKey.estimator_keys) and waits for them; UMT and
+    run reads its terms from its estimator runs (experiment.estimators: every seed of its row with
+    `reproduce.offline_pool`) and waits for them; UMT and
     UME read their uni-modal runs (RunKey.source_keys) and wait for them; a pre-training run waits
     for the uni-modal runs it starts from (RunKey.init_keys)."""
     jobs = []
@@ -40,14 +41,14 @@ def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets:
         folder = RunFolder(results / k.name)
         if folder.is_complete() and not include_complete:
             continue
-        estimators = k.estimator_keys() if cfg["reproduce"]["offline_from_runs"] else []
+        ests = estimators(cfg, k)
         sources = k.source_keys()
-        deps = k.dependencies(cfg["reproduce"]["offline_from_runs"])
-        cost = len(k.modalities) * (3.0 if k.method == "gblend" and not estimators else 0.3 if k.method == "ume"
-                                    else 1.6 if k.method == "mmpareto" else 1.2 if estimators or sources else 1.0)
+        deps = dependencies(cfg, k)
+        cost = len(k.modalities) * (3.0 if k.method == "gblend" and not ests else 0.3 if k.method == "ume"
+                                    else 1.6 if k.method == "mmpareto" else 1.2 if ests or sources else 1.0)
         jobs.append(Job(k.name, k.argv(recipe=recipe, data=data, out=folder.path, sets=sets, threads=threads,
                                        resume=folder.is_complete() or folder.has_checkpoint(),
-                                       estimate_from=[results / d.name for d in estimators + sources],
+                                       estimate_from=[results / d.name for d in ests + sources],
                                        init_from=[results / d.name for d in k.init_keys()], cfg=cfg),
                         cost, [d.name for d in deps]))
     return jobs

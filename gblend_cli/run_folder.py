@@ -352,7 +352,13 @@ class DamagedCheckpoint(UserError):
 def finished_runs(sources, want: dict[str, tuple[str, tuple[str, ...]]], option: str, needs: str) -> dict[str, RunFolder]:
     """{role: the run among `sources` whose (method, modalities) is want[role]}: the finished runs a
     run reads (`option` names the recipe key they came from; `needs` says what it needs)."""
-    found: dict[str, RunFolder] = {}
+    return {r: runs[-1] for r, runs in finished_run_sets(sources, want, option, needs).items()}
+
+
+def finished_run_sets(sources, want: dict[str, tuple[str, tuple[str, ...]]], option: str,
+                      needs: str) -> dict[str, list[RunFolder]]:
+    """{role: every run among `sources` whose (method, modalities) is want[role], in the order given}."""
+    found: dict[str, list[RunFolder]] = {r: [] for r in want}
     for src in sources:
         f = RunFolder(src, writer=False)
         key = f.key()
@@ -360,11 +366,11 @@ def finished_runs(sources, want: dict[str, tuple[str, tuple[str, ...]]], option:
             raise UserError(f"{src}: not a finished gblend run ({option} needs final.json)")
         for role, (method, mods) in want.items():
             if key.method == method and key.modalities == tuple(mods):
-                found[role] = f
-    missing = [r for r in want if r not in found]
+                found[role].append(f)
+    missing = [r for r in want if not found[r]]
     if missing:
         raise UserError(f"{option}: no {', '.join(missing)} run among {', '.join(map(str, sources))} ({needs})")
-    return {r: found[r] for r in want}
+    return found
 
 
 def load_checkpoint(path: Path) -> dict:

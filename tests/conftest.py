@@ -350,20 +350,28 @@ def matrix_runs(tiny_demo, tmp_path_factory) -> dict[str, Path]:
     """{name: run folder}, trained through the real entry point a few at a time (seed 4, 2 epochs):
     "ua"/"ur" uni-modal audio/RGB, "n" naive A+RGB, "self" offline G-Blend estimating its own
     weights, "from_runs" / "from_runs_acc" offline G-Blend reading Algorithm 2's terms from ua, ur
-    and n (gblend.metric loss / accuracy), "equal" equal weights (the auxiliary-loss baseline)."""
+    and n (gblend.metric loss / accuracy), "equal" equal weights (the auxiliary-loss baseline);
+    "ua5"/"ur5"/"n5" the same uni-modal and naive runs with seed 5, and "pooled" an offline G-Blend
+    run (seed 4) reading its terms from both seeds' runs."""
     tmp = tmp_path_factory.mktemp("matrix")
     common = ["--data", tiny_demo, *MATRIX_ARGS]
     sources = ",".join(str(tmp / n) for n in ("ua", "ur", "n"))
+    seed5 = ["--seed", "5"]  # after MATRIX_ARGS' --seed 4 (the last one counts): runs named *5
     rounds = [
-        {"ua": ["train-unimodal", "--modality", "audio"], "ur": ["train-unimodal", "--modality", "rgb"]},
-        {"n": ["train-naive", "--modalities", "audio,rgb"], "self": ["train-gblend", "--modalities", "audio,rgb"]},
+        {"ua": ["train-unimodal", "--modality", "audio"], "ur": ["train-unimodal", "--modality", "rgb"],
+         "ua5": ["train-unimodal", "--modality", "audio"]},
+        {"n": ["train-naive", "--modalities", "audio,rgb"], "self": ["train-gblend", "--modalities", "audio,rgb"],
+         "ur5": ["train-unimodal", "--modality", "rgb"], "n5": ["train-naive", "--modalities", "audio,rgb"]},
         {"from_runs": ["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources],
          "from_runs_acc": ["train-gblend", "--modalities", "audio,rgb", "--estimate-from", sources,
                            "--metric", "accuracy"],
-         "equal": ["train-gblend", "--modalities", "audio,rgb", "--weights", "equal"]},
+         "equal": ["train-gblend", "--modalities", "audio,rgb", "--weights", "equal"],
+         "pooled": ["train-gblend", "--modalities", "audio,rgb", "--estimate-from",
+                    sources + "," + ",".join(str(tmp / n) for n in ("ua5", "ur5", "n5"))]},
     ]
     for r in rounds:
-        procs = {name: subprocess.Popen(gblend_cmd(*args, *common, "--out", tmp / name), env=gblend_env(),
+        procs = {name: subprocess.Popen(gblend_cmd(*args, *common, *(seed5 if name.endswith("5") else []),
+                                                   "--out", tmp / name), env=gblend_env(),
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for name, args in r.items()}
         for name, p in procs.items():

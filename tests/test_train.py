@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -374,14 +375,69 @@ def test_offline_weights_read_from_runs_equal_algorithm_2(matrix_runs, tiny_demo
         for k in ("LT_before", "LV_before", "LT_after", "LV_after", "delta_O", "delta_G", "delta_O_se", "w_raw", "w"):
             assert read["heads"][h][k] == own["heads"][h][k], (h, k)
     assert _final_numbers(runs["from_runs"]) == _final_numbers(runs["self"])
-    # runs of another seed do not stand for this run's estimators: refused, one line, nothing trained
-    args = [c if c != "4" else "5" for c in MATRIX_ARGS]
+    # runs trained with another recipe do not stand for this run's estimators: refused, one line,
+    # nothing trained (another seed is allowed: pooled estimation, below)
     bad = subprocess.run(gblend_cmd("train-gblend", "--modalities", "audio,rgb", "--estimate-from",
-                                    ",".join(str(p) for p in sources.values()), "--data", tiny_demo, *args,
-                                    "--out", tmp_path / "other_seed"),
+                                    ",".join(str(p) for p in sources.values()), "--data", tiny_demo, *MATRIX_ARGS,
+                                    "--set", "train.lr=0.07", "--out", tmp_path / "other_lr"),
                          env=gblend_env(), capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "train.seed" in bad.stderr and "Traceback" not in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "other_seed" / "final.json").exists()
+    assert bad.returncode == 2 and "train.lr" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "other_lr" / "final.json").exists()
+
+
+def _logged_terms(run: Path, head: str, n_epochs: int) -> tuple[list[float], float]:
+    """([L^T before, L^V before, L^T after, L^V after], SE(ΔO)) as one run logged them."""
+    from blend_check import _value
+
+    from gblend_cli.blend import delta_o_se
+
+    by_epoch = {}
+    for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        by_epoch[r["epoch"]] = r
+    values = [_value(by_epoch[e][s], head, "loss") for e in (0, n_epochs) for s in ("train", "holdout")]
+    return [v for v, _ in values], delta_o_se(*(se for _, se in values))
+
+
+def test_offline_terms_pooled_over_seeds(matrix_runs, tiny_demo, tmp_path):
+    """Estimator runs of several seeds are pooled: each of L^T/L^V before and after is the mean over
+    the seeds (so ΔO and ΔG are the seeds' means), SE(ΔO) that of a mean, and the weights follow
+    from those terms by the package's rule; a set of runs missing a head's run for one seed is
+    refused in one line."""
+    from blend_check import check_blend_run
+
+    from gblend_cli.blend import blend_weights, raw_weights
+
+    from conftest import MATRIX_ARGS
+
+    (row,) = check_blend_run(matrix_runs["pooled"])
+    seeds = {4: {"audio": "ua", "rgb": "ur", "fused": "n"}, 5: {"audio": "ua5", "rgb": "ur5", "fused": "n5"}}
+    assert row["source"] == "runs" and sorted(row["runs"]) == sorted(n for s in seeds.values() for n in s.values())
+    (alone,) = check_blend_run(matrix_runs["from_runs"])  # seed 4's runs only
+    for h, r in row["heads"].items():
+        per_seed = [_logged_terms(matrix_runs[seeds[s][h]], h, 2) for s in seeds]
+        for i, k in enumerate(("LT_before", "LV_before", "LT_after", "LV_after")):
+            assert math.isclose(r[k], (per_seed[0][0][i] + per_seed[1][0][i]) / 2, rel_tol=1e-12), (h, k)
+        assert math.isclose(r["delta_O"], (r["LV_after"] - r["LT_after"]) - (r["LV_before"] - r["LT_before"]),
+                            rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(r["delta_O_se"], math.hypot(per_seed[0][1], per_seed[1][1]) / 2, rel_tol=1e-12)
+    assert any(row["heads"][h]["LT_after"] != alone["heads"][h]["LT_after"] for h in row["heads"])
+    dg = {h: r["delta_G"] for h, r in row["heads"].items()}
+    do = {h: r["delta_O"] for h, r in row["heads"].items()}
+    se = {h: r["delta_O_se"] for h, r in row["heads"].items()}
+    cfg_rule = json.loads((matrix_runs["pooled"] / "final.json").read_text())
+    assert row["rule"] == "regularised" and cfg_rule["weights"] == {h: r["w"] for h, r in row["heads"].items()}
+    w = blend_weights(dg, do, "regularised", 0.05, se)
+    assert all(math.isclose(w[h], row["heads"][h]["w"], rel_tol=1e-12) for h in w)
+    assert all(math.isclose(raw_weights(dg, do)[h], row["heads"][h]["w_raw"], rel_tol=1e-12) for h in w)
+    # seed 5 without its naive run: the seeds do not match head by head -> one line, nothing trained
+    partial = [matrix_runs[n] for n in ("ua", "ur", "n", "ua5", "ur5")]
+    bad = subprocess.run(gblend_cmd("train-gblend", "--modalities", "audio,rgb", "--estimate-from",
+                                    ",".join(map(str, partial)), "--data", tiny_demo, *MATRIX_ARGS,
+                                    "--out", tmp_path / "partial"),
+                         env=gblend_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "seeds" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "partial" / "final.json").exists()
 
 
 def test_gblend_metric_accuracy_measures_error_rates(matrix_runs):
