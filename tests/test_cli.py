@@ -120,6 +120,18 @@ def test_print_commands_and_the_batch_script_run_the_recipes_matrix(tiny_demo, t
     for i, x in enumerate(lines):
         for dep in (re.search(r"--estimate-from (\S+)", x).group(1).split(",") if "--estimate-from" in x else []):
             assert Path(dep).name in out_folders(lines[:i]), (x, dep)
+    # offline terms pooled over the row's seeds: each A+RGB offline run reads both seeds' runs (one
+    # weight set per combination); with reproduce.offline_pool = false, its own seed's only
+    seeds = sorted({int(n.rsplit("-s", 1)[1]) for n in want if "-audio+rgb-" in n})
+    reads = lambda ls: {Path(re.search(r"--out (\S+)", x).group(1)).name: sorted(
+        Path(d).name for d in re.search(r"--estimate-from (\S+)", x).group(1).split(","))
+        for x in ls if "gblend-offline-audio+rgb-" in x}
+    pooled = sorted(f"{k}-s{s}" for s in seeds for k in ("unimodal-audio", "unimodal-rgb", "naive-audio+rgb"))
+    assert len(seeds) == 2 and reads(lines) == {f"gblend-offline-audio+rgb-s{s}": pooled for s in seeds}
+    own = run_gblend("reproduce", "--print-commands", "--recipe", recipe, "--set", "reproduce.offline_pool=false")
+    assert reads(own.stdout.strip().splitlines()) == {
+        f"gblend-offline-audio+rgb-s{s}": sorted(f"{k}-s{s}" for k in ("unimodal-audio", "unimodal-rgb", "naive-audio+rgb"))
+        for s in seeds}
     # the batch script runs exactly these, from any folder, with extra options passed to every command
     env = gblend_env() | {"DRY_RUN": "1", "GBLEND": f"{os.sys.executable} -m gblend_cli"}
     s = subprocess.run(["bash", str(REPO / "recipes" / "batch" / "matrix.sh"), "--recipe", str(recipe), "--",
