@@ -501,3 +501,31 @@ def test_run_keys_of_the_methods_with_the_paper_tables_fields():
     assert set(tables_matrix(cfg, ["methods"])) == set(methods_matrix(cfg))
     assert "methods" not in parse_tables("all") and parse_tables("methods") == ["methods"]
     assert not any(k.method in ("ogm-ge", "umt") for k in tables_matrix(cfg, parse_tables("all")))
+
+
+def test_offline_estimators_pool_the_seeds_of_their_row():
+    """An offline G-Blend run of the matrix reads the uni-modal and naive runs of every seed of its
+    row (reproduce.seeds for the main combination, other_seeds for the others), its own seed's only
+    when it is outside the row or pooling is off, and none without reproduce.offline_from_runs."""
+    from gblend_cli.config import DEFAULTS
+    from gblend_cli.experiment import RunKey, dependencies, estimators, matrix, pooled_seeds
+
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg["reproduce"] |= {"seeds": [4, 3], "other_seeds": [7], "main": "audio+rgb", "other_combos": ["rgb+flow"],
+                         "gblend_modes": ["offline", "online"], "other_gblend_modes": ["offline"]}
+    main = RunKey("gblend", ("audio", "rgb"), 4, "offline")
+    assert pooled_seeds(cfg, main) == (3, 4)
+    assert [k.name for k in estimators(cfg, main)] == [
+        "unimodal-audio-s3", "unimodal-rgb-s3", "naive-audio+rgb-s3", "unimodal-audio-s4", "unimodal-rgb-s4",
+        "naive-audio+rgb-s4"]
+    assert pooled_seeds(cfg, RunKey("gblend", ("rgb", "flow"), 7, "offline")) == (7,)
+    assert pooled_seeds(cfg, RunKey("gblend", ("audio", "rgb"), 9, "offline")) == (9,)  # not in the row
+    assert estimators(cfg, RunKey("gblend", ("audio", "rgb"), 4, "online")) == []
+    keys = matrix(cfg)
+    for k in keys:  # every run after every run it reads
+        assert all(keys.index(d) < keys.index(k) for d in dependencies(cfg, k)), k.name
+    off = copy.deepcopy(cfg)
+    off["reproduce"]["offline_pool"] = False
+    assert [k.seed for k in estimators(off, main)] == [4, 4, 4]
+    off["reproduce"]["offline_from_runs"] = False
+    assert estimators(off, main) == [] and dependencies(off, main) == []
