@@ -38,6 +38,13 @@ RESUME_HINTS = ("again", "--resume")
 
 # ============================================================================================ helpers
 
+def default_interrupt() -> None:
+    """In the child before exec: SIGINT handled by default, as from a terminal. A shell starts a
+    background job with SIGINT ignored, and Python keeps an inherited SIG_IGN, so a suite run in
+    the background would otherwise test nothing about Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Proc:
     """A gblend command running in its own session (process group), stdout/stderr in files."""
 
@@ -46,7 +53,7 @@ class Proc:
         self.out_path, self.err_path = cwd / f"{name}.stdout", cwd / f"{name}.stderr"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.p = subprocess.Popen(gblend_cmd(*args), cwd=cwd, env=gblend_env(), stdout=out, stderr=err,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=default_interrupt)
         self.pid = self.p.pid
 
     def alive(self) -> bool:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reliability import (Proc, assert_interrupt_message, check_outputs, final_numbers, is_temp, journal_lines,
-                         lock_owner, metrics_rows, pid_alive, safe_check, wait_for)
+from reliability import (Proc, assert_interrupt_message, check_outputs, default_interrupt, final_numbers, is_temp,
+                         journal_lines, lock_owner, metrics_rows, pid_alive, safe_check, wait_for)
 
 
 # ============================================================================================ prepare-data
@@ -394,6 +394,7 @@ def test_report_out_killed_midway_is_absent_or_complete(reproduce_chain):
                               "GBLEND_TEST_MARKER": str(marker)}
         proc = subprocess.Popen([sys.executable, "-c", PAUSED_REPORT, *map(str, base), "--out", str(target),
                                  "--figure", str(d / "out" / "fig.png")], cwd=d, env=env, start_new_session=True,
+                                preexec_fn=default_interrupt,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             caught = wait_for(marker.exists, timeout=120)
