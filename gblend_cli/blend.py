@@ -161,8 +161,8 @@ def terms_from_runs(sources: list[str], cfg: dict, modalities: list[str]) -> tup
     rows = {}
     for head, runs in found.items():
         measured = []
-        for f in runs:
-            own = cfg | {"train": cfg["train"] | {"seed": f.key().seed}}  # pooled runs differ in their seed only
+        for f, seed in zip(runs, seeds[head]):
+            own = cfg | {"train": cfg["train"] | {"seed": seed}}  # pooled runs differ in their seed only
             f.check_same_setup(own, "its losses do not stand for this run's estimators (gblend.estimate_from)")
             by_epoch = {r["epoch"]: r for r in f.metrics()}
             a, b = by_epoch.get(0), by_epoch.get(n_epochs)

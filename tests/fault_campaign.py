@@ -41,7 +41,7 @@ REPO = TESTS.parent
 sys.path[:0] = [str(TESTS), str(REPO)]
 
 from conftest import gblend_cmd, gblend_env  # noqa: E402
-from reliability import TINY, Proc, journal_lines, safe_check, wait_for  # noqa: E402
+from reliability import TINY, Proc, final_numbers, journal_lines, metrics_rows, safe_check, wait_for  # noqa: E402
 
 DEMO = ["--dataset", "demo", "--set", "demo.train_videos=24", "--set", "demo.test_videos=8", "--workers", "2"]
 EPOCHS = 3
@@ -79,13 +79,11 @@ def sha(p: Path) -> str:
 # ------------------------------------------------------------------------------------ what "identical" means
 
 def run_files(run: Path) -> dict:
-    """The final files of a run, without wall-clock fields."""
+    """The final files of a run, without the fields that measure the process rather than the run
+    (wall-clock seconds, peak memory: a resumed run's is its second process's)."""
     import torch
 
-    final = json.loads((run / "final.json").read_text())
-    final.pop("seconds", None)
-    metrics = [{k: v for k, v in json.loads(ln).items() if k not in ("epoch_seconds", "train_running")}
-               for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    final, metrics = final_numbers(run), metrics_rows(run)
     blend = (run / "blend_weights.jsonl").read_text() if (run / "blend_weights.jsonl").exists() else ""
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     weights = hashlib.sha1(b"".join(t.numpy().tobytes() for _, t in sorted(state["model"].items()))).hexdigest()
