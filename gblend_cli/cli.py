@@ -272,11 +272,16 @@ def train_gblend(
     mods = parse_modalities(modalities, minimum=2)
     cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from,
                      gblend__mode=mode, gblend__metric=metric, gblend__rule=blend_rule, gblend__weights=weights,
-                     gblend__estimate_from=[p for p in estimate_from.split(",") if p] if estimate_from else None)
+                     gblend__estimate_from=_folders(estimate_from))
     _loading("train-gblend")
     from .runs import train
 
     train(cfg, "gblend", mods, data=data, out=out, resume=resume)
+
+
+def _folders(text: Optional[str]) -> Optional[list[str]]:
+    """A comma-separated list of run folders (--estimate-from, --from-runs); None when not given."""
+    return [p for p in text.split(",") if p] if text else None
 
 
 MethodChoice = Literal["ogm-ge", "mmpareto", "umt", "ume", "inforeg"]
@@ -302,7 +307,7 @@ def train_method(
 
     mods = parse_modalities(modalities, minimum=2)
     cfg = _train_cfg(recipe, sets, epochs, seed, batch_size, lr, optimizer, device, workers, threads, init_from,
-                     methods__from_runs=[p for p in from_runs.split(",") if p] if from_runs else None)
+                     methods__from_runs=_folders(from_runs))
     _loading("train-method")
     from .runs import train
 
