@@ -280,7 +280,8 @@ def check_media(root: Path, cfg: dict) -> int:
     """Check a dataset's media files against its annotations; returns the number of damaged or
     missing clips."""
     from .manifests import Missing, ManifestError, normalise_name, open_manifest
-    from .prepare import _Pool, annotation_files
+    from .prepare import annotation_files, probe_one
+    from .workers import ClipPool
     from .storage import ScratchDB
     from .ui import progress
 
@@ -314,7 +315,7 @@ def check_media(root: Path, cfg: dict) -> int:
                 yield {"clip_id": entry.clip_id, "path": str(entry.path), "labels": list(entry.labels),
                        "split": entry.split, "start": entry.start, "end": entry.end}
 
-        pool = _Pool(cfg["prepare"]["workers"], {}, 1, cfg["prepare"]["decode_timeout_s"], task="probe")
+        pool = ClipPool(cfg["prepare"]["workers"], probe_one, {}, 1, cfg["prepare"]["decode_timeout_s"])
         try:
             with progress() as bar:
                 task = bar.add_task(f"check {name} files", total=total, info="")

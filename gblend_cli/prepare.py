@@ -23,31 +23,22 @@ import contextlib
 import csv
 import io
 import json
-import multiprocessing as mp
 import os
 import re
-import signal
-import time
-from multiprocessing.connection import wait
 from pathlib import Path
 
 from . import DATASET_FORMAT_VERSION, FORMAT_VERSION
 from .config import data_dir, to_toml
-from .clip_files import OutputError, files_whole, write_output
+from .clip_files import files_whole, write_output
 from .integrity import format_checksums
 from .errors import OutOfSpace, UserError
 from .storage import (append_jsonl, folder_lock, iter_jsonl, remove_stale_temps, require_known_format,
                       write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
+from .workers import ClipPool, clip_record, quiet_worker, worker_context
 
 SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "store")
 LEGACY_SETTINGS = {"store": "npy"}  # what a folder prepared before a key existed used
-
-
-def _record(spec: dict, **fields) -> dict:
-    """A clip's journal record: its identity plus `fields` (status, reason, shapes...)."""
-    return {"clip": spec["clip_id"], "split": spec["split"], "labels": list(spec["labels"]), "source": spec["path"],
-            **fields}
 
 
 def prepare_one(spec: dict, settings: dict) -> dict:
@@ -56,7 +47,7 @@ def prepare_one(spec: dict, settings: dict) -> dict:
 
     from .media import DecodeError, decode_clip, log_mel, optical_flow, silence_log_mel
 
-    rec = _record(spec)
+    rec = clip_record(spec)
     out = Path(settings["out"])
     try:
         if not os.access(spec["path"], os.R_OK):
@@ -93,114 +84,12 @@ def probe_one(spec: dict, settings: dict) -> dict:
     """Check one clip's media file without preparing it (`prepare-data --check` on a media folder)."""
     from .media import DecodeError, probe_media
 
-    rec = _record(spec)
+    rec = clip_record(spec)
     try:
         found = probe_media(spec["path"], spec.get("start"), spec.get("end"))
     except DecodeError as e:
         return {**rec, "status": "failed", "reason": str(e)}
     return {**rec, "status": "ok", **found}
-
-
-TASKS = {"prepare": prepare_one, "probe": probe_one}
-
-
-def _worker_main(conn, settings: dict, threads: int, task: str = "prepare") -> None:
-    _quiet_worker()
-    try:
-        import cv2
-
-        cv2.setNumThreads(threads)
-    except ImportError:  # pragma: no cover
-        pass
-    import torch
-
-    torch.set_num_threads(threads)
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        try:
-            rec = TASKS[task](job, settings)
-        except OutputError as e:  # the output side (disk full, read-only): stops the command
-            rec = _record(job, status="output_error", reason=str(e))
-        except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
-            rec = _record(job, status="failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
-        conn.send(rec)
-
-
-class _Pool:
-    """N worker processes fed one job at a time; a job running longer than `timeout` has its
-    worker killed and replaced, and is reported as failed (a hung decoder never hangs the run)."""
-
-    def __init__(self, n: int, settings: dict, threads: int, timeout: float, task: str = "prepare"):
-        # forkserver: workers fork from a clean server process, never from a caller that may have
-        # used OpenCV's or torch's thread pools (a fork of those deadlocks in cv2.setNumThreads)
-        self.ctx = worker_context()
-        self.settings, self.threads, self.timeout, self.task = settings, threads, timeout, task
-        self.workers = [self._spawn() for _ in range(max(1, n))]
-
-    def _spawn(self) -> dict:
-        parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker_main, args=(child, self.settings, self.threads, self.task), daemon=True)
-        proc.start()
-        child.close()
-        return {"proc": proc, "conn": parent, "job": None, "since": 0.0}
-
-    def run(self, jobs):
-        """Records of `jobs` (any iterable, consumed lazily: a 260k-clip job list is never held) in
-        completion order."""
-        pending = iter(jobs)
-        exhausted = False
-        while not exhausted or any(w["job"] for w in self.workers):
-            for w in self.workers:
-                if w["job"] is None and not exhausted:
-                    job = next(pending, None)
-                    if job is None:
-                        exhausted = True
-                        continue
-                    w["job"], w["since"] = job, time.monotonic()
-                    w["conn"].send(w["job"])
-            if not any(w["job"] for w in self.workers):
-                continue
-            busy = [w for w in self.workers if w["job"] is not None]
-            ready = wait([w["conn"] for w in busy], timeout=0.5)
-            for i, w in enumerate(self.workers):
-                if w["job"] is None:
-                    continue
-                if w["conn"] in ready:
-                    try:
-                        rec = w["conn"].recv()
-                    except (EOFError, OSError):  # the worker died (e.g. a decoder crash)
-                        rec = _record(w["job"], status="failed", reason="decoder process crashed")
-                        self._replace(i)
-                    w = self.workers[i]
-                    w["job"] = None
-                    yield rec
-                elif time.monotonic() - w["since"] > self.timeout or not w["proc"].is_alive():
-                    reason = (f"decode timeout after {self.timeout:g} s" if w["proc"].is_alive()
-                              else "decoder process crashed")
-                    job = w["job"]
-                    self._replace(i)
-                    yield _record(job, status="failed", reason=reason)
-
-    def _replace(self, i: int) -> None:
-        w = self.workers[i]
-        w["proc"].kill()
-        w["proc"].join(5)
-        self.workers[i] = self._spawn()
-
-    def close(self) -> None:
-        for w in self.workers:
-            if w["proc"].is_alive():
-                if w["job"] is None:
-                    try:
-                        w["conn"].send(None)
-                    except (BrokenPipeError, OSError):
-                        pass
-                    w["proc"].join(2)
-                if w["proc"].is_alive():
-                    w["proc"].kill()
-                    w["proc"].join(2)
 
 
 def _check_settings(out: Path, cfg: dict) -> None:
@@ -300,25 +189,10 @@ def generate_demo_media(cfg: dict, media: Path) -> tuple[Path, list[Path]]:
                     demo_data.render_job(j, p)
                     bar.advance(task)
             else:
-                with worker_context().Pool(workers, initializer=_quiet_worker) as pool:
+                with worker_context().Pool(workers, initializer=quiet_worker) as pool:
                     for _ in pool.imap_unordered(_render_demo_job, [(j, p) for j in todo], chunksize=4):
                         bar.advance(task)
     return media / "videos", demo_data.write_annotations(media, jobs)
-
-
-def worker_context():
-    """Worker processes fork from a forkserver that has imported our modules, torch and OpenCV
-    once (fast starts) and never used their thread pools (a fork of those can deadlock)."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["gblend_cli.cli", "gblend_cli.prepare", "gblend_cli.media", "gblend_cli.demo_data",
-                                "gblend_cli.train", "gblend_cli.engine", "gblend_cli.blend", "gblend_cli.policies", "torch", "torchvision", "cv2", "av"])
-    return ctx
-
-
-def _quiet_worker() -> None:
-    """Worker processes leave Ctrl-C to the parent and die quietly when the pool ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _render_demo_job(args):
@@ -483,8 +357,8 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
             n_todo = plan.count_todo()
             settings = {k: cfg["prepare"][k] for k in SETTINGS_KEYS} | {"out": str(out)}
             if n_todo:
-                pool = _Pool(cfg["prepare"]["workers"], settings, cfg["prepare"]["threads"],
-                             cfg["prepare"]["decode_timeout_s"])
+                pool = ClipPool(cfg["prepare"]["workers"], prepare_one, settings, cfg["prepare"]["threads"],
+                                cfg["prepare"]["decode_timeout_s"])
                 n_failed = 0
                 try:
                     with progress() as bar:

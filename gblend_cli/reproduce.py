@@ -154,7 +154,7 @@ def _run_jobs(jobs: list[Job], parallel: int, results: Path, entry) -> list[str]
     first), logs in results/logs/. A job whose dependency failed fails without running."""
     logs = results / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    from .prepare import worker_context
+    from .workers import worker_context
 
     ctx = worker_context()
     running: list[tuple[object, str]] = []

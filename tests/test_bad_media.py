@@ -280,7 +280,8 @@ def test_symlink_loop_reason_is_not_called_an_escape(corpus):
 def test_hung_decoder_is_reported_as_a_timeout_and_the_run_goes_on(tmp_path, time_limit):
     """A FIFO named .mp4 blocks PyAV's open() forever: the pool kills that worker after
     `decode_timeout_s`, reports "decode timeout", and the next file is still prepared."""
-    from gblend_cli.prepare import _Pool
+    from gblend_cli.prepare import prepare_one
+    from gblend_cli.workers import ClipPool
 
     fifo = tmp_path / "media" / "hung.mp4"
     fifo.parent.mkdir()
@@ -291,7 +292,7 @@ def test_hung_decoder_is_reported_as_a_timeout_and_the_run_goes_on(tmp_path, tim
             {"clip_id": "good", "path": str(good), "labels": [0], "split": "train", "start": None, "end": None}]
     timeout = 2.0
     with time_limit(90):
-        pool = _Pool(1, settings, 1, timeout)
+        pool = ClipPool(1, prepare_one, settings, 1, timeout)
         try:
             t0 = time.monotonic()
             recs = {r["clip"]: r for r in pool.run(jobs)}
