@@ -349,7 +349,8 @@ def report(
     Missing runs are listed once, each with the command that trains it into RESULTS; a requested
     table without any data exits with code 2."""
     from .config import results_dir
-    from .report import build, empty_tables, overfit_figure, parse_tables, print_rich, render, render_csv
+    from .report import build, empty_tables, overfit_figure, parse_tables
+    from .report_render import print_rich, render, render_csv
     from .storage import write_text_atomic
 
     cfg = _config(recipe, sets)

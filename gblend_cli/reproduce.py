@@ -110,7 +110,8 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     """`entry(argv)` runs one `gblend` command line in a child process (the CLI passes its own)."""
     from .prepare import prepare_dataset
     from .paper_tables import fig1_figure
-    from .report import TABLES, build, overfit_figure, print_rich, render, render_csv
+    from .report import TABLES, build, overfit_figure
+    from .report_render import print_rich, render, render_csv
 
     data = data_dir(cfg)
     results = Path(results or results_dir(cfg))

@@ -186,7 +186,8 @@ def test_equal_weights_run_and_its_table4_row(matrix_runs, tmp_path):
     """`--weights equal`: every epoch trains with w = 1/(k+1) = 1/3 per head, no estimation; the
     report's Table 4 shows it as "auxiliary loss (equal w)" with those weights and the run's own
     clip and video accuracies."""
-    from gblend_cli.report import build, render
+    from gblend_cli.report import build
+    from gblend_cli.report_render import render
 
     run = matrix_runs["equal"]
     check_fixed_weights_run(run, {h: 1 / 3 for h in ("audio", "rgb", "fused")})

@@ -13,7 +13,8 @@ import pytest
 from gblend_cli.config import load_config
 from gblend_cli.errors import UserError
 from gblend_cli.experiment import RunKey
-from gblend_cli.report import build, render, render_csv
+from gblend_cli.report import build
+from gblend_cli.report_render import render, render_csv
 
 RECIPE = """
 [reproduce]

@@ -23,7 +23,8 @@ import torch
 from gblend_cli.config import load_config
 from gblend_cli.errors import UserError
 from gblend_cli.experiment import RunKey, matrix, table_keys, tables_matrix
-from gblend_cli.report import build, render, render_csv
+from gblend_cli.report import build
+from gblend_cli.report_render import render, render_csv
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 AR = ("audio", "rgb")

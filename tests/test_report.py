@@ -19,7 +19,8 @@ import pytest
 
 from gblend_cli import paper
 from gblend_cli.config import load_config
-from gblend_cli.report import TITLES, build, render, render_csv
+from gblend_cli.report import TITLES, build
+from gblend_cli.report_render import render, render_csv
 from gblend_cli.experiment import RunKey
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
