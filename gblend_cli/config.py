@@ -38,6 +38,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "short_side": 32,  # frames resized so the short side has this many pixels
         "max_seconds": 0.0,  # keep at most this much of each clip (0: all)
         "flow": "dis",  # dis|tvl1|none
+        "flow_bound": 20.0,  # px: flow is clipped to +-bound and quantised to uint8 (20: the convention at full resolution; smaller frames, smaller motions)
         "store": "npy",  # npy: raw arrays (exact, 16.5 MB per 10-s clip at short side 128); packed: JPEG frames in one file per clip (~1/10; docs/PERFORMANCE.md)
         "workers": 1,
         "threads": 1,  # OpenCV/torch threads per worker
@@ -58,6 +59,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "texture_amp": 0.0,  # a static, class-free random texture per video (memorisable by RGB, not by flow)
         "texture_block": 4,  # its block size, px at `size`
         "direction_jitter_deg": 5.0,
+        "drift_amp": 0.0,  # blank videos: quadrants of texture drifting in their own random directions (class-free motion flow can memorise); 0: none
+        "drift_speed": 3.0,  # its speed, px per frame at `size` (x U(0.7, 1.3) per quadrant)
+        "drift_block": 8,  # its texture's block size, px at `size`
         "audio_class_fraction": 0.7,  # videos whose audio carries the class tone
         "audio_class_amp": 0.9,
         "audio_memo_tones": 8,  # video-specific steady tones (memorisable, class-free)
@@ -298,9 +302,9 @@ def validate(cfg: dict) -> None:
     if not all(isinstance(c, str) and c for c in cfg["dataset"]["classes"]):
         raise BadValue("dataset.classes", f"must be a list of class names; got {cfg['dataset']['classes']!r}")
     for k in ("train.epochs", "train.batch_size", "clip.frames", "clip.crop", "clip.eval_clips",
-              "clip.audio_frames", "prepare.fps", "prepare.short_side", "train.lr", "prepare.decode_timeout_s",
+              "clip.audio_frames", "prepare.fps", "prepare.short_side", "prepare.flow_bound", "train.lr", "prepare.decode_timeout_s",
               "gblend.super_epoch", "gblend.warmup_super_epoch", "tables.adam_lr", "tables.adagrad_lr", "demo.classes", "demo.fps", "demo.size",
-              "demo.texture_block",
+              "demo.texture_block", "demo.drift_block",
               "train.eval_every"):
         _positive(cfg, k)
     for k in ("train.weight_decay", "train.warmup_epochs", "train.grad_clip", "train.workers",
@@ -310,7 +314,7 @@ def validate(cfg: dict) -> None:
               "model.fix_dropout",
               "prepare.threads", "prepare.max_seconds", "demo.seconds", "demo.blob_sigma",
               "demo.blob_speed", "demo.blank_fraction", "demo.pixel_noise", "demo.direction_jitter_deg",
-              "demo.texture_amp",
+              "demo.texture_amp", "demo.drift_amp", "demo.drift_speed",
               "demo.audio_class_fraction", "demo.audio_class_amp", "demo.audio_memo_tones", "demo.audio_memo_amp",
               "demo.audio_noise", "methods.ogm_alpha", "methods.ogm_end_epoch", "methods.mmpareto_gamma",
               "methods.umt_weight", "methods.inforeg_beta", "methods.inforeg_threshold", "methods.inforeg_window",

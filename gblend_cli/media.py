@@ -5,7 +5,8 @@
 - Audio: any rate/channels -> 16 kHz mono, placed on the video's timeline; log-mel as in the
   paper's official code: 16 ms Hann window, 10 ms hop (100 frames/s), 40 HTK mel bands.
 - Optical flow: OpenCV DIS (fast) or TV-L1 (paper-faithful) between consecutive frames, clipped
-  to [-20, 20] px and quantised to uint8 (the action-recognition convention).
+  to [-B, B] px and quantised to uint8 (the action-recognition convention, B = 20 at full
+  resolution; `prepare.flow_bound` sets B).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ WIN_LENGTH = 256  # 16 ms at 16 kHz
 HOP_LENGTH = 160  # 10 ms -> 100 frames per second
 N_FFT = 512
 LOG_EPS = 1e-6
-FLOW_BOUND = 20.0
+FLOW_BOUND = 20.0  # px: the TSN/I3D/mmaction2 bound for flow at full resolution
 
 
 class DecodeError(Exception):
@@ -300,24 +301,26 @@ def silence_log_mel(n_frames: int) -> np.ndarray:
     return np.full((n_frames, MEL_BANDS), math.log(LOG_EPS), dtype=np.float32)
 
 
-def quantise_flow(flow: np.ndarray) -> np.ndarray:
-    """Flow in px -> uint8: clip to [-20, 20], map linearly to 0..255."""
-    q = (np.clip(flow, -FLOW_BOUND, FLOW_BOUND) + FLOW_BOUND) * (255.0 / (2 * FLOW_BOUND))
+def quantise_flow(flow: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:
+    """Flow in px -> uint8: clip to [-bound, bound], map linearly to 0..255 (a step of
+    2 * bound / 255 px: 0.16 px at 20, fine at full resolution, ~10 levels for the 1-2 px motions
+    of a 16-px frame, hence `prepare.flow_bound` for small frames)."""
+    q = (np.clip(flow, -bound, bound) + bound) * (255.0 / (2 * bound))
     return np.rint(q).astype(np.uint8)
 
 
-def dequantise_flow(q: np.ndarray) -> np.ndarray:
-    return q.astype(np.float32) * (2 * FLOW_BOUND / 255.0) - FLOW_BOUND
+def dequantise_flow(q: np.ndarray, bound: float = FLOW_BOUND) -> np.ndarray:
+    return q.astype(np.float32) * (2 * bound / 255.0) - bound
 
 
-def optical_flow(frames: np.ndarray, method: str = "dis") -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, H, W, 2) uint8 quantised flow; flow[t] is frame t -> t+1 and the
-    last one repeats (so every RGB frame has a flow frame)."""
+def optical_flow(frames: np.ndarray, method: str = "dis", bound: float = FLOW_BOUND) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, H, W, 2) uint8 flow quantised at +-`bound` px; flow[t] is frame
+    t -> t+1 and the last one repeats (so every RGB frame has a flow frame)."""
     import cv2
 
     t, h, w = frames.shape[:3]
     if t < 2:
-        return np.full((t, h, w, 2), quantise_flow(np.zeros(1))[0], dtype=np.uint8)
+        return np.full((t, h, w, 2), quantise_flow(np.zeros(1), bound)[0], dtype=np.uint8)
     if method == "dis":
         algo = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         if min(h, w) < 48:  # tiny frames: smaller patches than the preset's 8 px
@@ -330,6 +333,6 @@ def optical_flow(frames: np.ndarray, method: str = "dis") -> np.ndarray:
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     out = np.empty((t, h, w, 2), dtype=np.uint8)
     for i in range(t - 1):
-        out[i] = quantise_flow(algo.calc(gray[i], gray[i + 1], None))
+        out[i] = quantise_flow(algo.calc(gray[i], gray[i + 1], None), bound)
     out[-1] = out[-2]
     return out

@@ -91,7 +91,7 @@ class VideoBackbone(nn.Module):
         x = x.permute(0, 4, 1, 2, 3).float()  # (B, C, T, H, W)
         if self.modality == "rgb":
             return (x - self.mean) / self.std
-        return x / 127.5 - 1.0  # flow: uint8 -> px / 20
+        return x / 127.5 - 1.0  # flow: uint8 -> px / prepare.flow_bound
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalise(x)

@@ -37,8 +37,9 @@ from .storage import (append_jsonl, folder_lock, iter_jsonl, remove_stale_temps,
 from .ui import console, progress
 from .workers import ClipPool, clip_record, quiet_worker, worker_context
 
-SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "store")
-LEGACY_SETTINGS = {"store": "npy"}  # what a folder prepared before a key existed used
+SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "flow_bound", "store")
+LEGACY_SETTINGS = {"store": "npy", "flow_bound": 20.0}  # what a folder prepared before a key existed used
+LEGACY_DEMO = {"drift_amp": 0.0, "drift_speed": 3.0, "drift_block": 8}  # the same, for the demo generator
 
 
 def prepare_one(spec: dict, settings: dict) -> dict:
@@ -63,7 +64,7 @@ def prepare_one(spec: dict, settings: dict) -> dict:
         pad = silence_log_mel(n_audio - len(mel)) if len(mel) == 0 else np.repeat(mel[-1:], n_audio - len(mel), axis=0)
         mel = np.concatenate([mel, pad])
     mel = mel[:n_audio].astype(np.float16)
-    flow = optical_flow(clip.frames, settings["flow"]) if settings["flow"] != "none" else None
+    flow = optical_flow(clip.frames, settings["flow"], settings["flow_bound"]) if settings["flow"] != "none" else None
     files = {}  # what each written file must be ("SIZE:CRC32"): index.csv, --check and the loader verify it
     if settings.get("store", "npy") == "packed":
         from .store import SUFFIX, encode_clip
@@ -119,8 +120,9 @@ def _check_settings(out: Path, cfg: dict) -> None:
                             f"{cfg['dataset'][key]!r}; use the same settings to resume or another --out")
     if cfg["dataset"]["name"] == "demo":  # other generator settings would mix two datasets in one folder
         for key, value in cfg["demo"].items():
-            if old.get("demo", {}).get(key) != value:
-                raise UserError(f"{out}: was generated with demo.{key}={old.get('demo', {}).get(key)!r}, now {value!r}; "
+            before = old.get("demo", {}).get(key, LEGACY_DEMO.get(key))
+            if before != value:
+                raise UserError(f"{out}: was generated with demo.{key}={before!r}, now {value!r}; "
                                 f"use the same settings to resume or another --out")
 
 
@@ -420,6 +422,7 @@ def write_outputs(out: Path, cfg: dict, stream, plan: _Plan) -> dict:
         "audio_frames_per_second": 100,
         "mel_bands": 40,
         "flow": cfg["prepare"]["flow"],
+        "flow_bound": cfg["prepare"]["flow_bound"],  # flow is uint8 over +-flow_bound px (the model reads px / bound)
         "modalities": ["audio", "rgb"] + ([] if cfg["prepare"]["flow"] == "none" else ["flow"]),
         "clips": {s: n for s, (n, _) in per_split.items()},
     }

@@ -17,7 +17,7 @@ File layout (little-endian):
     payload   RGB JPEGs, flow JPEGs, A x 40 float16 log-mel rows
 
 RGB frames are JPEG (4:2:0, quality 90 by default). Flow follows the mmaction2 convention: each
-displacement component clipped to +-20 px and quantised to uint8 (media.quantise_flow), the two
+displacement component clipped to +-`prepare.flow_bound` px (20 by default) and quantised to uint8 (media.quantise_flow), the two
 components side by side in one greyscale JPEG (H x 2W, quality 95): JPEG error on smooth flow
 fields is a fraction of a quantisation step (the benchmark reports it in px).
 """

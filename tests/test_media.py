@@ -198,6 +198,21 @@ def test_optical_flow_follows_a_moving_square(method, speed):
     np.testing.assert_array_equal(q[-1], q[-2])  # the last flow frame repeats
 
 
+@pytest.mark.parametrize("bound", [4.0, 1.0])
+def test_a_smaller_flow_bound_quantises_finer_and_clips_there(bound):
+    flow = np.random.default_rng(1).uniform(-bound, bound, size=(2, 8, 8, 2)).astype(np.float32)
+    err = np.abs(dequantise_flow(quantise_flow(flow, bound), bound) - flow)
+    assert err.max() <= bound / 255 + 1e-5  # half a step of 2 * bound / 255
+    assert err.max() < STEP / 2 * bound / 20 + 1e-5  # finer than the 20-px default by 20 / bound
+    assert quantise_flow(np.array([-bound - 1, bound + 1]), bound).tolist() == [0, 255]
+    # optical_flow quantises at the bound it is given: the same scene, read back in px, agrees
+    frames = mf.moving_square_frames(4, (32, 32), speed_px=1.0, x0=8)
+    fine = dequantise_flow(optical_flow(frames, "dis", bound), bound)
+    coarse = dequantise_flow(optical_flow(frames, "dis"))
+    inside = np.abs(coarse) < bound - STEP  # where the motion is within the smaller bound
+    assert np.abs(fine - coarse)[inside].max() <= STEP / 2 + bound / 255 + 1e-5
+
+
 def test_optical_flow_of_a_still_scene_is_about_zero():
     frames = np.repeat(mf.moving_square_frames(1, (32, 32))[:1], 4, axis=0)
     flow = dequantise_flow(optical_flow(frames))

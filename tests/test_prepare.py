@@ -363,11 +363,14 @@ def test_resume_does_not_redecode_journaled_clips(resumed):
         assert after == before, clip
 
 
-def test_resume_with_other_fps_is_refused(resumed, run_gblend):
+@pytest.mark.parametrize("change, key", [(["--fps", "10"], "prepare.fps"),
+                                         (["--set", "prepare.flow_bound=4.0"], "prepare.flow_bound")])
+def test_resume_with_other_settings_is_refused(resumed, run_gblend, change, key):
     out = resumed["out"]
     before = (out / "index.csv").read_bytes()
-    proc = run_gblend("prepare-data", *RESUME_ARGS, "--out", out, "--fps", "10", cwd=resumed["tmp"])
-    assert_error_line(proc, "prepare.fps", str(out))
+    assert json.loads((out / "dataset.json").read_text())["flow_bound"] == 20.0  # what the flow's uint8 means
+    proc = run_gblend("prepare-data", *RESUME_ARGS, "--out", out, *change, cwd=resumed["tmp"])
+    assert_error_line(proc, key, str(out))
     assert (out / "index.csv").read_bytes() == before  # nothing touched
     assert not (out / ".lock").exists()
 
