@@ -364,11 +364,12 @@ def test_resume_does_not_redecode_journaled_clips(resumed):
 
 
 @pytest.mark.parametrize("change, key", [(["--fps", "10"], "prepare.fps"),
-                                         (["--set", "prepare.flow_bound=4.0"], "prepare.flow_bound")])
+                                         (["--set", "prepare.flow_bound=2.5"], "prepare.flow_bound")])
 def test_resume_with_other_settings_is_refused(resumed, run_gblend, change, key):
     out = resumed["out"]
     before = (out / "index.csv").read_bytes()
-    assert json.loads((out / "dataset.json").read_text())["flow_bound"] == 20.0  # what the flow's uint8 means
+    saved = tomllib.loads((out / "prepare_config.toml").read_text())["prepare"]["flow_bound"]
+    assert json.loads((out / "dataset.json").read_text())["flow_bound"] == saved != 2.5  # what the flow's uint8 means
     proc = run_gblend("prepare-data", *RESUME_ARGS, "--out", out, *change, cwd=resumed["tmp"])
     assert_error_line(proc, key, str(out))
     assert (out / "index.csv").read_bytes() == before  # nothing touched
