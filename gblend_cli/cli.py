@@ -52,8 +52,12 @@ def _d(dotted: str) -> str:
     return escape(f"[default: {v if not isinstance(v, str) or v else '-'}]")  # help text is rich markup
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (a scheduler's or torchrun's stop)."""
+
+
 def _sigterm_to_interrupt(signum, frame):  # pragma: no cover - exercised by subprocess tests
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def command(fn):
@@ -74,7 +78,12 @@ def command(fn):
         except UserError as e:
             console.print("[red]error:[/red]", escape(str(e)), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            dist_module = sys.modules.get("gblend_cli.distributed")
+            message = dist_module.launcher_stop() if dist_module and isinstance(e, Terminated) else None
+            if message is not None:  # a distributed rank stopped because another one failed: say so
+                console.print("[red]error:[/red]", escape(message), soft_wrap=True)
+                raise typer.Exit(1) from None
             console.print("[yellow]interrupted[/yellow]: every file written so far is complete; run the same "
                           "command again (with --resume for train commands) to continue", soft_wrap=True)
             raise typer.Exit(130) from None

@@ -117,6 +117,18 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+def launcher_stop() -> str | None:
+    """The one-line message for a rank of a distributed run that its launcher stopped with SIGTERM:
+    torchrun does that to every rank left when one fails, so the one that first sees the failure
+    may be the launcher, not a collective (which `peer_failure` reports). None outside a
+    distributed run (there SIGTERM is an ordinary interruption)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return (f"rank {dist.get_rank()} of {dist.get_world_size()}: stopped by the launcher (SIGTERM: another process of "
+            f"this distributed run stopped, or the job was cancelled); every file written so far is complete: run "
+            f"the same launch command again with --resume to continue from the last checkpoint")
+
+
 def peer_failure(e: BaseException) -> str | None:
     """The one-line message for a collective that failed because another process of a distributed
     run stopped (killed, out of memory, its node gone): gloo/NCCL raise a RuntimeError on the

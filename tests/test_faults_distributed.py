@@ -143,3 +143,35 @@ def test_lock_fallback_is_exclusive_across_processes(no_flock, tmp_path):
              for _ in range(2)]
     outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert outs == ["got", "refused"], outs
+
+
+# ------------------------------------------------------------------------------------ SIGTERM from the launcher
+
+@pytest.mark.parametrize("world", [2, 1])
+def test_a_rank_the_launcher_stops_says_why_in_one_error_line(monkeypatch, capsys, world):
+    """torchrun SIGTERMs every rank left when one fails; a rank that gets that signal before any
+    collective fails must still say, in one `error:` line, that the run stopped and how to resume
+    (the kill test above can land either way: this pins the SIGTERM side). Outside a distributed
+    run SIGTERM stays an ordinary interruption (exit 130)."""
+    import typer
+
+    from gblend_cli import cli, distributed
+
+    monkeypatch.setattr(distributed.dist, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: world)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
+
+    @cli.command
+    def stopped():
+        raise cli.Terminated
+
+    with pytest.raises(typer.Exit) as stop:
+        stopped()
+    printed = capsys.readouterr()
+    text = " ".join((printed.err + printed.out).split())
+    if world == 2:
+        assert stop.value.exit_code == 1 and text.count("error:") == 1, text
+        assert "rank 0 of 2" in text and "stopped by the launcher" in text and "--resume" in text, text
+    else:
+        assert stop.value.exit_code == 130 and "interrupted" in text and "error:" not in text, text
