@@ -117,28 +117,28 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+def _stopped(why: str) -> str | None:
+    """'rank R of W: <why>; how to resume' on a rank of a multi-process run; None otherwise."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return (f"rank {dist.get_rank()} of {dist.get_world_size()}: {why}; every file written so far is complete: run "
+            f"the same launch command again with --resume to continue from the last checkpoint")
+
+
 def launcher_stop() -> str | None:
     """The one-line message for a rank of a distributed run that its launcher stopped with SIGTERM:
     torchrun does that to every rank left when one fails, so the one that first sees the failure
     may be the launcher, not a collective (which `peer_failure` reports). None outside a
     distributed run (there SIGTERM is an ordinary interruption)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return None
-    return (f"rank {dist.get_rank()} of {dist.get_world_size()}: stopped by the launcher (SIGTERM: another process of "
-            f"this distributed run stopped, or the job was cancelled); every file written so far is complete: run "
-            f"the same launch command again with --resume to continue from the last checkpoint")
+    return _stopped("stopped by the launcher (SIGTERM: another process of this distributed run stopped, "
+                    "or the job was cancelled)")
 
 
 def peer_failure(e: BaseException) -> str | None:
     """The one-line message for a collective that failed because another process of a distributed
     run stopped (killed, out of memory, its node gone): gloo/NCCL raise a RuntimeError on the
     surviving ranks. None when `e` is not that (not distributed, or another error)."""
-    if not (isinstance(e, RuntimeError) and dist.is_available() and dist.is_initialized()):
+    if not isinstance(e, RuntimeError):
         return None
-    world, rank = dist.get_world_size(), dist.get_rank()
-    if world < 2:
-        return None
-    text = " ".join(str(e).split())
-    short = text.split("] ", 1)[-1].split(". ")[0][:100]
-    return (f"rank {rank} of {world}: another process of this distributed run stopped ({short}); every file written "
-            f"so far is complete: run the same launch command again with --resume to continue from the last checkpoint")
+    short = " ".join(str(e).split()).split("] ", 1)[-1].split(". ")[0][:100]
+    return _stopped(f"another process of this distributed run stopped ({short})")
