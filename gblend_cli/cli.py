@@ -60,6 +60,20 @@ def _sigterm_to_interrupt(signum, frame):  # pragma: no cover - exercised by sub
     raise Terminated
 
 
+def _rank_stop_message(e: BaseException) -> str | None:
+    """The one line that says why a distributed rank stopped — the launcher stopped it (SIGTERM), or a
+    collective failed because another rank did — or None. The module is looked up, not imported: a
+    command that never started a process group has nothing to say here."""
+    dist = sys.modules.get("gblend_cli.distributed")
+    if dist is None:
+        return None
+    if isinstance(e, Terminated):
+        return dist.launcher_stop()
+    if isinstance(e, RuntimeError):
+        return dist.peer_failure(e)
+    return None
+
+
 def command(fn):
     """Run a command with the project's error contract: UserError -> one line, exit 2;
     Ctrl-C / SIGTERM -> how to resume, exit 130."""
@@ -79,8 +93,7 @@ def command(fn):
             console.print("[red]error:[/red]", escape(str(e)), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt as e:
-            dist_module = sys.modules.get("gblend_cli.distributed")
-            message = dist_module.launcher_stop() if dist_module and isinstance(e, Terminated) else None
+            message = _rank_stop_message(e)
             if message is not None:  # a distributed rank stopped because another one failed: say so
                 console.print("[red]error:[/red]", escape(message), soft_wrap=True)
                 raise typer.Exit(1) from None
@@ -88,8 +101,7 @@ def command(fn):
                           "command again (with --resume for train commands) to continue", soft_wrap=True)
             raise typer.Exit(130) from None
         except RuntimeError as e:  # a distributed run whose other process stopped: one line on every rank left
-            peer = sys.modules.get("gblend_cli.distributed")
-            message = peer.peer_failure(e) if peer else None
+            message = _rank_stop_message(e)
             if message is None:
                 raise
             console.print("[red]error:[/red]", escape(message), soft_wrap=True)
