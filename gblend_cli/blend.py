@@ -26,6 +26,12 @@ The paper leaves ΔG <= 0 and ΔO ≈ 0 open. Our choices:
   `min_weight` (their total at most 0.05) so that its head keeps training, the mass taken
   proportionally from the others. A head that generalises is never floored: every weight stays
   within 0.05 of w_raw unless the noise guard binds, and the log row says when it does.
+- online (Algorithm 3), an estimate after the first that shows no head generalising measurably —
+  every ΔG within `evidence_z` standard errors of 0 — keeps the weights in force (`keep_weights`):
+  late in a run, when the learning rate has decayed, a super-epoch's ΔG and ΔO on a small V are
+  noise, and the formula would hand nearly all the weight to whichever head the noise favours.
+  The row logs both (`w_estimated`, and `kept_from`: the epoch of the estimate still in force;
+  `RunFolder.blend_in_force`).
 """
 
 from __future__ import annotations
@@ -126,7 +132,8 @@ def estimate_blend_weights(ctx, epoch: int, n_epochs: int, gcfg: dict) -> dict:
         lt_a, lv_a = loss_like(after["train"], h, metric), loss_like(after["holdout"], h, metric)
         ses = [se_like(m, h, metric) for m in (before["train"], before["holdout"], after["train"], after["holdout"])]
         rows[h] = {"LT_before": lt_b, "LV_before": lv_b, "LT_after": lt_a, "LV_after": lv_a,
-                   **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a), "delta_O_se": delta_o_se(*ses)}
+                   **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a), "delta_O_se": delta_o_se(*ses),
+                   "delta_G_se": delta_o_se(ses[1], ses[3])}
     return blend_row(epoch, n_epochs, gcfg, rows)
 
 
@@ -170,18 +177,42 @@ def terms_from_runs(sources: list[str], cfg: dict, modalities: list[str]) -> tup
                 raise UserError(f"{f.path}/metrics.jsonl: needs T' and V losses at epochs 0 and {n_epochs}")
             losses = [loss_like(r[s], head, metric) for r in (a, b) for s in ("train", "holdout")]
             ses = [se_like(r[s], head, metric) for r in (a, b) for s in ("train", "holdout")]
-            measured.append((losses, delta_o_se(*ses)))
+            measured.append((losses, delta_o_se(*ses), delta_o_se(ses[1], ses[3])))
         n = len(measured)
         lt_b, lv_b, lt_a, lv_a = (math.fsum(m[0][i] for m in measured) / n for i in range(4))
-        se = None if any(m[1] is None for m in measured) else math.sqrt(math.fsum(m[1] ** 2 for m in measured)) / n
+        se_o, se_g = (None if any(m[i] is None for m in measured) else math.sqrt(math.fsum(m[i] ** 2 for m in measured)) / n
+                      for i in (1, 2))
         rows[head] = {"LT_before": lt_b, "LV_before": lv_b, "LT_after": lt_a, "LV_after": lv_a,
-                      **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a), "delta_O_se": se}
+                      **gradient_blend_terms(lt_b, lv_b, lt_a, lv_a), "delta_O_se": se_o, "delta_G_se": se_g}
     return {h: rows[h] for h in want}, [f.path.name for h in want for f in found[h]]
 
 
 def delta_o_se(*ses: float | None) -> float | None:
-    """SE(ΔO) from the standard errors of L^T and L^V before and after (treated as independent)."""
+    """SE(ΔO) from the standard errors of L^T and L^V before and after (treated as independent);
+    with the two L^V errors alone, SE(ΔG). Both are measured on the same clips before and after,
+    so treating them as independent overstates the noise: the guards err towards acting."""
     return None if any(x is None for x in ses) else math.sqrt(sum(x * x for x in ses))
+
+
+def shows_generalisation(row: dict, z: float) -> bool:
+    """Whether an estimate carries evidence to weigh by: some head's ΔG above z·SE(ΔG) (above 0
+    where SE(ΔG) was not measured)."""
+    for r in row["heads"].values():
+        dg, se = r["delta_G"], r.get("delta_G_se")
+        if math.isfinite(dg) and dg > z * (se if se is not None and math.isfinite(se) else 0.0):
+            return True
+    return False
+
+
+def keep_weights(row: dict, weights: dict[str, float], source_epoch: int) -> dict:
+    """An estimate that showed no generalisation (online, Algorithm 3): the weights in force stay.
+    Each head's `w` becomes the weight kept (what training uses), `w_estimated` what this estimate
+    gave; `kept_from` is the epoch of the estimate whose weights stay."""
+    for h, r in row["heads"].items():
+        r["w_estimated"], r["w"] = r["w"], weights[h]
+    row["kept_from"] = source_epoch
+    return row
+
 
 
 def blend_row(epoch: int, n_epochs: int, gcfg: dict, rows: dict[str, dict], **extra) -> dict:
@@ -207,8 +238,10 @@ def blend_row(epoch: int, n_epochs: int, gcfg: dict, rows: dict[str, dict], **ex
 def show_weights_table(row: dict) -> None:
     from rich.table import Table
 
+    kept = "" if row.get("kept_from") is None else f"; no head generalised measurably: the weights of epoch " \
+                                                     f"{row['kept_from']} stay"
     t = Table(title=f"G-Blend weights at epoch {row['epoch']} ({row['n_epochs']} estimation epochs, "
-                    f"metric {row['metric']}, rule {row['rule']}; ₀ before, ₁ after)")
+                    f"metric {row['metric']}, rule {row['rule']}; ₀ before, ₁ after{kept})")
     for c in ("head", "L^T₀", "L^V₀", "L^T₁", "L^V₁", "ΔO", "ΔG", "OGR", "w raw", "w"):
         t.add_column(c, justify="right", no_wrap=True)
     for h, r in row["heads"].items():

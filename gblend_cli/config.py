@@ -120,6 +120,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "warmup_super_epoch": 10,  # online: first super-epoch length
         "super_epoch": 5,  # online: later super-epoch length
         "min_weight": 0.05,  # regularised rule: weight of a head whose ΔG <= 0 (a guard, not a knob: <= 0.05 in all)
+        "evidence_z": 2.0,  # online: a later estimate in which no head's ΔG exceeds z·SE(ΔG) keeps the weights in force (0: always re-weight)
         "estimate_from": [],  # offline: run folders (uni-modal per modality + naive, one or more seeds) to read Algorithm 2's terms from
     },
     "methods": {  # G-Blend's successors (`gblend train-method`; gblend_cli/policies/): the papers' defaults, fixed a priori
@@ -308,7 +309,7 @@ def validate(cfg: dict) -> None:
               "train.eval_every"):
         _positive(cfg, k)
     for k in ("train.weight_decay", "train.warmup_epochs", "train.grad_clip", "train.workers",
-              "gblend.estimate_epochs", "prepare.workers", "gblend.min_weight",
+              "gblend.estimate_epochs", "prepare.workers", "gblend.min_weight", "gblend.evidence_z",
               "demo.train_videos", "demo.test_videos", "train.train_eval_size",
               "train.momentum", "train.gamma", "train.seed", "demo.seed", "train.threads", "model.fusion_dropout",
               "model.fix_dropout",

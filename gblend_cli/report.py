@@ -132,12 +132,15 @@ def table1(mx: Matrix) -> list[dict]:
 # --- Table 4 -------------------------------------------------------------------------------------
 def blend_summary(runs: list[RunFolder]) -> dict:
     """The weights a G-Blend row trained with, over its seeds: `weights` (final.json's w) and
-    `weights_raw` (the formula's w_raw of the same estimation, the last one of each run), mean and
-    std per head, and the heads whose weight a floor lifted or the noise guard set in any seed."""
+    `weights_raw` (the formula's w_raw of the estimation those weights came from: the last one of
+    each run, or the one an online run kept), mean and std per head, the heads whose weight a floor
+    lifted or the noise guard set in any seed, and `kept` (the seeds whose last online estimate kept
+    the weights in force)."""
     finals = [r.final()["weights"] for r in runs if r.final().get("weights")]
-    rows = [r.blend_rows()[-1] for r in runs if r.blend_rows()]
+    rows = [r.blend_in_force() for r in runs if r.blend_rows()]
+    out_kept = sorted(r.key().seed for r in runs if r.blend_rows() and r.blend_rows()[-1].get("kept_from") is not None)
     out = {"weights": None, "weights_std": None, "weights_raw": None, "weights_raw_std": None,
-           "floored": [], "noise_bound": [], "weights_source": None}
+           "floored": [], "noise_bound": [], "weights_source": None, "kept": out_kept}
     if finals:
         heads = list(finals[0])
         out["weights"] = {h: round(statistics.fmean(w.get(h, 0.0) for w in finals), 3) for h in heads}
@@ -256,8 +259,8 @@ def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
     best uni-modal model by 1 to 8 points (Table 1; the paper's drops are 1.2-3.8); each G-Blend mode
     at least 1 point above both (2 on the main combination: the paper's +2.1/+3.2 on A+RGB); the
     uni-modal ranking of Kinetics (RGB, then flow, then audio, which overfits most: largest
-    train-val gap and OGR); and every G-Blend weight within 0.05 of the formula's w_raw (its last
-    estimation, every seed). Video top-1, means over the seeds found."""
+    train-val gap and OGR); and every G-Blend weight within 0.05 of the formula's w_raw (of the
+    estimation in force at the end, every seed). Video top-1, means over the seeds found."""
     out = []
     v1 = {m: mx.metric("unimodal", m, "video_top1")["mean"] for m in ("audio", "rgb", "flow")}
     for combo in mx.combos():
@@ -279,7 +282,7 @@ def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
                             "values": {"gblend": round(gb, 2), "over naive": round(gb - naive, 2),
                                        "over best uni-modal": round(gb - uni, 2)}})
             deviations = [abs(v["w"] - v["w_raw"]) if v.get("w_raw") is not None else float("inf")
-                          for f in mx.get(variant, combo) if f.blend_rows() for v in f.blend_rows()[-1]["heads"].values()]
+                          for f in mx.get(variant, combo) if f.blend_rows() for v in f.blend_in_force()["heads"].values()]
             if deviations:
                 out.append({"check": f"{METHOD_LABELS[variant]} weights within 0.05 of w_raw", "combo": label,
                             "holds": max(deviations) <= 0.05 + 1e-9,

@@ -38,7 +38,8 @@ def _w(w: dict | None, std: dict | None = None, marks: dict | None = None) -> st
 
 
 WEIGHT_MARKS = "w: the weights trained with (mean±std over seeds); w_raw: the formula ΔG/ΔO²/Z with ΔG clipped at 0; " \
-               "† lifted by the floor (ΔG <= 0), ‡ ΔO within its noise (guarded)"
+               "† lifted by the floor (ΔG <= 0), ‡ ΔO within its noise (guarded); " \
+               "kept: seeds whose last online estimate showed no generalisation and kept the weights in force"
 
 
 def _marks(r: dict) -> dict:
@@ -57,7 +58,8 @@ def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]
                  _num(r["paper_late_fusion"]), _num(r["paper_best_unimodal"]), _num(r["paper_drop"])] for r in rows]
     elif name == "table4":
         headers = ["Combo", "Method", "w", "w_raw", "Clip", "V@1", "V@5", "Seeds", "Paper clip/V@1/V@5", "Paper weights"]
-        body = [[r["combo"], r["method"], _w(r["weights"], r.get("weights_std"), _marks(r)),
+        body = [[r["combo"], r["method"] + (f" (kept: {','.join(map(str, r['kept']))})" if r.get("kept") else ""),
+                 _w(r["weights"], r.get("weights_std"), _marks(r)),
                  _w(r.get("weights_raw"), r.get("weights_raw_std")), _pm(r, "clip_top1"), _pm(r, "video_top1"), _pm(r, "video_top5"),
                  ",".join(map(str, r["seeds"])) or "-",
                  "/".join(_num(r[k]) for k in ("paper_clip_top1", "paper_video_top1", "paper_video_top5")) if r["paper_video_top1"] else "",

@@ -44,9 +44,20 @@ JOURNALS = ("metrics.jsonl", "blend_weights.jsonl")
 # estimators, UMT's teachers, UME's members): where and how fast they ran; every other key of
 # these sections must agree, the seed included
 SAME_SETUP_SECTIONS = ("dataset", "prepare", "demo", "clip", "model", "train")
+
 SAME_SETUP_EXCEPT = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
                      ("dataset", "results_dir")}
 
+
+def _saved_value(saved: dict, section: str, key: str):
+    """A key's value in a run's saved recipe; for a key added since the run was made, what the run
+    did without it: the key's default, except gblend.evidence_z of an online run (0: before the
+    key, online G-Blend re-weighted at every estimate)."""
+    if key in saved.get(section, {}):
+        return saved[section][key]
+    if (section, key) == ("gblend", "evidence_z") and saved.get("gblend", {}).get("mode") == "online":
+        return 0.0
+    return DEFAULTS.get(section, {}).get(key)
 
 class RunFolder:
     """One run's folder. With `writer=False` (ranks > 0 of a distributed run) writes do nothing."""
@@ -122,6 +133,15 @@ class RunFolder:
 
     def blend_rows(self) -> list[dict]:
         return self.journal("blend_weights.jsonl")
+
+    def blend_in_force(self) -> dict | None:
+        """The G-Blend estimate whose weights the run ended with: the last blend_weights.jsonl row,
+        or, where that online estimate kept the weights in force (`blend.keep_weights`), the row
+        they came from. None without rows."""
+        rows = self.blend_rows()
+        if not rows or rows[-1].get("kept_from") is None:
+            return rows[-1] if rows else None
+        return next(r for r in rows if r["epoch"] == rows[-1]["kept_from"])
 
     def journal(self, name: str, strict: bool = True) -> list[dict]:
         """A journal's rows. A whole line that is not a row (damage, not a cut last line) is an
@@ -281,7 +301,7 @@ class RunFolder:
         old, new = tomllib.loads(saved_toml), tomllib.loads(to_toml(cfg))
         for section, values in new.items():
             for k, value in values.items():
-                was = old.get(section, {}).get(k, DEFAULTS.get(section, {}).get(k))  # a key added since: its default
+                was = _saved_value(old, section, k)
                 if (section, k) not in RESUME_MAY_CHANGE and was != value:
                     raise UserError(f"{self.path}: --resume with a different recipe: {section}.{k} was "
                                     f"{was!r}, now {value!r}; use the original settings or a new --out")
@@ -301,7 +321,7 @@ class RunFolder:
         theirs = tomllib.loads((self.path / "config.toml").read_text())
         for section in SAME_SETUP_SECTIONS:
             for k, v in ours[section].items():
-                was = theirs.get(section, {}).get(k, DEFAULTS.get(section, {}).get(k))  # a key added since: its default
+                was = _saved_value(theirs, section, k)
                 if (section, k) not in SAME_SETUP_EXCEPT and was != v:
                     raise UserError(f"{self.path}: ran with {section}.{k} = {was!r}, this run with {v!r}; {why}")
 

@@ -6,6 +6,9 @@
   follow from them, and the weights are a distribution;
 - the rows sit where Algorithm 2 / 3 estimates: offline once at epoch 0 for estimate_epochs (or
   the whole run), online at 0, then every super-epoch after the warm-up one;
+- online, a later row whose every ΔG is within gblend.evidence_z SE(ΔG) of 0 (and only such a
+  row) keeps the weights of the estimate in force: its w are that row's, its `kept_from` that
+  row's epoch, and `w_estimated` what the formula and guards gave;
 - metrics.jsonl: every trained epoch's "weights" are the w of the latest estimation at or before
   that epoch (the row of epoch e records the weights epoch e was trained with, e = 1, 2, ...);
   final.json's weights are the last row's.
@@ -68,9 +71,10 @@ def check_blend_row(row: dict, gcfg: dict) -> None:
     bound = {h: False for h in heads} if formula else noise_bound(do, se)
     fallback = w_raw[next(iter(heads))] is None if formula else not any(v > 0 for v in dg.values())
     assert row["equal_fallback"] == fallback
+    kept = row.get("kept_from") is not None  # the weights in force stayed: the estimate's own are w_estimated
     for h, r in heads.items():
         assert r["w_raw"] == w_raw[h], (h, r["w_raw"], w_raw[h])
-        assert r["w"] == w[h], (h, r["w"], w[h])
+        assert r["w_estimated" if kept else "w"] == w[h], (h, r, w[h])
         assert r["noise_bound"] == bound[h], h
         assert r["floored"] == (gcfg["rule"] == "regularised" and not fallback and not dg[h] > 0 and w[h] > 0), h
         assert r["w"] >= 0
@@ -88,9 +92,21 @@ def check_blend_run(run: Path) -> list[dict]:
     assert {r["epoch"]: r["n_epochs"] for r in rows} == points and [r["epoch"] for r in rows] == sorted(points), \
         (run, [(r["epoch"], r["n_epochs"]) for r in rows], points)
     heads = final["heads"].keys()
-    for row in rows:
+    from gblend_cli.blend import shows_generalisation
+
+    source = None  # the row whose weights are in force
+    for i, row in enumerate(rows):
         assert set(row["heads"]) == set(heads), row["heads"].keys()
         check_blend_row(row, cfg["gblend"])
+        # online: a later estimate without measurable generalisation keeps the weights in force, and only then
+        z = cfg["gblend"]["evidence_z"]
+        keeps = cfg["gblend"]["mode"] == "online" and i > 0 and z > 0 and not shows_generalisation(row, z)
+        assert (row.get("kept_from") is not None) == keeps, (run, row["epoch"], row.get("kept_from"))
+        if keeps:
+            assert row["kept_from"] == source["epoch"]
+            assert {h: r["w"] for h, r in row["heads"].items()} == {h: r["w"] for h, r in source["heads"].items()}
+        else:
+            source = row
     metrics = _jsonl(run / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == list(range(cfg["train"]["epochs"] + 1)), run
     for m in metrics[1:]:  # the row of epoch e: the weights training epoch e (0-based e - 1) used

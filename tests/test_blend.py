@@ -140,6 +140,76 @@ def test_online_schedule_has_a_warm_up_then_super_epochs():
     assert off.schedule() == {0: 4}
 
 
+def _estimate(epoch, n, gcfg, dg_se, **dg):
+    """A blend_weights row from given ΔG per head (ΔO 0.3 each, SE(ΔO) 0.05), built by blend_row."""
+    rows = {h: {"LT_before": 2.0, "LV_before": 2.0, "LT_after": 2.0 - g - 0.3, "LV_after": 2.0 - g,
+                **gradient_blend_terms(2.0, 2.0, 2.0 - g - 0.3, 2.0 - g), "delta_O_se": 0.05, "delta_G_se": dg_se}
+            for h, g in dg.items()}
+    return blend_row(epoch, n, gcfg, rows)
+
+
+class _Ctx:
+    is_main = False
+
+    def __init__(self):
+        self.rows = []
+
+    def record(self, row):
+        self.rows.append(row)
+
+
+@pytest.mark.parametrize("z,kept", [(2.0, True), (0.0, False)])
+def test_online_keeps_the_weights_in_force_when_no_head_generalises_measurably(monkeypatch, z, kept):
+    """Online (Algorithm 3): a later estimate whose every ΔG is within evidence_z SE(ΔG) of 0
+    keeps the weights in force — logged with kept_from and the estimate's own w_estimated — and
+    one with a measurable ΔG re-weights; evidence_z = 0 re-weights at every estimate. The first
+    estimate always sets the weights."""
+    from gblend_cli.policies import gblend as policy
+
+    gcfg = {"warmup_super_epoch": 2, "super_epoch": 2, "estimate_epochs": 0, "estimate_from": [], "rule": "regularised",
+            "min_weight": 0.05, "metric": "loss", "evidence_z": z}
+    plan = {0: dict(audio=0.05, rgb=1.0, fused=0.6),     # RGB and fused generalise clearly
+            2: dict(audio=0.15, rgb=-0.05, fused=0.02),  # within 2 SE (0.1) of 0: noise
+            4: dict(audio=0.05, rgb=0.5, fused=0.1)}     # RGB generalises again
+    monkeypatch.setattr(policy, "estimate_blend_weights", lambda ctx, e, n, g: _estimate(e, n, g, 0.1, **plan[e]))
+    g = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
+    ctx = _Ctx()
+    for epoch in range(6):
+        g.before_epoch(epoch, ctx)
+        if epoch == 0:
+            first = dict(g.weights)
+            assert first["rgb"] > first["fused"] > first["audio"]
+        if epoch == 2:
+            if kept:
+                assert g.weights == first and ctx.rows[1]["kept_from"] == 0
+                assert ctx.rows[1]["heads"]["audio"]["w_estimated"] > 0.5  # what the noise would have set
+            else:
+                assert ctx.rows[1].get("kept_from") is None and g.weights["audio"] > 0.5
+    assert [r.get("kept_from") for r in ctx.rows] == [None, 0 if kept else None, None]
+    assert g.weights == {h: v["w"] for h, v in ctx.rows[2]["heads"].items()} and g.weights["rgb"] > 0.5
+    resumed = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
+    resumed.load_state_dict(GradientBlending.state_dict(g) | {"history": g.history[:2]})
+    assert resumed.source_epoch == (0 if kept else 2)  # a resumed run keeps the right estimate's weights
+
+
+def test_the_estimate_in_force_is_the_one_a_kept_row_points_to(tmp_path):
+    """RunFolder.blend_in_force: the last row, or the row whose weights the last (kept) row kept;
+    the report's weights_raw and the 'within 0.05 of w_raw' check read it."""
+    import json
+
+    from gblend_cli.run_folder import RunFolder
+
+    rows = [{"epoch": 0, "heads": {"rgb": {"w": 0.9, "w_raw": 0.9}}},
+            {"epoch": 10, "heads": {"rgb": {"w": 0.2, "w_raw": 0.2}}},
+            {"epoch": 20, "kept_from": 10, "heads": {"rgb": {"w": 0.2, "w_raw": 0.95, "w_estimated": 0.95}}}]
+    (tmp_path / "blend_weights.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert RunFolder(tmp_path).blend_in_force() == rows[1]
+    (tmp_path / "blend_weights.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    assert RunFolder(tmp_path).blend_in_force() == rows[1]
+    (tmp_path / "blend_weights.jsonl").write_text("")
+    assert RunFolder(tmp_path).blend_in_force() is None
+
+
 def test_ogr_between_uses_holdout_and_eval_mode_train_losses():
     rows = [
         {"epoch": 0, "train": {"rgb": {"loss": 2.0, "top1": 10}}, "holdout": {"rgb": {"loss": 2.1, "top1": 10}},
@@ -154,3 +224,25 @@ def test_ogr_between_uses_holdout_and_eval_mode_train_losses():
     assert r["ogr"] == pytest.approx(0.4 / 0.6)
     acc = ogr_between(rows, "rgb", 0, 5, metric="accuracy")  # error rates: O 0->0.1, G 0.9->0.5
     assert acc["delta_O"] == pytest.approx(0.1) and acc["delta_G"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("mode,refused", [("online", True), ("offline", False)])
+def test_a_run_made_before_evidence_z_existed_reads_as_what_it_did(tmp_path, mode, refused):
+    """gblend.evidence_z was added after online runs had been made: a saved recipe without it reads
+    as 0 for an online run (it re-weighted at every estimate), so it is not taken for a finished
+    run of today's default; for any other run the missing key reads as its default."""
+    from gblend_cli.config import load_config, to_toml
+    from gblend_cli.errors import UserError
+    from gblend_cli.run_folder import RunFolder
+
+    cfg = load_config(None, {"gblend.mode": mode})
+    saved = "\n".join(ln for ln in to_toml(cfg).splitlines() if not ln.startswith("evidence_z"))
+    assert "evidence_z" not in saved
+    (tmp_path / "config.toml").write_text(saved + "\n")
+    if refused:
+        with pytest.raises(UserError, match="gblend.evidence_z was 0.0, now 2.0"):
+            RunFolder(tmp_path).check_same_recipe(cfg)
+    else:
+        RunFolder(tmp_path).check_same_recipe(cfg)
+    (tmp_path / "config.toml").write_text(to_toml(cfg))
+    RunFolder(tmp_path).check_same_recipe(cfg)  # saved with the key: the same recipe

@@ -105,6 +105,27 @@ def test_online_estimators_step_with_the_main_runs_learning_rates(online_ref):
     check_blend_run(run)
 
 
+def test_an_online_run_whose_later_estimate_shows_nothing_keeps_the_weights(tiny_demo, tmp_path):
+    """A real online run with gblend.evidence_z so high that no later estimate counts as evidence:
+    the estimate at epoch 2 is made and logged (w_estimated) but the weights of epoch 0 stay for
+    the rest of the run (metrics.jsonl, final.json); Table 4 reads the w_raw of the estimate in
+    force and names the seed as kept."""
+    from gblend_cli import report, runs
+    from gblend_cli.run_folder import RunFolder
+
+    run = tmp_path / "run"
+    runs.train(tiny_cfg(**ONLINE, **{"gblend.evidence_z": 1e9}), "gblend", ["audio", "rgb"], data=tiny_demo, out=run)
+    rows = check_blend_run(run)  # every row against its formulas, the kept one against the rule
+    assert [r["epoch"] for r in rows] == [0, 2] and rows[1]["kept_from"] == 0
+    first = {h: v["w"] for h, v in rows[0]["heads"].items()}
+    assert {h: v["w"] for h, v in rows[1]["heads"].items()} == first
+    assert {h: v["w_estimated"] for h, v in rows[1]["heads"].items()} != first
+    assert json.loads((run / "final.json").read_text())["weights"] == first
+    summary = report.blend_summary([RunFolder(run)])
+    assert summary["kept"] == [8]
+    assert summary["weights_raw"] == {h: round(v["w_raw"], 3) for h, v in rows[0]["heads"].items()}
+
+
 def test_online_resume_after_a_later_estimation_trims_and_matches(online_ref, tiny_demo, tmp_path, monkeypatch):
     """Killed right after the estimation at epoch 2 was logged (checkpoint at epoch 2), --resume
     drops blend_weights.jsonl rows from epoch 2 on before estimating again, and the run ends

@@ -1,11 +1,13 @@
 """Gradient-Blending as a loss policy (paper Sec. 3.3): the loss is L_blend = sum_k w_k L_k over
 the k uni-modal heads and the fused head, with w_k = ΔG_k / ΔO_k² / Z estimated by Algorithm 1
 (gblend_cli/blend.py) — once from φ_0 over the whole run (offline, Algorithm 2), or at the start
-of every super-epoch over that super-epoch (online, Algorithm 3)."""
+of every super-epoch over that super-epoch (online, Algorithm 3; a later estimate in which no head
+generalises measurably keeps the weights in force: `blend.keep_weights`)."""
 
 from __future__ import annotations
 
-from ..blend import blend_row, estimate_blend_weights, show_weights_table, terms_from_runs
+from ..blend import (blend_row, estimate_blend_weights, keep_weights, show_weights_table, shows_generalisation,
+                     terms_from_runs)
 
 
 class GradientBlending:
@@ -20,6 +22,7 @@ class GradientBlending:
             self.from_runs = terms_from_runs(self.gcfg["estimate_from"], cfg, [h for h in heads if h != "fused"])
         self.weights = {h: 1.0 / len(heads) for h in heads}
         self.history: list[dict] = []
+        self.source_epoch: int | None = None  # the epoch of the estimate whose weights are in force
 
     def schedule(self) -> dict[int, int]:
         """{epoch: estimation length} of every estimation point."""
@@ -41,11 +44,16 @@ class GradientBlending:
             row = blend_row(epoch, n, self.gcfg, terms, source="runs", runs=names)
         else:
             row = estimate_blend_weights(ctx, epoch, n, self.gcfg)
+        z = self.gcfg["evidence_z"]
+        if self.mode == "online" and self.history and z > 0 and not shows_generalisation(row, z):
+            row = keep_weights(row, self.weights, self.source_epoch)  # nothing measurable to re-weight by
+        else:
+            self.source_epoch = epoch
         old = dict(self.weights)
         self.weights = {h: row["heads"][h]["w"] for h in self.heads}
-        self.history.append({"epoch": epoch, "weights": dict(self.weights)})
+        self.history.append({"epoch": epoch, "weights": dict(self.weights), "source_epoch": self.source_epoch})
         ctx.record(row)
-        if ctx.is_main and old != self.weights:
+        if ctx.is_main and (old != self.weights or row.get("kept_from") is not None):
             show_weights_table(row)
 
     def weights_for(self, epoch: int) -> dict[str, float]:
@@ -60,3 +68,5 @@ class GradientBlending:
     def load_state_dict(self, state: dict) -> None:
         self.weights = dict(state["weights"])
         self.history = list(state.get("history", []))
+        last = self.history[-1] if self.history else {}
+        self.source_epoch = last.get("source_epoch", last.get("epoch"))
