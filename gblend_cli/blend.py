@@ -214,7 +214,6 @@ def keep_weights(row: dict, weights: dict[str, float], source_epoch: int) -> dic
     return row
 
 
-
 def blend_row(epoch: int, n_epochs: int, gcfg: dict, rows: dict[str, dict], **extra) -> dict:
     """The blend_weights.jsonl row from each head's measured terms: w_raw, the guard flags and w."""
     heads = list(rows)

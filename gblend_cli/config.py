@@ -337,6 +337,11 @@ def validate(cfg: dict) -> None:
         v = _get(cfg, k)
         if len(v) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
             raise BadValue(k, f"must be 4 positive integers (one per ResNet stage); got {v!r}")
+    for k in ("reproduce.seeds", "reproduce.other_seeds"):  # other_seeds = []: the other combinations get no runs
+        v = _get(cfg, k)
+        if not (v or k == "reproduce.other_seeds") or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                                            for x in v):
+            raise BadValue(k, f"must be a list of training seeds (integers >= 0); got {v!r}")
     v = cfg["train"]["milestones"]
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v):
         raise BadValue("train.milestones", f"must be a list of epochs >= 0; got {v!r}")

@@ -326,7 +326,8 @@ def table(fig: dict) -> str:
     tests = fig.get("tests", {})
     labels = {"test_faults_files.py": "Damaged files (checkpoints, journals, prepared arrays, dataset.json, index.csv)",
               "test_faults_disk.py": "Disk full (ENOSPC injected + a real tmpfs) and read-only folders",
-              "test_faults_distributed.py": "Distributed: a rank killed mid-epoch (torchrun, 2 x gloo); lock fallback"}
+              "test_faults_distributed.py": "Distributed: a rank killed mid-epoch (torchrun, 2 x gloo), a rank the "
+                                            "launcher stops; lock fallback"}
     for name, label in labels.items():
         if name in tests:
             t = tests[name]

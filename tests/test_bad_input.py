@@ -43,7 +43,7 @@ def test_recipe_strings_are_never_run(bad_config):
 NEGATIVE_VALUES = {"train.momentum": -1.0, "train.gamma": -1.0, "train.seed": -1, "model.fusion_dropout": -0.5,
                    "model.audio_widths": [-4, 8, 8, 8], "model.visual_layers": [-1, 1, 1, 1], "prepare.threads": -1,
                    "prepare.decode_timeout_s": -1.0, "prepare.max_seconds": -1.0, "gblend.min_weight": -0.01,
-                   "demo.seconds": -1.0}
+                   "demo.seconds": -1.0, "gblend.evidence_z": -1.0, "reproduce.seeds": [0, -1]}
 
 
 @pytest.mark.parametrize("key", list(NEGATIVE_VALUES))
@@ -53,6 +53,19 @@ def test_negative_values_are_rejected_by_the_schema(key):
 
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         load_config(None, {key: NEGATIVE_VALUES[key]})
+
+
+@pytest.mark.parametrize("key,value", [("reproduce.seeds", [0, ""]), ("reproduce.seeds", []),
+                                       ("reproduce.other_seeds", [1.5]), ("reproduce.seeds", [True])])
+def test_seed_lists_hold_integers(key, value):
+    """Found by the fuzzer at 1,000 cases (`--set reproduce.seeds=[0,""]` ended in a TypeError while
+    the matrix was planned): a seed list is checked where the recipe is read."""
+    from gblend_cli.config import load_config
+    from gblend_cli.errors import UserError
+
+    with pytest.raises(UserError, match=key.replace(".", r"\.") + ".*training seeds"):
+        load_config(None, {key: value})
+    assert load_config(None, {"reproduce.other_seeds": []})["reproduce"]["other_seeds"] == []
 
 
 def test_init_from_a_newer_checkpoint_is_refused(bad_config):
