@@ -157,6 +157,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# the element type of list keys whose default is empty (a non-empty default's elements say it)
+LIST_ITEMS = {"dataset.annotations": str, "dataset.classes": str, "train.milestones": float,
+              "gblend.estimate_from": str, "methods.from_runs": str}
+
+
+def _is(x: Any, t: type) -> bool:
+    """x is of schema type t (an integer counts as a number; a boolean is neither)."""
+    if isinstance(x, bool):
+        return t is bool
+    return isinstance(x, (int, float)) if t is float else isinstance(x, t)
+
+
 def _type_name(v: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list"}[type(v)]
 
@@ -172,7 +184,10 @@ def _check_value(where: str, key: str, default: Any, value: Any) -> Any:
     elif isinstance(default, str):
         ok = isinstance(value, str)
     elif isinstance(default, list):
+        item = LIST_ITEMS.get(key) or (type(default[0]) if default else None)
         ok = isinstance(value, list) and all(not isinstance(x, (dict, list)) for x in value)
+        if ok and item is not None and not all(_is(x, item) for x in value):
+            raise UserError(f"{where}: key '{key}' must be a list of {_type_name(item())}s, got {value!r}")
     else:  # pragma: no cover
         ok = False
     if not ok:

@@ -63,9 +63,30 @@ def test_seed_lists_hold_integers(key, value):
     from gblend_cli.config import load_config
     from gblend_cli.errors import UserError
 
-    with pytest.raises(UserError, match=key.replace(".", r"\.") + ".*training seeds"):
+    with pytest.raises(UserError, match=key.replace(".", r"\.") + ".*(training seeds|list of integers)"):
         load_config(None, {key: value})
     assert load_config(None, {"reproduce.other_seeds": []})["reproduce"]["other_seeds"] == []
+
+
+@pytest.mark.parametrize("key,value,kind", [("gblend.estimate_from", [1], "strings"), ("methods.from_runs", [2.5], "strings"),
+                                            ("dataset.annotations", [True], "strings"), ("dataset.classes", [3], "strings"),
+                                            ("model.audio_widths", [16, 32, 64.5, 128], "integers"),
+                                            ("train.milestones", ["5"], "numbers")])
+def test_list_keys_check_their_elements(key, value, kind):
+    """Every list key's elements have the schema's type (a list of run folders of numbers reached
+    os.fspath and ended in a TypeError traceback): one line naming the key."""
+    from gblend_cli.config import load_config
+    from gblend_cli.errors import UserError
+
+    with pytest.raises(UserError, match=key.replace(".", r"\.") + f".*must be a list of {kind}"):
+        load_config(None, {key: value})
+
+
+def test_refused_list_elements_are_one_line_errors_on_the_command_line(run_gblend, tmp_path):
+    """The same through the real entry point, for a train command (where the TypeError was)."""
+    r = run_gblend("train-gblend", "--modalities", "audio,rgb", "--out", tmp_path / "g", "--set", "gblend.estimate_from=[1]")
+    assert_one_line_error(r.returncode, r.stderr, r.stdout, "gblend.estimate_from", "list of strings", code=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written: no run folder, no demo data
 
 
 def test_init_from_a_newer_checkpoint_is_refused(bad_config):
