@@ -352,10 +352,9 @@ def validate(cfg: dict) -> None:
         v = _get(cfg, k)
         if len(v) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
             raise BadValue(k, f"must be 4 positive integers (one per ResNet stage); got {v!r}")
-    for k in ("reproduce.seeds", "reproduce.other_seeds"):  # other_seeds = []: the other combinations get no runs
+    for k in ("reproduce.seeds", "reproduce.other_seeds"):  # integers (the schema); other_seeds = []: no other runs
         v = _get(cfg, k)
-        if not (v or k == "reproduce.other_seeds") or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                                                            for x in v):
+        if any(x < 0 for x in v) or not (v or k == "reproduce.other_seeds"):
             raise BadValue(k, f"must be a list of training seeds (integers >= 0); got {v!r}")
     v = cfg["train"]["milestones"]
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v):

@@ -17,7 +17,7 @@ from . import methods_table, paper, paper_tables
 from .errors import UserError
 from .experiment import RunKey, matrix
 from .ogr import evaluated_epochs, ogr_between
-from .run_folder import RunFolder
+from .run_folder import RunFolder, estimate_in_force
 from .storage import save_figure_atomic
 
 METHOD_LABELS = {"unimodal": "uni-modal", "naive": "naive", "gblend-offline": "G-Blend offline",
@@ -137,10 +137,11 @@ def blend_summary(runs: list[RunFolder]) -> dict:
     lifted or the noise guard set in any seed, and `kept` (the seeds whose last online estimate kept
     the weights in force)."""
     finals = [r.final()["weights"] for r in runs if r.final().get("weights")]
-    rows = [r.blend_in_force() for r in runs if r.blend_rows()]
-    out_kept = sorted(r.key().seed for r in runs if r.blend_rows() and r.blend_rows()[-1].get("kept_from") is not None)
+    journals = [(r, rows) for r in runs if (rows := r.blend_rows())]
+    rows = [estimate_in_force(rows) for _, rows in journals]
     out = {"weights": None, "weights_std": None, "weights_raw": None, "weights_raw_std": None,
-           "floored": [], "noise_bound": [], "weights_source": None, "kept": out_kept}
+           "floored": [], "noise_bound": [], "weights_source": None,
+           "kept": sorted(r.key().seed for r, rows in journals if rows[-1].get("kept_from") is not None)}
     if finals:
         heads = list(finals[0])
         out["weights"] = {h: round(statistics.fmean(w.get(h, 0.0) for w in finals), 3) for h in heads}
@@ -282,7 +283,7 @@ def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
                             "values": {"gblend": round(gb, 2), "over naive": round(gb - naive, 2),
                                        "over best uni-modal": round(gb - uni, 2)}})
             deviations = [abs(v["w"] - v["w_raw"]) if v.get("w_raw") is not None else float("inf")
-                          for f in mx.get(variant, combo) if f.blend_rows() for v in f.blend_in_force()["heads"].values()]
+                          for f in mx.get(variant, combo) if (row := f.blend_in_force()) for v in row["heads"].values()]
             if deviations:
                 out.append({"check": f"{METHOD_LABELS[variant]} weights within 0.05 of w_raw", "combo": label,
                             "holds": max(deviations) <= 0.05 + 1e-9,

@@ -49,6 +49,15 @@ SAME_SETUP_EXCEPT = {("train", "workers"), ("train", "threads"), ("train", "devi
                      ("dataset", "results_dir")}
 
 
+def estimate_in_force(rows: list[dict]) -> dict | None:
+    """Of a run's blend_weights.jsonl rows, the G-Blend estimate whose weights the run ended with:
+    the last row, or, where that online estimate kept the weights in force (`blend.keep_weights`),
+    the row they came from. None without rows."""
+    if not rows or rows[-1].get("kept_from") is None:
+        return rows[-1] if rows else None
+    return next(r for r in rows if r["epoch"] == rows[-1]["kept_from"])
+
+
 def _saved_value(saved: dict, section: str, key: str):
     """A key's value in a run's saved recipe; for a key added since the run was made, what the run
     did without it: the key's default, except gblend.evidence_z of an online run (0: before the
@@ -135,13 +144,7 @@ class RunFolder:
         return self.journal("blend_weights.jsonl")
 
     def blend_in_force(self) -> dict | None:
-        """The G-Blend estimate whose weights the run ended with: the last blend_weights.jsonl row,
-        or, where that online estimate kept the weights in force (`blend.keep_weights`), the row
-        they came from. None without rows."""
-        rows = self.blend_rows()
-        if not rows or rows[-1].get("kept_from") is None:
-            return rows[-1] if rows else None
-        return next(r for r in rows if r["epoch"] == rows[-1]["kept_from"])
+        return estimate_in_force(self.blend_rows())
 
     def journal(self, name: str, strict: bool = True) -> list[dict]:
         """A journal's rows. A whole line that is not a row (damage, not a cut last line) is an
