@@ -22,7 +22,6 @@ class GradientBlending:
             self.from_runs = terms_from_runs(self.gcfg["estimate_from"], cfg, [h for h in heads if h != "fused"])
         self.weights = {h: 1.0 / len(heads) for h in heads}
         self.history: list[dict] = []
-        self.source_epoch: int | None = None  # the epoch of the estimate whose weights are in force
 
     def schedule(self) -> dict[int, int]:
         """{epoch: estimation length} of every estimation point."""
@@ -45,16 +44,24 @@ class GradientBlending:
         else:
             row = estimate_blend_weights(ctx, epoch, n, self.gcfg)
         z = self.gcfg["evidence_z"]
+        source = epoch
         if self.mode == "online" and self.history and z > 0 and not shows_generalisation(row, z):
-            row = keep_weights(row, self.weights, self.source_epoch)  # nothing measurable to re-weight by
-        else:
-            self.source_epoch = epoch
+            source = self.source_epoch
+            row = keep_weights(row, self.weights, source)  # nothing measurable to re-weight by
         old = dict(self.weights)
         self.weights = {h: row["heads"][h]["w"] for h in self.heads}
-        self.history.append({"epoch": epoch, "weights": dict(self.weights), "source_epoch": self.source_epoch})
+        self.history.append({"epoch": epoch, "weights": dict(self.weights), "source_epoch": source})
         ctx.record(row)
         if ctx.is_main and (old != self.weights or row.get("kept_from") is not None):
             show_weights_table(row)
+
+    @property
+    def source_epoch(self) -> int | None:
+        """The epoch of the estimate whose weights are in force (a history saved before
+        `source_epoch` was recorded: its last estimate's)."""
+        if not self.history:
+            return None
+        return self.history[-1].get("source_epoch", self.history[-1]["epoch"])
 
     def weights_for(self, epoch: int) -> dict[str, float]:
         return self.weights
@@ -68,5 +75,3 @@ class GradientBlending:
     def load_state_dict(self, state: dict) -> None:
         self.weights = dict(state["weights"])
         self.history = list(state.get("history", []))
-        last = self.history[-1] if self.history else {}
-        self.source_epoch = last.get("source_epoch", last.get("epoch"))
