@@ -162,6 +162,35 @@ LIST_ITEMS = {"dataset.annotations": str, "dataset.classes": str, "train.milesto
               "gblend.estimate_from": str, "methods.from_runs": str}
 
 
+# Reading a folder made by an older gblend (a run's config.toml, a prepared folder's
+# prepare_config.toml): a key added since then is read as what gblend did before the key existed.
+# A new key's package default is that behaviour (drift_amp 0: no drift; flow_bound 20; store npy),
+# so the default answers, except where a key's default changed behaviour for some runs:
+BEFORE_KEY: dict[str, Any] = {
+    # online G-Blend re-weighted at every estimate before the evidence rule (0 = always re-weight)
+    "gblend.evidence_z": lambda saved: 0.0 if saved.get("gblend", {}).get("mode") == "online"
+    else DEFAULTS["gblend"]["evidence_z"],
+}
+
+
+def saved_value(saved: dict, section: str, key: str) -> Any:
+    """A key's value in a saved recipe (parsed TOML); for a key added since it was saved, what the
+    folder's gblend did without it (BEFORE_KEY, else the key's default)."""
+    if key in saved.get(section, {}):
+        return saved[section][key]
+    before = BEFORE_KEY.get(f"{section}.{key}", DEFAULTS.get(section, {}).get(key))
+    return before(saved) if callable(before) else before
+
+
+def read_saved_toml(path: Path, fix: str) -> dict:
+    """A TOML file gblend wrote (a run's config.toml, prepare_config.toml), parsed; when it is
+    damaged, one line naming it and ending with `fix` (OSError passes: callers say what is missing)."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: damaged, not the TOML gblend writes ({e}); {fix}") from None
+
+
 def _is(x: Any, t: type) -> bool:
     """x is of schema type t (an integer counts as a number; a boolean is neither)."""
     if isinstance(x, bool):
@@ -411,5 +440,12 @@ def to_toml(cfg: dict) -> str:
 
 
 def read_saved_config(path: Path) -> dict:
-    """Read a config.toml saved by `to_toml` (validated against the schema)."""
-    return load_config(path)
+    """Read a config.toml saved by `to_toml` (validated against the schema); a key it lacks reads as
+    what its gblend did without it (saved_value)."""
+    cfg = load_config(path)
+    saved = tomllib.loads(path.read_text(encoding="utf-8"))
+    for section, values in DEFAULTS.items():
+        for key in values:
+            if key not in saved.get(section, {}):
+                cfg[section][key] = saved_value(saved, section, key)
+    return cfg

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 from . import DATASET_FORMAT_VERSION, FORMAT_VERSION
-from .config import data_dir, to_toml
+from .config import data_dir, read_saved_toml, saved_value, to_toml
 from .clip_files import files_whole, write_output
 from .integrity import format_checksums
 from .errors import OutOfSpace, UserError
@@ -38,8 +38,6 @@ from .ui import console, progress
 from .workers import ClipPool, clip_record, quiet_worker, worker_context
 
 SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "flow_bound", "store")
-LEGACY_SETTINGS = {"store": "npy", "flow_bound": 20.0}  # what a folder prepared before a key existed used
-LEGACY_DEMO = {"drift_amp": 0.0, "drift_speed": 3.0, "drift_block": 8}  # the same, for the demo generator
 
 
 def prepare_one(spec: dict, settings: dict) -> dict:
@@ -95,8 +93,6 @@ def probe_one(spec: dict, settings: dict) -> dict:
 
 def _check_settings(out: Path, cfg: dict) -> None:
     """A resumed preparation must use the settings the folder was started with."""
-    import tomllib
-
     meta = out / "dataset.json"
     if meta.exists():
         try:
@@ -106,24 +102,18 @@ def _check_settings(out: Path, cfg: dict) -> None:
     saved = out / "prepare_config.toml"
     if not saved.exists():
         return
-    old = tomllib.loads(saved.read_text())
-    for key in SETTINGS_KEYS:
-        before = old.get("prepare", {}).get(key, LEGACY_SETTINGS.get(key))
-        if before != cfg["prepare"][key]:
-            raise UserError(f"{out}: was prepared with prepare.{key}={before!r}, now "
-                            f"{cfg['prepare'][key]!r}; use the same settings to resume or another --out")
-    if old.get("dataset", {}).get("name") != cfg["dataset"]["name"]:
-        raise UserError(f"{out}: holds dataset {old['dataset'].get('name')!r}, not {cfg['dataset']['name']!r}")
-    for key, default in (("ucf_split", 1), ("classes", [])):  # another split or class subset: another dataset
-        if old.get("dataset", {}).get(key, default) != cfg["dataset"][key]:
-            raise UserError(f"{out}: was prepared with dataset.{key}={old['dataset'].get(key, default)!r}, now "
-                            f"{cfg['dataset'][key]!r}; use the same settings to resume or another --out")
-    if cfg["dataset"]["name"] == "demo":  # other generator settings would mix two datasets in one folder
-        for key, value in cfg["demo"].items():
-            before = old.get("demo", {}).get(key, LEGACY_DEMO.get(key))
-            if before != value:
-                raise UserError(f"{out}: was generated with demo.{key}={before!r}, now {value!r}; "
-                                f"use the same settings to resume or another --out")
+    old = read_saved_toml(saved, "use another --out")
+    held = old.get("dataset", {}).get("name")
+    if held != cfg["dataset"]["name"]:
+        raise UserError(f"{out}: holds dataset {held!r}, not {cfg['dataset']['name']!r}")
+    # another split or class subset is another dataset; other generator settings would mix two in one folder
+    keys = [("prepare", k) for k in SETTINGS_KEYS] + [("dataset", "ucf_split"), ("dataset", "classes")]
+    keys += [("demo", k) for k in cfg["demo"]] if cfg["dataset"]["name"] == "demo" else []
+    for section, key in keys:
+        before = saved_value(old, section, key)
+        if before != cfg[section][key]:
+            raise UserError(f"{out}: was prepared with {section}.{key}={before!r}, now {cfg[section][key]!r}; "
+                            f"use the same settings to resume or another --out")
 
 
 def _load_manifest(cfg: dict, out: Path, db):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import data_dir, results_dir
+from .config import data_dir, results_dir, saved_value
 from .errors import UserError
 from .experiment import RunKey, dependencies, estimators, tables_matrix
 from .run_folder import RunFolder
@@ -69,14 +69,12 @@ def _refuse_other_epochs(cfg: dict, keys: list[RunKey], results: Path) -> None:
     """With `reproduce.methods_epochs`: a finished run in `results` trained with another
     train.epochs would be read (UMT, UME, offline G-Blend) and reported beside runs it cannot be
     compared with: refuse, in one line."""
-    import tomllib
-
     if not cfg["reproduce"]["methods_epochs"]:
         return
     for k in keys:
         f = RunFolder(results / k.name, writer=False)
         if f.is_complete():
-            theirs = tomllib.loads((f.path / "config.toml").read_text())["train"]["epochs"]
+            theirs = saved_value(f.saved_recipe(), "train", "epochs")
             if theirs != cfg["train"]["epochs"]:
                 raise UserError(f"{f.path}: trained with train.epochs = {theirs}, the methods matrix with "
                                 f"{cfg['train']['epochs']} (reproduce.methods_epochs): give it its own --results")

@@ -29,7 +29,7 @@ import tomllib
 from pathlib import Path
 
 from . import FORMAT_VERSION, __version__
-from .config import DEFAULTS, to_toml
+from .config import read_saved_toml, saved_value, to_toml
 from .errors import UserError
 from .experiment import RunKey
 from .integrity import state_checksum
@@ -57,16 +57,6 @@ def estimate_in_force(rows: list[dict]) -> dict | None:
         return rows[-1] if rows else None
     return next(r for r in rows if r["epoch"] == rows[-1]["kept_from"])
 
-
-def _saved_value(saved: dict, section: str, key: str):
-    """A key's value in a run's saved recipe; for a key added since the run was made, what the run
-    did without it: the key's default, except gblend.evidence_z of an online run (0: before the
-    key, online G-Blend re-weighted at every estimate)."""
-    if key in saved.get(section, {}):
-        return saved[section][key]
-    if (section, key) == ("gblend", "evidence_z") and saved.get("gblend", {}).get("mode") == "online":
-        return 0.0
-    return DEFAULTS.get(section, {}).get(key)
 
 class RunFolder:
     """One run's folder. With `writer=False` (ranks > 0 of a distributed run) writes do nothing."""
@@ -293,38 +283,41 @@ class RunFolder:
             return None
         if state.get("epoch") != epoch or state.get("n_epochs") != n_epochs:
             return None
-        self._same_recipe(state["config"], cfg)
+        self._same_recipe(tomllib.loads(state["config"]), cfg)
         return state
 
     def drop_estimation(self) -> None:
         if self.writer:
             self.estimation.unlink(missing_ok=True)
 
-    def _same_recipe(self, saved_toml: str, cfg: dict) -> None:
-        old, new = tomllib.loads(saved_toml), tomllib.loads(to_toml(cfg))
+    def saved_recipe(self) -> dict:
+        """config.toml, parsed (saved_value reads keys added since); one line when it is missing or damaged."""
+        try:
+            return read_saved_toml(self.path / "config.toml", "train this run again (delete its folder) or use a new --out")
+        except OSError:
+            raise UserError(f"{self.path}: no config.toml; not a gblend run folder") from None
+
+    def _same_recipe(self, old: dict, cfg: dict) -> None:
+        new = tomllib.loads(to_toml(cfg))
         for section, values in new.items():
             for k, value in values.items():
-                was = _saved_value(old, section, k)
+                was = saved_value(old, section, k)
                 if (section, k) not in RESUME_MAY_CHANGE and was != value:
                     raise UserError(f"{self.path}: --resume with a different recipe: {section}.{k} was "
                                     f"{was!r}, now {value!r}; use the original settings or a new --out")
 
     def check_same_recipe(self, cfg: dict) -> None:
         """The finished run here ran with `cfg` (its config.toml), up to where and how fast."""
-        try:
-            saved = (self.path / "config.toml").read_text()
-        except OSError:
-            raise UserError(f"{self.path}: no config.toml; not a gblend run folder") from None
-        self._same_recipe(saved, cfg)
+        self._same_recipe(self.saved_recipe(), cfg)
 
     def check_same_setup(self, cfg: dict, why: str) -> None:
         """The finished run here ran with the data, model and training recipe of `cfg` (same seed),
         up to SAME_SETUP_EXCEPT; `why` ends the message when it did not."""
         ours = tomllib.loads(to_toml(cfg))
-        theirs = tomllib.loads((self.path / "config.toml").read_text())
+        theirs = self.saved_recipe()
         for section in SAME_SETUP_SECTIONS:
             for k, v in ours[section].items():
-                was = _saved_value(theirs, section, k)
+                was = saved_value(theirs, section, k)
                 if (section, k) not in SAME_SETUP_EXCEPT and was != v:
                     raise UserError(f"{self.path}: ran with {section}.{k} = {was!r}, this run with {v!r}; {why}")
 
@@ -342,7 +335,7 @@ class RunFolder:
             from .ui import console
 
             console.print(f"warning: {e}; resuming from {self.best} (epoch {state['epoch']}) instead", soft_wrap=True)
-        self._same_recipe(state["config"], cfg)
+        self._same_recipe(tomllib.loads(state["config"]), cfg)
         spec = state["spec"]
         if spec["modalities"] != list(key.modalities) or spec["method"] != key.method:
             raise UserError(f"{self.path}: --resume of a {spec['method']} run on {','.join(spec['modalities'])} "

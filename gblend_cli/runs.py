@@ -7,7 +7,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from .config import data_dir, results_dir
+from .config import data_dir, read_saved_toml, results_dir, saved_value
 from .errors import UserError
 from .experiment import RunKey
 from .run_folder import RunFolder
@@ -39,13 +39,11 @@ def ensure_data(cfg: dict, data: Path | None) -> Path:
 def adopt_data_settings(cfg: dict, data_path: Path) -> None:
     """config.toml records how the data was made, not what the recipe would have made: a demo folder
     generated with another `--seed` (or other generator settings) is what this run trains on."""
-    import tomllib
-
     saved = data_path / "prepare_config.toml"
     if cfg["dataset"]["name"] != "demo" or not saved.exists():
         return
-    demo = tomllib.loads(saved.read_text()).get("demo", {})
-    cfg["demo"].update({k: v for k, v in demo.items() if k in cfg["demo"]})
+    made = read_saved_toml(saved, "prepare the data again (gblend prepare-data)")
+    cfg["demo"].update({k: saved_value(made, "demo", k) for k in cfg["demo"]})
 
 
 def train(cfg: dict, method: str, modalities, *, data: Path | None = None, out: Path | None = None,

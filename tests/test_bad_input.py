@@ -89,6 +89,27 @@ def test_refused_list_elements_are_one_line_errors_on_the_command_line(run_gblen
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written: no run folder, no demo data
 
 
+def test_a_damaged_saved_recipe_is_one_line_and_kept(run_gblend, tmp_path):
+    """A prepared folder's prepare_config.toml or a run's config.toml cut or edited into invalid TOML
+    (it ended in a TOMLDecodeError traceback): one line naming the file, which is left as it was."""
+    from gblend_cli.config import load_config
+    from gblend_cli.errors import UserError
+    from gblend_cli.run_folder import RunFolder
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "prepare_config.toml").write_text("[dataset\n")
+    r = run_gblend("prepare-data", "--dataset", "demo", "--out", data)
+    assert_one_line_error(r.returncode, r.stderr, r.stdout, "prepare_config.toml: damaged", "another --out", code=2)
+    assert sorted(p.name for p in data.iterdir()) == ["prepare_config.toml"]
+    assert (data / "prepare_config.toml").read_text() == "[dataset\n"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_bytes(b"[train]\nepochs = \xff\n")
+    with pytest.raises(UserError, match=r"config\.toml: damaged") as e:
+        RunFolder(tmp_path / "run", writer=False).check_same_recipe(load_config(None))
+    assert "\n" not in str(e.value)
+
+
 def test_init_from_a_newer_checkpoint_is_refused(bad_config):
     _check_refused(bad_config["init_from_newer_checkpoint"])
 

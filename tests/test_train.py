@@ -523,3 +523,29 @@ def test_a_run_records_the_demo_its_data_was_generated_with(matrix_runs, tiny_de
     assert load_config(DEFAULT_RECIPE)["demo"] != made  # else this test could not fail
     for run in matrix_runs.values():
         assert tomllib.loads((run / "config.toml").read_text())["demo"] == made, run
+
+
+def test_data_made_before_a_generator_key_existed_is_recorded_as_made(tmp_path):
+    """A demo folder generated before demo.drift_amp existed had no drifting quadrants: a run on it
+    records drift_amp 0 (what gblend did without the key), not the recipe's 0.8, and a resumed
+    preparation into it is refused as another dataset, naming the key."""
+    import tomllib
+
+    from gblend_cli.config import DEFAULT_RECIPE, load_config, to_toml
+    from gblend_cli.errors import UserError
+    from gblend_cli.prepare import _check_settings
+    from gblend_cli.runs import adopt_data_settings
+
+    cfg = load_config(DEFAULT_RECIPE)
+    assert cfg["demo"]["drift_amp"] > 0  # else this test could not fail
+    old = "\n".join(ln for ln in to_toml(cfg).splitlines() if not ln.startswith("drift_amp"))
+    (tmp_path / "prepare_config.toml").write_text(old + "\n")
+    assert "drift_amp" not in tomllib.loads(old)["demo"]
+    adopted = load_config(DEFAULT_RECIPE)
+    adopt_data_settings(adopted, tmp_path)
+    assert adopted["demo"]["drift_amp"] == 0.0
+    assert {k: v for k, v in adopted["demo"].items() if k != "drift_amp"} == \
+        {k: v for k, v in cfg["demo"].items() if k != "drift_amp"}
+    with pytest.raises(UserError, match=r"demo\.drift_amp=0\.0, now 0\.8"):
+        _check_settings(tmp_path, cfg)
+    _check_settings(tmp_path, adopted)  # the settings it was made with resume it
