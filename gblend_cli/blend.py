@@ -26,14 +26,11 @@ The paper leaves ΔG <= 0 and ΔO ≈ 0 open. Our choices:
   `min_weight` (their total at most 0.05) so that its head keeps training, the mass taken
   proportionally from the others. A head that generalises is never floored: every weight stays
   within 0.05 of w_raw unless the noise guard binds, and the log row says when it does.
-- online (Algorithm 3), an estimate after the first keeps the weights in force (`keep_weights`)
-  when it cannot set them: when it shows no head generalising measurably — every ΔG within
-  `evidence_z` standard errors of 0 — or (`keep_if_guarded`) when the noise guard would set a
-  generalising head's weight — its |ΔO| below SE(ΔO), where ΔG/ΔO² says only "large". Late in a
-  run, when the learning rate has decayed, a super-epoch's ΔG and ΔO on a small V are noise, and
-  the formula would hand nearly all the weight to whichever head the noise favours. The first
-  estimate has no weights to fall back on: there the guard acts (flagged). The row logs both
-  (`w_estimated`; `kept_from`, the epoch of the estimate still in force; `kept_because`;
+- online (Algorithm 3), an estimate after the first that shows no head generalising measurably —
+  every ΔG within `evidence_z` standard errors of 0 — keeps the weights in force (`keep_weights`):
+  late in a run, when the learning rate has decayed, a super-epoch's ΔG and ΔO on a small V are
+  noise, and the formula would hand nearly all the weight to whichever head the noise favours.
+  The row logs both (`w_estimated`, and `kept_from`: the epoch of the estimate still in force;
   `RunFolder.blend_in_force`).
 """
 
@@ -207,32 +204,13 @@ def shows_generalisation(row: dict, z: float) -> bool:
     return False
 
 
-def guarded(row: dict) -> bool:
-    """Whether the noise guard set a generalising head's weight in this estimate (a head with
-    ΔG > 0 whose |ΔO| is below SE(ΔO): flagged noise_bound)."""
-    return any(r["noise_bound"] and math.isfinite(r["delta_G"]) and r["delta_G"] > 0 for r in row["heads"].values())
-
-
-KEPT_BECAUSE = {"no_generalisation": "no head generalised measurably",
-                "guarded": "the noise guard would set a generalising head's weight"}
-
-
-def why_keep(row: dict, gcfg: dict) -> str | None:
-    """Why a later online estimate (Algorithm 3) cannot set the weights (a KEPT_BECAUSE key), or None."""
-    if gcfg["evidence_z"] > 0 and not shows_generalisation(row, gcfg["evidence_z"]):
-        return "no_generalisation"
-    if gcfg["keep_if_guarded"] and guarded(row):
-        return "guarded"
-    return None
-
-
-def keep_weights(row: dict, weights: dict[str, float], source_epoch: int, because: str) -> dict:
-    """A later online estimate that cannot set the weights (`why_keep`): the weights in force stay.
+def keep_weights(row: dict, weights: dict[str, float], source_epoch: int) -> dict:
+    """An estimate that showed no generalisation (online, Algorithm 3): the weights in force stay.
     Each head's `w` becomes the weight kept (what training uses), `w_estimated` what this estimate
-    gave; `kept_from` is the epoch of the estimate whose weights stay, `kept_because` why."""
+    gave; `kept_from` is the epoch of the estimate whose weights stay."""
     for h, r in row["heads"].items():
         r["w_estimated"], r["w"] = r["w"], weights[h]
-    row["kept_from"], row["kept_because"] = source_epoch, because
+    row["kept_from"] = source_epoch
     return row
 
 
@@ -259,8 +237,8 @@ def blend_row(epoch: int, n_epochs: int, gcfg: dict, rows: dict[str, dict], **ex
 def show_weights_table(row: dict) -> None:
     from rich.table import Table
 
-    kept = "" if row.get("kept_from") is None else \
-        f"; {KEPT_BECAUSE.get(row.get('kept_because'), KEPT_BECAUSE['no_generalisation'])}: the weights of epoch {row['kept_from']} stay"
+    kept = "" if row.get("kept_from") is None else f"; no head generalised measurably: the weights of epoch " \
+                                                     f"{row['kept_from']} stay"
     t = Table(title=f"G-Blend weights at epoch {row['epoch']} ({row['n_epochs']} estimation epochs, "
                     f"metric {row['metric']}, rule {row['rule']}; ₀ before, ₁ after{kept})")
     for c in ("head", "L^T₀", "L^V₀", "L^T₁", "L^V₁", "ΔO", "ΔG", "OGR", "w raw", "w"):

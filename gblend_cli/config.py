@@ -121,7 +121,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "super_epoch": 5,  # online: later super-epoch length
         "min_weight": 0.05,  # regularised rule: weight of a head whose ΔG <= 0 (a guard, not a knob: <= 0.05 in all)
         "evidence_z": 2.0,  # online: a later estimate in which no head's ΔG exceeds z·SE(ΔG) keeps the weights in force (0: always re-weight)
-        "keep_if_guarded": True,  # online: a later estimate in which the noise guard sets a generalising head's weight (its |ΔO| below SE(ΔO)) keeps them too
         "estimate_from": [],  # offline: run folders (uni-modal per modality + naive, one or more seeds) to read Algorithm 2's terms from
     },
     "methods": {  # G-Blend's successors (`gblend train-method`; gblend_cli/policies/): the papers' defaults, fixed a priori
@@ -171,8 +170,6 @@ BEFORE_KEY: dict[str, Any] = {
     # online G-Blend re-weighted at every estimate before the evidence rule (0 = always re-weight)
     "gblend.evidence_z": lambda saved: 0.0 if saved.get("gblend", {}).get("mode") == "online"
     else DEFAULTS["gblend"]["evidence_z"],
-    # ... and before the guarded-estimate rule, whatever the guard gave
-    "gblend.keep_if_guarded": lambda saved: saved.get("gblend", {}).get("mode") != "online",
 }
 
 

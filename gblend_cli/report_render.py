@@ -37,10 +37,9 @@ def _w(w: dict | None, std: dict | None = None, marks: dict | None = None) -> st
     return ", ".join(one(h, v) for h, v in w.items())
 
 
-WEIGHT_MARKS = ("w: the weights trained with (mean±std over seeds); w_raw: the formula ΔG/ΔO²/Z with ΔG clipped at 0; "
-                "† lifted by the floor (ΔG <= 0), ‡ ΔO within its noise (guarded); "
-                "kept: seeds whose last online estimate could not set the weights (no head generalised measurably, "
-                "or the noise guard would have set one) and kept those in force")
+WEIGHT_MARKS = "w: the weights trained with (mean±std over seeds); w_raw: the formula ΔG/ΔO²/Z with ΔG clipped at 0; " \
+               "† lifted by the floor (ΔG <= 0), ‡ ΔO within its noise (guarded); " \
+               "kept: seeds whose last online estimate showed no generalisation and kept the weights in force"
 
 
 def _marks(r: dict) -> dict:

@@ -140,11 +140,10 @@ def test_online_schedule_has_a_warm_up_then_super_epochs():
     assert off.schedule() == {0: 4}
 
 
-def _estimate(epoch, n, gcfg, dg_se, do=None, **dg):
-    """A blend_weights row from given ΔG per head (ΔO 0.3 each unless `do` says, SE(ΔO) 0.05), built by blend_row."""
-    do = {h: (do or {}).get(h, 0.3) for h in dg}
-    rows = {h: {"LT_before": 2.0, "LV_before": 2.0, "LT_after": 2.0 - g - do[h], "LV_after": 2.0 - g,
-                **gradient_blend_terms(2.0, 2.0, 2.0 - g - do[h], 2.0 - g), "delta_O_se": 0.05, "delta_G_se": dg_se}
+def _estimate(epoch, n, gcfg, dg_se, **dg):
+    """A blend_weights row from given ΔG per head (ΔO 0.3 each, SE(ΔO) 0.05), built by blend_row."""
+    rows = {h: {"LT_before": 2.0, "LV_before": 2.0, "LT_after": 2.0 - g - 0.3, "LV_after": 2.0 - g,
+                **gradient_blend_terms(2.0, 2.0, 2.0 - g - 0.3, 2.0 - g), "delta_O_se": 0.05, "delta_G_se": dg_se}
             for h, g in dg.items()}
     return blend_row(epoch, n, gcfg, rows)
 
@@ -168,7 +167,7 @@ def test_online_keeps_the_weights_in_force_when_no_head_generalises_measurably(m
     from gblend_cli.policies import gblend as policy
 
     gcfg = {"warmup_super_epoch": 2, "super_epoch": 2, "estimate_epochs": 0, "estimate_from": [], "rule": "regularised",
-            "min_weight": 0.05, "metric": "loss", "evidence_z": z, "keep_if_guarded": True}
+            "min_weight": 0.05, "metric": "loss", "evidence_z": z}
     plan = {0: dict(audio=0.05, rgb=1.0, fused=0.6),     # RGB and fused generalise clearly
             2: dict(audio=0.15, rgb=-0.05, fused=0.02),  # within 2 SE (0.1) of 0: noise
             4: dict(audio=0.05, rgb=0.5, fused=0.1)}     # RGB generalises again
@@ -191,41 +190,6 @@ def test_online_keeps_the_weights_in_force_when_no_head_generalises_measurably(m
     resumed = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
     resumed.load_state_dict(GradientBlending.state_dict(g) | {"history": g.history[:2]})
     assert resumed.source_epoch == (0 if kept else 2)  # a resumed run keeps the right estimate's weights
-
-
-@pytest.mark.parametrize("keep", [True, False])
-def test_online_keeps_the_weights_in_force_when_the_guard_would_set_them(monkeypatch, keep):
-    """Online: a later estimate in which a generalising head's |ΔO| is below SE(ΔO) — where ΔG/ΔO²
-    says only "large" and the noise guard would set the weight — keeps the weights in force with
-    gblend.keep_if_guarded (kept_because "guarded"); without it the guard sets them. A guarded first
-    estimate sets the weights (there is nothing to keep), flagged; a head with ΔG <= 0 whose ΔO is
-    within noise does not count (its weight is the floor's whatever its ΔO)."""
-    from gblend_cli.policies import gblend as policy
-
-    gcfg = {"warmup_super_epoch": 2, "super_epoch": 2, "estimate_epochs": 0, "estimate_from": [], "rule": "regularised",
-            "min_weight": 0.05, "metric": "loss", "evidence_z": 2.0, "keep_if_guarded": keep}
-    plan = {0: ({"fused": 0.02}, dict(audio=0.05, rgb=1.0, fused=0.6)),  # the first: fused guarded, used
-            2: ({"rgb": 0.01}, dict(audio=0.5, rgb=0.8, fused=0.6)),     # RGB generalises, its ΔO is noise
-            4: ({"audio": 0.0}, dict(audio=-0.3, rgb=0.8, fused=0.6))}   # only a head with ΔG < 0 is within noise
-    monkeypatch.setattr(policy, "estimate_blend_weights", lambda ctx, e, n, g: _estimate(e, n, g, 0.1, plan[e][0], **plan[e][1]))
-    g = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
-    ctx = _Ctx()
-    for epoch in range(6):
-        g.before_epoch(epoch, ctx)
-        if epoch == 0:
-            first = dict(g.weights)
-            assert ctx.rows[0]["heads"]["fused"]["noise_bound"] and ctx.rows[0].get("kept_from") is None
-        if epoch == 2:
-            guarded = ctx.rows[1]["heads"]["rgb"]
-            assert guarded["noise_bound"]
-            if keep:
-                assert g.weights == first and ctx.rows[1]["kept_from"] == 0 and ctx.rows[1]["kept_because"] == "guarded"
-                assert guarded["w_estimated"] > 0.9  # what the guard would have set
-            else:
-                assert ctx.rows[1].get("kept_from") is None and g.weights["rgb"] > 0.9
-    assert [r.get("kept_from") for r in ctx.rows] == [None, 0 if keep else None, None]
-    assert ctx.rows[2]["heads"]["audio"]["noise_bound"] and ctx.rows[2]["heads"]["audio"]["floored"]
-    assert g.weights == {h: v["w"] for h, v in ctx.rows[2]["heads"].items()}
 
 
 def test_the_estimate_in_force_is_the_one_a_kept_row_points_to(tmp_path):
@@ -262,23 +226,21 @@ def test_ogr_between_uses_holdout_and_eval_mode_train_losses():
     assert acc["delta_O"] == pytest.approx(0.1) and acc["delta_G"] == pytest.approx(0.4)
 
 
-@pytest.mark.parametrize("key,was", [("evidence_z", "0.0, now 2.0"), ("keep_if_guarded", "False, now True")])
 @pytest.mark.parametrize("mode,refused", [("online", True), ("offline", False)])
-def test_a_run_made_before_an_online_rule_existed_reads_as_what_it_did(tmp_path, key, was, mode, refused):
-    """gblend.evidence_z and gblend.keep_if_guarded were added after online runs had been made: a
-    saved recipe without them reads as what those runs did (0: re-weight at every estimate; False:
-    the guard set the weights), so it is not taken for a finished run of today's default; for any
-    other run the missing key reads as its default."""
+def test_a_run_made_before_evidence_z_existed_reads_as_what_it_did(tmp_path, mode, refused):
+    """gblend.evidence_z was added after online runs had been made: a saved recipe without it reads
+    as 0 for an online run (it re-weighted at every estimate), so it is not taken for a finished
+    run of today's default; for any other run the missing key reads as its default."""
     from gblend_cli.config import load_config, to_toml
     from gblend_cli.errors import UserError
     from gblend_cli.run_folder import RunFolder
 
     cfg = load_config(None, {"gblend.mode": mode})
-    saved = "\n".join(ln for ln in to_toml(cfg).splitlines() if not ln.startswith(key + " "))
-    assert key not in saved
+    saved = "\n".join(ln for ln in to_toml(cfg).splitlines() if not ln.startswith("evidence_z"))
+    assert "evidence_z" not in saved
     (tmp_path / "config.toml").write_text(saved + "\n")
     if refused:
-        with pytest.raises(UserError, match=f"gblend.{key} was {was}"):
+        with pytest.raises(UserError, match="gblend.evidence_z was 0.0, now 2.0"):
             RunFolder(tmp_path).check_same_recipe(cfg)
     else:
         RunFolder(tmp_path).check_same_recipe(cfg)

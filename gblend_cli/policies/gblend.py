@@ -1,13 +1,13 @@
 """Gradient-Blending as a loss policy (paper Sec. 3.3): the loss is L_blend = sum_k w_k L_k over
 the k uni-modal heads and the fused head, with w_k = ΔG_k / ΔO_k² / Z estimated by Algorithm 1
 (gblend_cli/blend.py) — once from φ_0 over the whole run (offline, Algorithm 2), or at the start
-of every super-epoch over that super-epoch (online, Algorithm 3; a later estimate that cannot set
-the weights — no head generalises measurably, or the noise guard would set one — keeps the weights
-in force: `blend.why_keep`)."""
+of every super-epoch over that super-epoch (online, Algorithm 3; a later estimate in which no head
+generalises measurably keeps the weights in force: `blend.keep_weights`)."""
 
 from __future__ import annotations
 
-from ..blend import blend_row, estimate_blend_weights, keep_weights, show_weights_table, terms_from_runs, why_keep
+from ..blend import (blend_row, estimate_blend_weights, keep_weights, show_weights_table, shows_generalisation,
+                     terms_from_runs)
 
 
 class GradientBlending:
@@ -43,11 +43,11 @@ class GradientBlending:
             row = blend_row(epoch, n, self.gcfg, terms, source="runs", runs=names)
         else:
             row = estimate_blend_weights(ctx, epoch, n, self.gcfg)
+        z = self.gcfg["evidence_z"]
         source = epoch
-        because = why_keep(row, self.gcfg) if self.mode == "online" and self.history else None
-        if because:  # nothing measurable to re-weight by
+        if self.mode == "online" and self.history and z > 0 and not shows_generalisation(row, z):
             source = self.source_epoch
-            row = keep_weights(row, self.weights, source, because)
+            row = keep_weights(row, self.weights, source)  # nothing measurable to re-weight by
         old = dict(self.weights)
         self.weights = {h: row["heads"][h]["w"] for h in self.heads}
         self.history.append({"epoch": epoch, "weights": dict(self.weights), "source_epoch": source})
