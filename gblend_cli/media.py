@@ -45,17 +45,26 @@ def _output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def decode_clip(path: str, *, fps: float, short_side: int, start: float | None = None,
-                end: float | None = None, max_seconds: float = 0.0, want_audio: bool = True) -> DecodedClip:
-    """Decode [start, end) of a media file to frames at `fps` and 16 kHz mono audio, in one pass
-    over the container's packets (both streams demuxed together)."""
+def open_video(path: str):
+    """A media file's container, which has a video stream; DecodeError with the reason otherwise
+    (missing, unreadable, not a container, no video)."""
+    if not os.access(path, os.R_OK):
+        raise DecodeError("file not readable (permissions)" if os.path.exists(path) else "file not found")
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
         raise DecodeError(f"cannot open: {_reason(e)}") from None
-    with container:
-        if not container.streams.video:
-            raise DecodeError("no video stream")
+    if not container.streams.video:
+        container.close()
+        raise DecodeError("no video stream")
+    return container
+
+
+def decode_clip(path: str, *, fps: float, short_side: int, start: float | None = None,
+                end: float | None = None, max_seconds: float = 0.0, want_audio: bool = True) -> DecodedClip:
+    """Decode [start, end) of a media file to frames at `fps` and 16 kHz mono audio, in one pass
+    over the container's packets (both streams demuxed together)."""
+    with open_video(path) as container:
         t0 = float(start or 0.0)
         t1 = float(end) if end is not None else math.inf
         if max_seconds > 0:
@@ -103,15 +112,7 @@ def probe_media(path: str, start: float | None = None, end: float | None = None)
     folder): it opens, has a video stream, its first video frame decodes, and its video packets
     (demuxed, not decoded) reach the end the container declares, or `end` — a download cut short
     stops early. Returns {"has_audio", "seconds"}; raises DecodeError with the reason."""
-    if not os.access(path, os.R_OK):
-        raise DecodeError("file not readable (permissions)" if os.path.exists(path) else "file not found")
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-        raise DecodeError(f"cannot open: {_reason(e)}") from None
-    with container:
-        if not container.streams.video:
-            raise DecodeError("no video stream")
+    with open_video(path) as container:
         vstream = container.streams.video[0]
         origin = (container.start_time or 0) / av.time_base
         declared = None

@@ -23,7 +23,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -49,8 +48,6 @@ def prepare_one(spec: dict, settings: dict) -> dict:
     rec = clip_record(spec)
     out = Path(settings["out"])
     try:
-        if not os.access(spec["path"], os.R_OK):
-            raise DecodeError("file not readable (permissions)" if os.path.exists(spec["path"]) else "file not found")
         clip = decode_clip(spec["path"], fps=settings["fps"], short_side=settings["short_side"],
                            start=spec.get("start"), end=spec.get("end"), max_seconds=settings["max_seconds"])
     except DecodeError as e:
