@@ -368,23 +368,28 @@ def report(
     """The paper's tables from run folders only (paper numbers beside): Table 1, Table 4 and the overfitting comparison; Table 3, Table 5 and Figure 1 with --table 3|5|fig1|all (all: every table of the paper); --table methods: G-Blend's successors beside naive, G-Blend and the best uni-modal model, with their diagnostics.
 
     Missing runs are listed once, each with the command that trains it into RESULTS; a requested
-    table without any data exits with code 2."""
+    table without any data exits with code 2. Without --recipe, a results folder `gblend reproduce`
+    ran into is read with the recipe it ran (RESULTS/reproduce_config.toml: its --seeds and --set)."""
     from .config import results_dir
     from .report import build, empty_tables, overfit_figure, parse_tables
     from .report_render import print_rich, render, render_csv
+    from .reproduce import RAN_WITH
     from .storage import write_text_atomic
 
     cfg = _config(recipe, sets)
     results = results or results_dir(cfg)
     if not results.is_dir():
         raise UserError(f"{results}: no such results folder (--results); run `gblend reproduce` or a train command first")
+    recipe_arg = str(recipe) if recipe else ""
+    if recipe is None and (results / RAN_WITH).exists():  # the matrix `reproduce` ran here (its --seeds, --set)
+        cfg, recipe_arg = _config(results / RAN_WITH, sets), str(results / RAN_WITH)
     tables = parse_tables(table or "core")
     if out is not None and out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a file name, e.g. {out / 'tables.md'}")
     if fmt == "csv" and len(tables) > 1 and out is None:
         raise UserError("--format csv writes one table per file: give --table 1|4|overfit|3|5|fig1|methods, or --out FILE.csv "
                         "(then FILE_table1.csv, FILE_table4.csv, ...)")
-    rep = build(results, tables, cfg, str(recipe) if recipe else "", sets or [])
+    rep = build(results, tables, cfg, recipe_arg, sets or [])
     if "overfit" in rep:
         fig = overfit_figure(rep["_matrix"], figure or results / "report" / "overfitting.png")
         if fig:

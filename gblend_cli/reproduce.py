@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import data_dir, results_dir, saved_value
+from .config import data_dir, results_dir, saved_value, to_toml
 from .errors import UserError
 from .experiment import RunKey, dependencies, estimators, tables_matrix
 from .run_folder import RunFolder
@@ -103,6 +103,9 @@ def print_commands(cfg: dict, recipe: Path | None, sets: list[str], launcher: st
         out.print(f"{launcher} {shlex.join(argv)}", soft_wrap=True, markup=False, highlight=False)
 
 
+RAN_WITH = "reproduce_config.toml"  # in a results folder: the resolved recipe of the last `reproduce` into it
+
+
 def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: Path | None = None,
               tables: list[str] | None = None, recipe_arg: str = "") -> dict:
     """`entry(argv)` runs one `gblend` command line in a child process (the CLI passes its own)."""
@@ -121,6 +124,8 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     keys = tables_matrix(cfg, tables)
     if methods_only:
         _refuse_other_epochs(cfg, keys, results)
+    # the recipe this folder's matrix was run with: `gblend report --results` expects these runs
+    write_text_atomic(results / RAN_WITH, to_toml(cfg))
     if not (data / "dataset.json").exists():
         console.print(f"[bold]1/3 preparing {cfg['dataset']['name']} data in {data}")
         prepare_dataset(cfg, data)

@@ -170,3 +170,24 @@ def test_report_on_incomplete_results_lists_each_missing_run_once(tiny_demo, tmp
     for k in ("table1", "table4", "overfit"):
         text = (tmp_path / f"t_{k}.csv").read_text()
         assert "{" not in text and "[" not in text, text
+
+
+def test_report_expects_the_matrix_reproduce_ran_into_the_folder(tiny_demo, tmp_path, run_gblend):
+    """`reproduce --seeds 7 --results R` records its resolved recipe in R; `report --results R` then
+    expects seed 7's runs (it listed the recipe's default seeds as missing beside the ones found),
+    and its commands for missing runs use that recipe. An explicit --recipe still wins."""
+    from gblend_cli.config import load_config, to_toml
+
+    recipe = recipe_for(tmp_path, tiny_demo)
+    results = tmp_path / "ran"
+    results.mkdir()
+    ran = load_config(recipe, {"reproduce.seeds": [7], "reproduce.other_seeds": [7]})
+    assert load_config(recipe)["reproduce"]["seeds"] != [7]  # else this test could not fail
+    (results / "reproduce_config.toml").write_text(to_toml(ran))
+    p = run_gblend("report", "--results", results)
+    one_line_error(p, "no runs for", "table1")
+    missing = [x.strip() for x in p.stdout.splitlines() if x.strip().startswith("gblend train-")]
+    assert missing and all("-s7 " in x and f"--recipe {results / 'reproduce_config.toml'}" in x for x in missing), missing
+    p = run_gblend("report", "--recipe", recipe, "--results", results)
+    missing = [x.strip() for x in p.stdout.splitlines() if x.strip().startswith("gblend train-")]
+    assert missing and not any("-s7 " in x for x in missing), missing

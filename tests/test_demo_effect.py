@@ -37,6 +37,13 @@ def test_reduced_demo_shows_the_paper_effect(tmp_path):
     p = subprocess.run(cmd, cwd=tmp_path, env=gblend_env(), capture_output=True, text=True, timeout=1500)
     assert p.returncode == 0, p.stderr[-3000:]
     check_reduced_demo(results, SEED)
+    # `report` on its own reads the recipe reproduce ran (its --seeds, its --set): the same tables, nothing missing
+    r = subprocess.run([sys.executable, "-m", "gblend_cli", "report", "--results", str(results), "--format", "json"],
+                       cwd=tmp_path, env=gblend_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    alone, ran = json.loads(r.stdout), json.loads((results / "report" / "report.json").read_text())
+    for k in ("table1", "table4", "overfit"):
+        assert alone[k] == ran[k] and not any(row.get("missing") for row in alone[k]), k
 
 
 def check_reduced_demo(results, seed: int) -> None:
