@@ -90,8 +90,9 @@ def test_refused_list_elements_are_one_line_errors_on_the_command_line(run_gblen
 
 
 def test_a_damaged_saved_recipe_is_one_line_and_kept(run_gblend, tmp_path):
-    """A prepared folder's prepare_config.toml or a run's config.toml cut or edited into invalid TOML
-    (it ended in a TOMLDecodeError traceback): one line naming the file, which is left as it was."""
+    """A prepared folder's prepare_config.toml, a run's config.toml or a results folder's
+    reproduce_config.toml cut or edited into invalid TOML (the first two ended in a TOMLDecodeError
+    traceback): one line naming the file, which is left as it was."""
     from gblend_cli.config import load_config
     from gblend_cli.errors import UserError
     from gblend_cli.run_folder import RunFolder
@@ -103,6 +104,12 @@ def test_a_damaged_saved_recipe_is_one_line_and_kept(run_gblend, tmp_path):
     assert_one_line_error(r.returncode, r.stderr, r.stdout, "prepare_config.toml: damaged", "another --out", code=2)
     assert sorted(p.name for p in data.iterdir()) == ["prepare_config.toml"]
     assert (data / "prepare_config.toml").read_text() == "[dataset\n"
+    results = tmp_path / "results"  # the recipe reproduce ran, which report reads
+    results.mkdir()
+    (results / "reproduce_config.toml").write_text("[reproduce]\nseeds = [6,\n")
+    r = run_gblend("report", "--results", results)
+    assert_one_line_error(r.returncode, r.stderr, r.stdout, "reproduce_config.toml", "not valid TOML", code=2)
+    assert sorted(p.name for p in results.iterdir()) == ["reproduce_config.toml"]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.toml").write_bytes(b"[train]\nepochs = \xff\n")
     with pytest.raises(UserError, match=r"config\.toml: damaged") as e:
