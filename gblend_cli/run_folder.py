@@ -33,6 +33,7 @@ from .config import read_saved_toml, saved_value, to_toml
 from .errors import UserError
 from .experiment import RunKey
 from .integrity import state_checksum
+from .run_schema import final_problem, row_problem
 from .storage import (append_jsonl, read_jsonl, remove_stale_temps, require_known_format, rewrite_jsonl_atomic,
                       torch_save_atomic, write_json_atomic, write_text_atomic)
 
@@ -407,57 +408,6 @@ def load_checkpoint(path: Path) -> dict:
     if "checksum" in state and state_checksum(state) != state["checksum"]:
         raise DamagedCheckpoint(f"{path}: damaged checkpoint (its contents differ from its checksum)")
     return state
-
-
-def _number(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
-def _numbers(d) -> bool:
-    return isinstance(d, dict) and all(_number(v) for v in d.values())
-
-
-def row_problem(journal: str, row: dict) -> str | None:
-    """What makes a journal row unusable by a reader (a field missing or of the wrong type), or None."""
-    if not isinstance(row.get("epoch"), int) or isinstance(row.get("epoch"), bool):
-        return "epoch"
-    if journal == "metrics.jsonl":
-        if not _number(row.get("lr")) or ("weights" in row and not _numbers(row["weights"])):
-            return "lr or weights"
-        for split in ("train", "holdout", "val"):
-            if split in row and not (isinstance(row[split], dict) and all(_numbers(v) for v in row[split].values())):
-                return split
-    elif journal == "blend_weights.jsonl":
-        heads = row.get("heads")
-        if not isinstance(heads, dict) or not all(isinstance(v, dict) and _number(v.get("w_raw")) and
-                                                  _number(v.get("w")) for v in heads.values()):
-            return "heads"
-    return None
-
-
-def final_problem(final: dict) -> str | None:
-    """What makes a final.json unusable by a reader (a field of the wrong type), or None."""
-    for k in ("clip_top1", "video_top1", "video_top5", "train_top1", "val_loss", "train_loss", "map", "mauc"):
-        if k in final and not _number(final[k]):
-            return f"{k} is not a number"
-    for k in ("heads", "weights", "splits"):
-        if k in final and not isinstance(final[k], dict):
-            return f"{k} is not a table"
-    for head, vals in final.get("heads", {}).items():
-        if not isinstance(vals, dict) or not all(_number(v) for v in vals.values()):
-            return f"heads.{head} holds a value that is not a number"
-    if not all(_number(v) for v in final.get("weights", {}).values()):
-        return "weights holds a value that is not a number"
-    for k in ("seed", "epochs"):
-        if k in final and (not isinstance(final[k], int) or isinstance(final[k], bool)):
-            return f"{k} is not an integer"
-    if "modalities" in final and (not isinstance(final["modalities"], list)
-                                  or not all(isinstance(m, str) for m in final["modalities"])):
-        return "modalities is not a list of names"
-    for k in ("method", "head", "mode", "dataset"):
-        if k in final and not isinstance(final[k], str):
-            return f"{k} is not a name"
-    return None
 
 
 def environment_info(device, world: int, amp_dtype, splits: dict) -> dict:
