@@ -281,8 +281,12 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, ks: list[int]) -> dict:
         # augmentation randomness depends only on (seed, epoch, item), so a resumed run and any
-        # number of loader workers draw the same clips
-        rng = np.random.default_rng([self.seed, self.epoch, int(ks[0]), len(ks)]) if self.train else None
+        # number of loader workers draw the same clips. The crop offsets come from a stream of their
+        # own: a run that loads no frames (audio alone) then draws the same starts and flips as one
+        # that does, so a uni-modal audio run is the audio estimator of a fused run (blend.terms_from_runs).
+        key = [self.seed, self.epoch, int(ks[0]), len(ks)]
+        rng = np.random.default_rng(key) if self.train else None
+        crop_rng = np.random.default_rng(key + [1]) if self.train else None
         cols: dict[str, list[np.ndarray]] = {m: [] for m in self.modalities}
         labels, videos = [], []
         for k in ks:
@@ -303,7 +307,7 @@ class ClipDataset(torch.utils.data.Dataset):
                 if crop_box is None:
                     c = min(self.crop, h, w)
                     if self.train:
-                        y0, x0 = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
+                        y0, x0 = int(crop_rng.integers(0, h - c + 1)), int(crop_rng.integers(0, w - c + 1))
                     else:
                         y0, x0 = (h - c) // 2, (w - c) // 2
                     crop_box = (y0, x0, c)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 SILENCE = np.float16(np.log(1e-6))  # a silent log-mel frame: log of the floor added to the mel power
 
@@ -182,6 +183,35 @@ def test_no_flip_in_evaluation_or_when_off(tmp_path):
             b = data.__getitems__([k])
             assert np.array_equal(b["rgb"][0].numpy(), src["rgb"][2:6])
             assert np.array_equal(b["flow"][0].numpy(), src["flow"][2:6])
+
+
+def test_a_modality_draws_the_same_clips_whatever_else_is_loaded(tmp_path):
+    """Training batches with random starts, flips and crops smaller than the frame: each
+    modality's clips depend only on (seed, epoch, batch), not on the other modalities loaded. The
+    audio of an audio-only run is the audio of an audio+RGB run, and RGB's crops are the same with
+    or without flow and audio — what lets offline G-Blend read Algorithm 2's estimators from the
+    uni-modal runs (blend.terms_from_runs). (Before, the crop offsets were drawn from the stream
+    of starts and flips, so from a batch's second clip on the audio windows moved once frames
+    were loaded.)"""
+    from gblend_cli.data import ClipDataset, PreparedDataset
+
+    rng = np.random.default_rng(5)
+    ds = PreparedDataset(write_prepared(tmp_path / "d", {f"c{i}": _clip(rng, t=16, side=12) for i in range(4)}))
+    items = [(i % 4, -1) for i in range(8)]
+    cfg = clip_cfg(crop=8, flip=True)
+
+    def batch(modalities):
+        data = ClipDataset(ds, items, modalities, cfg, train=True, seed=7)
+        data.set_epoch(3)
+        return data.__getitems__(list(range(len(items))))
+
+    audio, rgb = batch(["audio"])["audio"], batch(["rgb"])["rgb"]
+    starts = {tuple(_audio_rows(a.numpy())) for a in audio}
+    assert len(starts) > 2  # the windows do move with the drawn starts: the comparison means something
+    for mods in (["audio", "rgb"], ["audio", "rgb", "flow"], ["audio", "flow"]):
+        assert torch.equal(batch(mods)["audio"], audio), mods
+    for mods in (["rgb", "flow"], ["audio", "rgb"], ["audio", "rgb", "flow"]):
+        assert torch.equal(batch(mods)["rgb"], rgb), mods
 
 
 # ============================================================================================ audio window
