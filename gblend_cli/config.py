@@ -298,8 +298,23 @@ def load_config(recipe: str | Path | None = None, overrides: dict[str, Any] | No
         if e.key in given and given[e.key].startswith("-"):
             raise UserError(f"{given[e.key]}: {e.problem}") from None
         raise
+    _canonical_combos(cfg["reproduce"])
     cfg["_recipe"] = str(path) if path else ""
     return cfg
+
+
+def canonical_combo(combo: str) -> str:
+    """A combination in the one spelling runs are named by (rgb+audio -> audio+rgb)."""
+    mods = combo.split("+")
+    return "+".join(m for m in MODALITIES if m in mods)
+
+
+def _canonical_combos(rp: dict) -> None:
+    """The matrix's combinations in canonical order: a recipe's "rgb+audio" names the runs of
+    audio+rgb (report rows, the main combination's seeds and margins, offline pooling)."""
+    rp["main"] = canonical_combo(rp["main"])
+    for k in ("other_combos", "methods_combos"):
+        rp[k] = list(dict.fromkeys(canonical_combo(c) for c in rp[k]))
 
 
 class BadValue(UserError):

@@ -33,7 +33,7 @@ from .config import read_saved_toml, saved_value, to_toml
 from .errors import UserError
 from .experiment import RunKey
 from .integrity import state_checksum
-from .run_schema import final_problem, row_problem
+from .run_schema import names_earlier_estimate, final_problem, row_problem
 from .storage import (append_jsonl, read_jsonl, remove_stale_temps, require_known_format, rewrite_jsonl_atomic,
                       torch_save_atomic, write_json_atomic, write_text_atomic)
 
@@ -143,12 +143,13 @@ class RunFolder:
         path = self.path / name
         damaged: list[int] = []
         rows = read_jsonl(path, damaged)
-        bad = [n for n, r in enumerate(rows, 1) if row_problem(name, r)]
+        bad = [n for n, r in enumerate(rows, 1) if row_problem(name, r) or
+               (name == "blend_weights.jsonl" and not names_earlier_estimate(r, rows[:n - 1]))]
         if strict and (damaged or bad):
             line = min(damaged + bad) if not damaged or not bad else min(damaged[0], bad[0])
             raise UserError(f"{path}: line {line} is damaged; the same train command with --resume rewrites it "
                             f"from {self.last}")
-        return [r for r in rows if not row_problem(name, r)]
+        return [r for n, r in enumerate(rows, 1) if n not in bad]
 
     def damaged_journals(self) -> list[str]:
         out = []
