@@ -86,6 +86,20 @@ def broadcast_object(obj):
     return obj
 
 
+@torch.no_grad()
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics) before an evaluation pass.
+
+    Why: DDP broadcasts rank 0's buffers at the start of each training forward, and each rank then
+    updates them with its own batch; after the last step they differ by that batch. Each rank
+    evaluates its own share of the videos, so without this the numbers would come from a mix of
+    models, none of them the one saved (rank 0's). A no-op outside a distributed run."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    for b in unwrap(model).buffers():
+        dist.broadcast(b, src=0)
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -218,7 +218,9 @@ def recalibrated_bn(model: torch.nn.Module, loader, *, precision: Precision, mod
 
     Why: at φ_0 the running statistics are the initial mean 0 / variance 1, far from the data's
     (raw log-mel values are about -10 to 0), so an eval-mode pass at φ_0 measures a distorted
-    network (audio L^V_0 ≈ 2.27 instead of ln 8 = 2.08). The copy leaves the trained model as it is."""
+    network (audio L^V_0 ≈ 2.27 instead of ln 8 = 2.08). The copy leaves the trained model as it is.
+    In a distributed run each rank passes over its own share of `loader`; the statistics are then
+    averaged over every rank's batches, so all ranks hold the same calibrated model."""
     import copy
 
     bns = (torch.nn.modules.batchnorm._BatchNorm,)
@@ -233,5 +235,13 @@ def recalibrated_bn(model: torch.nn.Module, loader, *, precision: Precision, mod
         inputs, _ = precision.to_device(batch, modalities)
         with precision.autocast():
             calibrated(inputs)
+    if dist_utils.world_size() > 1:  # each rank saw its share of the loader: the average over all batches
+        for m in calibrated.modules():
+            if isinstance(m, bns) and m.track_running_stats:
+                n = m.num_batches_tracked.to(m.running_mean.dtype)
+                total = dist_utils.all_reduce_sum(n.clone())
+                for stat in (m.running_mean, m.running_var):
+                    stat.copy_(dist_utils.all_reduce_sum(stat * n) / total.clamp(min=1))
+                m.num_batches_tracked.copy_(total.long())
     calibrated.eval()
     return calibrated

@@ -100,6 +100,7 @@ class Trainer:
         loader = self.data.final_loader if split == "final" else self.data.eval_loaders.get(split)
         if loader is None:
             return {}
+        dist_utils.sync_buffers(model)  # evaluate rank 0's model, the one saved, on every rank
         on_batch = self.progress.evaluating(f"evaluating {SPLIT_NAMES.get(split, split)}", len(loader.dataset))
         try:
             return evaluate(model, loader, heads, precision=self.precision, modalities=self.key.modalities,
