@@ -22,7 +22,7 @@ class OutputError(Exception):
 def write_output(path: Path, data: bytes) -> str:
     """Write one prepared file atomically; returns its digest."""
     try:
-        write_bytes_atomic(path, data)
+        write_bytes_atomic(path, data, sync_dir=False)  # a rerun re-checks it against the journal
     except OSError as e:
         raise OutputError(f"{e.filename or path}: {e.strerror or e}") from None
     return bytes_digest(data)

@@ -1,5 +1,5 @@
-"""Files on disk: atomic writes (temp file + fsync + rename), append-only JSONL journals that
-survive a kill mid-line, and run-folder locks that detect stale owners."""
+"""Files on disk: atomic writes (temp file + fsync + rename + fsync of the folder), append-only
+JSONL journals that survive a kill mid-line, and run-folder locks that detect stale owners."""
 
 from __future__ import annotations
 
@@ -66,7 +66,19 @@ def _injected_fault(path: Path) -> OSError | None:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable: without it a power cut after os.replace can bring back
+    the old file (or none). Filesystems that cannot fsync a directory are left as they are."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None], sync_dir: bool = True) -> None:
+    """temp file + fsync + rename (+ fsync of the folder with `sync_dir`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -86,6 +98,8 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def remove_stale_temps(*folders: Path) -> int:
@@ -100,8 +114,10 @@ def remove_stale_temps(*folders: Path) -> int:
     return n
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+def write_bytes_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
+    """`sync_dir=False` for prepared clips: one more fsync per file would cost minutes on Kinetics,
+    and a rerun re-checks every clip file against its journal record (clip_files.files_whole)."""
+    _atomic_write(path, lambda f: f.write(data), sync_dir)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -137,7 +153,8 @@ def append_jsonl(path: Path, obj: dict) -> None:
     fault = _injected_fault(path) if _FAULTS_ON else None
     if fault:
         line = line[: len(line) // 2]  # the disk filled up half way through the line
-    if path.exists() and path.stat().st_size:
+    new = not path.exists()
+    if not new and path.stat().st_size:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":  # a torn last line from a killed writer: start a fresh line
@@ -146,6 +163,8 @@ def append_jsonl(path: Path, obj: dict) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+    if new:  # the journal's name itself must survive a power cut
+        _fsync_dir(path.parent)
     if fault:
         raise fault
 

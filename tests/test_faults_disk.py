@@ -188,3 +188,30 @@ def test_a_real_full_disk_while_training(tiny_demo, tmp_path):
     assert err and err[-1].startswith("error:") and "free space" in err[-1], got["stderr"]
     assert "Traceback" not in got["stderr"] and not got["temps"], got
     assert got["resume_rc"] == 0 and got["final"], got
+
+
+def test_writes_survive_a_power_cut_their_folder_is_synced(tmp_path, monkeypatch):
+    """A rename is durable only once its folder is fsynced: results (final.json, checkpoints, a new
+    journal) sync it; prepared clip files do not (a rerun re-checks each against its journal)."""
+    from gblend_cli import clip_files, storage
+
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    storage.write_json_atomic(tmp_path / "final.json", {"a": 1})
+    assert synced[-1] == str(tmp_path) and (tmp_path / "final.json").exists()
+    synced.clear()
+    storage.append_jsonl(tmp_path / "metrics.jsonl", {"epoch": 0})
+    assert synced == [str(tmp_path / "metrics.jsonl"), str(tmp_path)]  # created: its name synced too
+    synced.clear()
+    storage.append_jsonl(tmp_path / "metrics.jsonl", {"epoch": 1})
+    assert synced == [str(tmp_path / "metrics.jsonl")]
+    synced.clear()
+    (tmp_path / "rgb").mkdir()
+    clip_files.write_output(tmp_path / "rgb" / "c.npy", b"x" * 10)
+    assert len(synced) == 1 and synced[0].startswith(str(tmp_path / "rgb" / ".c.npy."))  # the temp file only
