@@ -374,3 +374,30 @@ def test_a_folder_prepared_before_groups_loads_with_each_clip_its_own_group(tmp_
         T, V = split_holdout(new, 0.2, seed)
         assert_groups_whole(new, T, V)
         assert len(V) % 3 == 0 and V  # whole groups of three clips
+
+
+def test_the_demo_splits_as_before_with_or_without_the_group_column(tiny_demo, tmp_path, run_gblend):
+    """The prepared demo (through the Kinetics reader: one clip per YouTube id) splits exactly as
+    before groups; its index.csv cut back to the columns of earlier versions loads with each clip
+    its own group and the same split; running the same prepare-data again (nothing to decode)
+    writes the group column back."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_demo, data)
+    new = PreparedDataset(data)
+    assert [c.group for c in new.clips] == [c.clip_id.rsplit("_", 2)[0] for c in new.clips]
+    with open(data / "index.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][-1] == "group"
+    with open(data / "index.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(row[:-1] for row in rows)
+    old = PreparedDataset(data)
+    assert [c.group for c in old.clips] == [c.clip_id for c in old.clips]
+    for fraction, seed in ((0.2, 0), (0.2, 3), (0.08, 1), (0.5, 7)):
+        want = old_split_holdout(old, fraction, seed)
+        assert want[1] and split_holdout(old, fraction, seed) == split_holdout(new, fraction, seed) == want
+    p = run_gblend("prepare-data", "--dataset", "demo", "--set", "demo.train_videos=32", "--set", "demo.test_videos=16",
+                   "--workers", "1", "--out", data)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [c.group for c in PreparedDataset(data).clips] == [c.group for c in new.clips]
