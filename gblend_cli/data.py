@@ -1,8 +1,9 @@
 """Reading a prepared dataset for training and evaluation.
 
 - Splits: the prepared "train" split is divided by the core into T (trained on) and the held-out
-  V (`train.holdout_fraction`, stratified, seeded): G-Blend's OGR needs V; T' is a fixed subset
-  of T measured in eval mode. The prepared "val" split is the evaluation set.
+  V (`train.holdout_fraction`, stratified, seeded, whole source groups: `split_holdout`): G-Blend's
+  OGR needs V; T' is a fixed subset of T measured in eval mode. The prepared "val" split is the
+  evaluation set.
 - Training clips: random temporal position, random crop (and optional flip); evaluation clips:
   `clip.eval_clips` uniformly spaced positions per video, centre crop.
 - A batch is assembled in one `__getitems__` call (uint8 frames, float16 log-mel), so a
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ class Clip:
     labels: tuple[int, ...]
     frames: int
     has_audio: bool
+    group: str = ""  # source group (index.csv "group"; the clip id in folders prepared before it)
 
 
 class PreparedDataset:
@@ -76,7 +79,10 @@ class PreparedDataset:
                         if row["status"] != "ok":
                             continue
                         labels = tuple(int(x) for x in row["labels"].split(";") if x)
-                        clip = Clip(row["clip_id"], row["split"], labels, int(row["frames"]), row["has_audio"] == "true")
+                        clip = Clip(row["clip_id"], row["split"], labels, int(row["frames"]), row["has_audio"] == "true",
+                                    # a folder prepared before the "group" column: each clip its own group,
+                                    # so its held-out split is the per-clip one it always had
+                                    row.get("group") or row["clip_id"])
                         sums = parse_checksums(row.get("checksums") or "")
                         if not clip.clip_id or any(not 0 <= k < len(self.classes) for k in labels) or clip.frames < 0:
                             raise ValueError("clip id, label or frame count out of range")
@@ -229,23 +235,55 @@ class PreparedDataset:
 
 def split_holdout(ds: PreparedDataset, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Stratified held-out split V of the training split (Sec. 3.3: V approximates the target
-    distribution). Per class, round(fraction * n) clips (at least 1 when fraction > 0 and the class
-    has >= 2 clips) go to V. Multi-label data stratifies on the first label."""
+    distribution), made of whole source groups: clips cut from one source video share a group
+    (`Clip.group`, index.csv "group": UCF-101 class + gXX, EPIC-Kitchens the video_id, Kinetics,
+    AudioSet and VGGSound the YouTube id, AVE the video, CREMA-D/csv/folder the media file unless
+    a csv's `group` column says otherwise). A group is wholly in T or wholly in V, so V holds no
+    near-duplicate of a training clip (which would make L^V underestimate overfitting, shrink
+    ΔO and distort G-Blend's weights).
+
+    A group's class is its clips' first label (multi-label data: first labels), the most common
+    one if they differ (a tie: the one met first). Per class, n clips in its groups: the target is
+    round(fraction * n) clips (at least 1 when fraction > 0 and n >= 2); the groups are shuffled
+    and taken in that order while the target is not reached, a group only when taking it leaves
+    V's count nearer the target than leaving it out (a group too large is passed over); when no
+    group was taken and the class has two or more, its smallest group goes to V (the first of
+    the shuffled order among equals). A class with a single group stays in T unless fraction is
+    above about one half (as a class's only clip went to V before groups).
+
+    When every group is one clip (the demo; folders prepared before groups existed), this is
+    the per-clip split of earlier versions, draw for draw: per class round(fraction * n) clips,
+    the first of the same permutation."""
     train = ds.split_indices("train")
     if fraction <= 0:
         return train, []
     rng = np.random.default_rng([seed, 8])
-    by_class: dict[int, list[int]] = {}
+    groups: dict[str, list[int]] = {}  # in the order of their first clip
     for i in train:
-        by_class.setdefault(ds.clips[i].labels[0] if ds.clips[i].labels else -1, []).append(i)
+        groups.setdefault(ds.clips[i].group, []).append(i)
+    by_class: dict[int, list[list[int]]] = {}
+    for members in groups.values():
+        firsts = Counter(ds.clips[i].labels[0] if ds.clips[i].labels else -1 for i in members)
+        by_class.setdefault(max(firsts, key=firsts.__getitem__), []).append(members)  # a tie: the first met
     t, v = [], []
-    for _, idx in sorted(by_class.items()):
-        idx = list(rng.permutation(idx))
-        k = int(round(fraction * len(idx)))
-        if k == 0 and len(idx) >= 2:
-            k = 1
-        v += idx[:k]
-        t += idx[k:]
+    for _, class_groups in sorted(by_class.items()):
+        order = rng.permutation(len(class_groups))  # the draws of permuting the clips when groups are clips
+        n = sum(len(g) for g in class_groups)
+        target = int(round(fraction * n))
+        if target == 0 and n >= 2:
+            target = 1
+        taken, count = [], 0
+        for j in order:
+            if count >= target:
+                break
+            if count + len(class_groups[j]) - target < target - count:
+                taken.append(j)
+                count += len(class_groups[j])
+        if not taken and len(class_groups) >= 2:
+            taken = [min(order, key=lambda j: len(class_groups[j]))]
+        chosen = {int(j) for j in taken}
+        for j, members in enumerate(class_groups):
+            (v if j in chosen else t).extend(members)
     return sorted(t), sorted(v)
 
 

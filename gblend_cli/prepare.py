@@ -3,7 +3,8 @@
 Layout of a prepared dataset DIR (one .npy per clip and modality, read memory-mapped so a
 training clip reads only its own frames):
   DIR/dataset.json          classes, sampling settings, counts, format version
-  DIR/index.csv             one row per clip: clip_id, split, labels, seconds, frames, has_audio, status, reason
+  DIR/index.csv             one row per clip: clip_id, split, labels, seconds, frames, has_audio, status, reason,
+                            source, checksums, group (the source group the held-out split keeps whole)
   DIR/rgb/<clip>.npy        (T, H, W, 3) uint8, T = seconds * fps, short side = prepare.short_side
   DIR/audio/<clip>.npy      (A, 40) float16 log-mel, A = 100 per second (silence when has_audio is false)
   DIR/flow/<clip>.npy       (T, H, W, 2) uint8 quantised flow (frame t -> t+1)
@@ -200,7 +201,7 @@ class _Plan:
     def __init__(self, db):
         self.conn = db.conn
         self.conn.executescript(
-            "CREATE TABLE clips (n INTEGER PRIMARY KEY, clip TEXT UNIQUE, split TEXT, spec TEXT);"
+            "CREATE TABLE clips (n INTEGER PRIMARY KEY, clip TEXT UNIQUE, split TEXT, spec TEXT, grp TEXT);"
             "CREATE TABLE missing (n INTEGER PRIMARY KEY, clip TEXT, reason TEXT, kind TEXT, split TEXT);"
             "CREATE TABLE done (clip TEXT PRIMARY KEY, status TEXT, has_audio INTEGER, rec TEXT);")
         self.n_clips = self.n_missing = 0
@@ -217,14 +218,14 @@ class _Plan:
             else:
                 spec = {"clip_id": entry.clip_id, "path": str(entry.path), "labels": list(entry.labels),
                         "split": entry.split, "start": entry.start, "end": entry.end}
-                clips.append((entry.clip_id, entry.split, json.dumps(spec, separators=(",", ":"))))
+                clips.append((entry.clip_id, entry.split, json.dumps(spec, separators=(",", ":")), entry.group))
             if len(clips) + len(missing) >= 2048:
                 self._flush(clips, missing)
         self._flush(clips, missing)
         self.conn.commit()
 
     def _flush(self, clips: list, missing: list) -> None:
-        self.conn.executemany("INSERT INTO clips (clip, split, spec) VALUES (?, ?, ?)", clips)
+        self.conn.executemany("INSERT INTO clips (clip, split, spec, grp) VALUES (?, ?, ?, ?)", clips)
         self.conn.executemany("INSERT INTO missing (clip, reason, kind, split) VALUES (?, ?, ?, ?)", missing)
         self.n_clips += len(clips)
         self.n_missing += len(missing)
@@ -272,17 +273,18 @@ class _Plan:
                 yield json.loads(spec)
 
     def records(self, where: str = "1"):
-        """Journal records of the manifest's clips, in manifest order."""
+        """Journal records of the manifest's clips, in manifest order, each with its source group
+        from the manifest ("group": a journal written before groups existed has none)."""
         self.conn.commit()
         last = 0
         while True:
-            rows = self.conn.execute(f"SELECT c.n, d.rec FROM clips c JOIN done d ON d.clip = c.clip WHERE c.n > ? "
-                                     f"AND ({where}) ORDER BY c.n LIMIT ?", (last, self.CHUNK)).fetchall()
+            rows = self.conn.execute(f"SELECT c.n, d.rec, c.grp FROM clips c JOIN done d ON d.clip = c.clip WHERE "
+                                     f"c.n > ? AND ({where}) ORDER BY c.n LIMIT ?", (last, self.CHUNK)).fetchall()
             if not rows:
                 return
-            for n, rec in rows:
+            for n, rec, group in rows:
                 last = n
-                yield json.loads(rec)
+                yield json.loads(rec) | {"group": group or ""}
 
     def missing(self):
         last = 0
@@ -375,7 +377,7 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
 
 REPORT_FAILED_MAX = 1000
 INDEX_COLUMNS = ["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status", "reason", "source",
-                 "checksums"]
+                 "checksums", "group"]  # group: the clip's source group (data.split_holdout keeps it whole)
 
 
 def _csv_line(fields: list) -> str:
@@ -391,7 +393,7 @@ def write_outputs(out: Path, cfg: dict, stream, plan: _Plan) -> dict:
         for r in plan.records():
             yield _csv_line([r["clip"], r["split"], ";".join(map(str, r["labels"])), r.get("seconds", ""),
                              r.get("frames", ""), str(r.get("has_audio", "")).lower(), r["status"], r.get("reason", ""),
-                             r["source"], format_checksums(r.get("files") or {})])
+                             r["source"], format_checksums(r.get("files") or {}), r["group"]])
 
     write_lines_atomic(out / "index.csv", index_lines())
     per_split = plan.ok_per_split()

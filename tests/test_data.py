@@ -21,9 +21,10 @@ SILENCE = np.float16(np.log(1e-6))  # a silent log-mel frame: log of the floor a
 # ============================================================================================ V and T'
 
 def fake_ds(labels: list[tuple[int, ...]], splits: list[str] | None = None):
-    """What split_holdout reads of a PreparedDataset: clips with labels and splits."""
+    """What split_holdout reads of a PreparedDataset: clips with labels, splits and source groups
+    (here each clip its own group; tests/test_source_groups.py has shared ones)."""
     splits = splits or ["train"] * len(labels)
-    clips = [SimpleNamespace(labels=lb, split=s) for lb, s in zip(labels, splits)]
+    clips = [SimpleNamespace(labels=lb, split=s, group=f"clip{i}") for i, (lb, s) in enumerate(zip(labels, splits))]
     return SimpleNamespace(clips=clips, split_indices=lambda split: [i for i, c in enumerate(clips) if c.split == split])
 
 

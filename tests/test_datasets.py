@@ -145,6 +145,7 @@ def test_kinetics_sounds_prepares_only_its_classes(prepared):
     rows = index(out)
     assert set(rows) == {"bagpipes001_000010_000020", "tappingPen1_000000_000010", "bagpipesVAL_000003_000013"}
     assert m["classes"][int(rows["tappingPen1_000000_000010"]["labels"])] == "tapping pen"
+    assert {k: r["group"] for k, r in rows.items()} == {k: k.rsplit("_", 2)[0] for k in rows}  # the YouTube id
     r = report(out)
     assert (r["ok"], r["failed"], r["dropped_rows"], r["rows"]) == (3, [], 1, {"train": 2, "val": 1})
     assert m["store"] == "packed"  # the recipe's store
@@ -161,6 +162,7 @@ def test_ave_prepares_whole_videos_with_their_category(prepared):
     assert m["clips"] == {"test": 1, "train": 3, "val": 1}
     rows = index(out)
     assert m["classes"][int(rows["-4Aq_9qLPGw"]["labels"])] == "Male speech, man speaking"
+    assert all(r["group"] == k for k, r in rows.items())  # the VideoID
     assert all(float(r["seconds"]) == pytest.approx(2.0) for r in rows.values())  # whole video, not 2..7 s
     assert report(out)["failed"] == [{"clip": "gone0000001", "reason": "file not found: gone0000001.*",
                                       "stage": "file", "split": "train"}]
@@ -174,6 +176,9 @@ def test_ucf101_keeps_silent_videos_and_reads_split_1(prepared):
     assert {k: (r["split"], r["has_audio"]) for k, r in rows.items()} == {
         "v_ApplyEyeMakeup_g08_c01": ("train", "false"), "v_HandStandPushups_g08_c01": ("train", "true"),
         "v_ApplyEyeMakeup_g01_c01": ("test", "false"), "v_HandStandPushups_g01_c02": ("test", "true")}
+    assert {k: r["group"] for k, r in rows.items()} == {  # class (as classInd.txt spells it) + gXX
+        "v_ApplyEyeMakeup_g08_c01": "ApplyEyeMakeup_g08", "v_HandStandPushups_g08_c01": "HandstandPushups_g08",
+        "v_ApplyEyeMakeup_g01_c01": "ApplyEyeMakeup_g01", "v_HandStandPushups_g01_c02": "HandstandPushups_g01"}
     assert (np.load(out / "audio" / "v_ApplyEyeMakeup_g08_c01.npy") == SILENCE).all()
     assert not (np.load(out / "audio" / "v_HandStandPushups_g08_c01.npy") == SILENCE).all()
     assert report(out)["no_audio"] == 2
@@ -188,6 +193,7 @@ def test_vggsound_quoted_label_and_the_cut_download(prepared):
     assert m["classes"] == ["cattle, bovinae cowbell", "dog barking", "people marching"]
     rows = index(out)
     assert rows["-0BIyqJj9ZU_000030"]["labels"] == "0" and rows["---g-f_I2yQ_000001"]["split"] == "test"
+    assert {k: r["group"] for k, r in rows.items()} == {k: k.rsplit("_", 1)[0] for k in rows}  # the YouTube id
     failed = {f["clip"]: f for f in report(out)["failed"]}
     assert failed["neverLoaded_000010"]["stage"] == "file"
     # the truncated mkv decodes in part (prepare-data keeps what is there) or fails with a reason

@@ -34,7 +34,7 @@ def read_index(out: Path) -> dict[str, dict]:
     with open(out / "index.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows and list(rows[0]) == ["clip_id", "split", "labels", "seconds", "frames", "has_audio", "status",
-                                      "reason", "source", "checksums"]
+                                      "reason", "source", "checksums", "group"]
     return {r["clip_id"]: r for r in rows}
 
 
@@ -146,6 +146,9 @@ def test_tiny_demo_fixture(tiny_demo):
     assert meta["clips"] == {"train": 32, "val": 16}
     index = read_index(tiny_demo)
     assert len(index) == 48 and all(r["status"] == "ok" for r in index.values())
+    # the demo's group is the YouTube id (the Kinetics reader), one per clip: its held-out split is per clip
+    assert all(r["group"] == r["clip_id"].rsplit("_", 2)[0] for r in index.values())
+    assert len({r["group"] for r in index.values()}) == 48
     for m in ("rgb", "audio", "flow"):
         assert len(list((tiny_demo / m).glob("*.npy"))) == 48
     assert_arrays(tiny_demo, next(iter(index)), *expected_demo_shape(meta), meta["fps"])
@@ -230,6 +233,7 @@ def test_kinetics_quirks_good_clips_are_kept(kinetics_run):
         assert int(row["frames"]) == round(2 * fps) and float(row["seconds"]) == pytest.approx(2.0)
         assert row["has_audio"] == ("false" if tone is None else "true")
         assert row["labels"] == str(meta["classes"].index(label))
+        assert row["group"] == ytid  # the source group: the YouTube id
         rgb, audio, flow = assert_arrays(out, clip_id(ytid), round(2 * fps), side, fps)
         xs = square_xs(rgb)
         assert (np.diff(xs) >= -0.5).all() and xs[-1] - xs[0] > 0.5 * side, (ytid, xs)  # moves right

@@ -15,13 +15,17 @@ disk), so a 260,000-row Kinetics manifest costs the reading process the same mem
 
 Media files are found by one walk of the dataset root (symlinked directories are not followed,
 hidden files and directories are skipped) and matched by file stem.
+
+Every clip carries its source group (`ClipSpec.group`): clips cut from one source video share
+it, and the held-out split V keeps each group whole (`data.split_holdout`). Each reader's
+docstring says what its group is; by default the media file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -59,8 +63,7 @@ def _unique_ids(entries: Iterator, db) -> Iterator:
             n += 1
         if n_done % 4096 == 4095:
             conn.commit()
-        yield clip if clip_id == clip.clip_id else ClipSpec(clip_id, clip.path, clip.labels, clip.split, clip.start,
-                                                            clip.end)
+        yield clip if clip_id == clip.clip_id else replace(clip, clip_id=clip_id)
     conn.commit()
 
 
@@ -147,6 +150,5 @@ def read_manifest(dataset: str, root: Path, annotations: list[Path], *, allow_ou
             if isinstance(entry, Missing):
                 missing.append(entry._asdict())
             else:
-                clips.append(ClipSpec(entry.clip_id, Path(entry.path), entry.labels, entry.split, entry.start,
-                                      entry.end))
+                clips.append(replace(entry, path=Path(entry.path)))
     return Manifest(stream.dataset, stream.classes, stream.multilabel, clips, missing, stream.rows, stream.dropped)

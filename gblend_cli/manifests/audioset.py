@@ -11,7 +11,7 @@ def _read_audioset(media: _Media, annotations: list[Path]) -> Reader:
     after ``#`` comment lines) plus ``class_labels_indices.csv`` (``index,mid,display_name``,
     recognised by its header). Multi-label; files named ``eval*`` are the val split.
     Media files are the trimmed segments ``<YTID>_<start:06d>_<end:06d>``,
-    ``<YTID>_<start>_<end>`` or ``<YTID>``."""
+    ``<YTID>_<start>_<end>`` or ``<YTID>``. Source group: the YTID."""
     def header(ann):
         rows = _iter_rows(ann, skipinitialspace=True)
         first = next(rows, None)
@@ -62,6 +62,6 @@ def _read_audioset(media: _Media, annotations: list[Path]) -> Reader:
             stems = [f"{ytid}_{start:06d}_{end:06d}", f"{ytid}_{start}_{end}", ytid]
             path, reason = media.find(stems, (*SPLIT_FOLDERS[split], ann.stem))
             yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(
-                clip_id, path, tuple(sorted({mid_index[m] for m in mids})), split)
+                clip_id, path, tuple(sorted({mid_index[m] for m in mids})), split, group=ytid)
 
     return classes, True, rows, 0, entries

@@ -19,7 +19,7 @@ def _read_ave(media: _Media, annotations: list[Path]) -> Reader:
     event's StartTime..EndTime is validated but not used). A video listed again (a second event
     of the same category) is one clip; listed with another category, the first row wins and the
     later one is reported. Classes: the sorted categories of all files given (Annotations.txt,
-    when given, supplies all 28 even if a split lacks one)."""
+    when given, supplies all 28 even if a split lacks one). Source group: the VideoID."""
     label_files, split_files = [], []
     for ann in annotations:
         name = ann.name.lower()
@@ -74,6 +74,7 @@ def _read_ave(media: _Media, annotations: list[Path]) -> Reader:
                     continue
                 seen[vid] = (split, cat)
                 path, reason = media.find([vid], SPLIT_FOLDERS[split])
-                yield Missing(vid, reason, "file", split) if reason else ClipSpec(vid, path, (index[cat],), split)
+                yield Missing(vid, reason, "file", split) if reason else ClipSpec(vid, path, (index[cat],), split,
+                                                                                  group=vid)
 
     return classes, False, rows, 0, entries

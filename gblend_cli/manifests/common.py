@@ -42,6 +42,8 @@ class ClipSpec:
     split: str                # "train" | "val" | "test"
     start: float | None = None  # seconds into the file (None: whole file)
     end: float | None = None
+    group: str = ""           # source group: clips of one source video share it and are held out together
+                              # (data.split_holdout); "" = the clip alone (each reader sets it: see `_Media.group`)
 
 
 class Missing(NamedTuple):
@@ -154,6 +156,15 @@ class _Media:
         if not os.path.isfile(full):
             return None, f"file not found: {full}"
         return full, None
+
+    def group(self, path: str) -> str:
+        """The default source group of a clip: its media file ('/'-separated, relative to the root
+        when under it), so clips cut from one file share a group. Readers whose annotations name
+        the source video use that instead (Kinetics/AudioSet/VGGSound: the YouTube id; EPIC: the
+        video_id; UCF-101: class + gXX)."""
+        full = os.path.normpath(path if os.path.isabs(path) else os.path.join(self.root, path))
+        rel = os.path.relpath(full, self.root)
+        return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel.replace(os.sep, "/")
 
     def find(self, stems, hints=(), ignore_case: bool = False) -> tuple[str | None, str | None]:
         """Look up the first stem that exists; among files sharing a stem prefer the one whose

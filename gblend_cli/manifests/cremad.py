@@ -16,7 +16,8 @@ def _read_cremad(media: _Media) -> Reader:
     (e.g. ``1001_IEO_HAP_LO.flv``; no CSV needed). The video file is preferred over
     the audio file of the same stem. Speaker-disjoint split: the distinct actor ids
     are sorted and the last 10% of them (rounded up, at least one when there are two
-    or more actors) form "val", all other actors "train". (7,442 clips: held in memory.)"""
+    or more actors) form "val", all other actors "train". (7,442 clips: held in memory.) Source
+    group: the media file (one clip per file: the held-out V is per clip, not per speaker)."""
     chosen: dict[str, str] = {}
     for rel in media.files():
         stem, suffix = os.path.splitext(rel.rsplit("/", 1)[-1])
@@ -36,6 +37,7 @@ def _read_cremad(media: _Media) -> Reader:
                 continue
             path, reason = media.check(chosen[stem])
             split = "val" if stem[:4] in val_actors else "train"
-            yield Missing(stem, reason, "file", split) if reason else ClipSpec(stem, path, (CREMAD_EMOTIONS.index(emotion),), split)
+            yield Missing(stem, reason, "file", split) if reason else ClipSpec(
+                stem, path, (CREMAD_EMOTIONS.index(emotion),), split, group=media.group(path))
 
     return list(CREMAD_EMOTIONS), False, None, 0, entries

@@ -22,7 +22,8 @@ def _read_epic(media: _Media, annotations: list[Path], label_field: str) -> Read
     segments ``start_timestamp``..``stop_timestamp`` (HH:MM:SS.ff) of the long videos
     ``<video_id>.MP4`` (e.g. ``<root>/<participant_id>/videos/``). ``label_field`` picks
     ``verb_class``, ``noun_class`` or the (verb_class, noun_class) pair ("action").
-    Split from the file name: *val* -> val, *test* -> test, else train."""
+    Split from the file name: *val* -> val, *test* -> test, else train. Source group: the
+    video_id (``P01_01``: every segment of one long video is held out together)."""
     if label_field not in ("verb", "noun", "action"):
         raise ManifestError(f"epic-kitchens: label_field must be verb, noun or action, not {label_field!r}")
     need = ("verb_class", "noun_class") if label_field == "action" else (f"{label_field}_class",)
@@ -66,6 +67,6 @@ def _read_epic(media: _Media, annotations: list[Path], label_field: str) -> Read
                 continue
             path, reason = media.find([video], (participant, *SPLIT_FOLDERS[split]))
             yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(clip_id, path, (index[key],), split,
-                                                                                  start, end)
+                                                                                  start, end, group=video)
 
     return classes, False, rows, 0, entries

@@ -8,10 +8,11 @@ from pathlib import Path
 from .common import ClipSpec, ManifestError, Missing, Reader, SPLITS, _Media, _count, _float, _split, _table
 
 def _read_generic_csv(media: _Media, annotations: list[Path]) -> Reader:
-    """Generic CSV: ``path,label`` plus optional ``split,start,end``. ``path`` is
+    """Generic CSV: ``path,label`` plus optional ``split,start,end,group``. ``path`` is
     relative to the root; ``label`` holds class names separated by ``;`` (multi-label
     when any row has several, whether or not its file is found); start/end are seconds (empty:
-    whole file)."""
+    whole file). ``group`` names the clip's source (clips sharing it are held out together);
+    empty or absent: the media file, so clips cut from one file share a group."""
     def records():
         for ann in annotations:
             _, rows = _table(ann, "path", "label")
@@ -23,12 +24,12 @@ def _read_generic_csv(media: _Media, annotations: list[Path]) -> Reader:
                 start, end = (_float(ann, line, c, row[c]) if row.get(c) else None for c in ("start", "end"))
                 clip_id = os.path.splitext(row["path"])[0].replace("\\", "/").strip("/").replace("/", "__")
                 clip_id += f"_{start:g}" if start is not None else ""
-                yield clip_id, row["path"], names, split, start, end
+                yield clip_id, row["path"], names, split, start, end, row.get("group", "")
 
     labels: set[str] = set()
     rows: dict[str, int] = {}
     multilabel = False
-    for _, _, names, split, _, _ in records():
+    for _, _, names, split, *_ in records():
         labels.update(names)
         multilabel |= len(names) > 1
         _count(rows, split)
@@ -36,7 +37,7 @@ def _read_generic_csv(media: _Media, annotations: list[Path]) -> Reader:
     index = {c: i for i, c in enumerate(classes)}
 
     def entries():
-        for clip_id, raw, names, split, start, end in records():
+        for clip_id, raw, names, split, start, end, group in records():
             if not names:
                 yield Missing(raw, "no label", "annotation", split)
                 continue
@@ -44,8 +45,8 @@ def _read_generic_csv(media: _Media, annotations: list[Path]) -> Reader:
                 yield Missing(raw, f"end {end:g} is not after start {start:g}", "annotation", split)
                 continue
             path, reason = media.check(raw)
-            yield Missing(raw, reason, "file", split) if reason else ClipSpec(clip_id, path, tuple(index[n] for n in names), split,
-                                                               start, end)
+            yield Missing(raw, reason, "file", split) if reason else ClipSpec(
+                clip_id, path, tuple(index[n] for n in names), split, start, end, group or media.group(path))
 
     return classes, multilabel, rows, 0, entries
 
@@ -53,7 +54,7 @@ def _read_generic_csv(media: _Media, annotations: list[Path]) -> Reader:
 def _read_folder(media: _Media) -> Reader:
     """Class-folder layout without CSV: ``<root>/<split>/<label>/<file>`` when every
     top-level directory is a split name (train/val/validate/validation/test), else
-    ``<root>/<label>/<file>`` (all "train"). Files at other depths are ignored."""
+    ``<root>/<label>/<file>`` (all "train"). Files at other depths are ignored. Source group: the file."""
     try:
         with os.scandir(media.root) as it:
             top = [e.name for e in it if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
@@ -76,6 +77,7 @@ def _read_folder(media: _Media) -> Reader:
         for rel, label, split in files():
             clip_id = f"{label}__{os.path.splitext(rel.rsplit('/', 1)[-1])[0]}"
             path, reason = media.check(rel)
-            yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(clip_id, path, (index[label],), split)
+            yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(clip_id, path, (index[label],), split,
+                                                                                  group=media.group(path))
 
     return classes, False, None, 0, entries

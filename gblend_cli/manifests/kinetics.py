@@ -25,7 +25,9 @@ def _read_kinetics(media: _Media, annotations: list[Path], name: str, keep: list
 
     ``keep`` (a class subset, e.g. Kinetics-Sounds): rows of other classes are dropped (counted,
     not reported as missing) and the class list is the sorted subset, whether or not every class
-    occurs in the CSVs (so class indices do not depend on which CSVs were given)."""
+    occurs in the CSVs (so class indices do not depend on which CSVs were given).
+
+    Source group: the YouTube id (clips of one video are held out together)."""
     keepset = set(keep) if keep is not None else None
     labels: set[str] = set()
     rows: dict[str, int] = {}
@@ -51,6 +53,7 @@ def _read_kinetics(media: _Media, annotations: list[Path], name: str, keep: list
                 yield Missing(clip_id, "no label", "annotation", split)
                 continue
             path, reason = media.find([clip_id, ytid], (*SPLIT_FOLDERS[split], label))
-            yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(clip_id, path, (index[label],), split)
+            yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(clip_id, path, (index[label],), split,
+                                                                                  group=ytid)
 
     return classes, False, rows, dropped, entries

@@ -9,6 +9,7 @@ from pathlib import Path
 from .common import ClipSpec, ManifestError, Missing, Reader, _Media, _count, _iter_lines
 
 _UCF_LIST = re.compile(r"^(trainlist|testlist)0([1-3])\.txt$", re.IGNORECASE)
+_UCF_GROUP = re.compile(r"^v_.+_g(\d+)_c\d+$", re.IGNORECASE)
 
 
 def _read_ucf101(media: _Media, annotations: list[Path], split_no: int) -> Reader:
@@ -20,7 +21,9 @@ def _read_ucf101(media: _Media, annotations: list[Path], split_no: int) -> Reade
     ``<root>/<Class>/v_<Class>_gXX_cYY.avi``; names are matched without regard to case when the
     exact path is absent (the lists spell ``HandStandPushups`` where the files say
     ``HandstandPushups``). About half of the classes have no audio track: those clips are kept
-    with silence. Splits: "train" and "test" (the evaluation split)."""
+    with silence. Splits: "train" and "test" (the evaluation split). Source group: class + gXX
+    (``ApplyEyeMakeup_g08``): the clips of a group share actor and scene, and the official splits
+    keep each group on one side, so the held-out V does too (a name without ``_gXX_cYY``: its file)."""
     class_files = [a for a in annotations if a.name.lower() == "classind.txt"]
     if len(class_files) != 1:
         raise ManifestError(f"ucf101: expected exactly one classInd.txt among the annotations (lines like "
@@ -80,6 +83,11 @@ def _read_ucf101(media: _Media, annotations: list[Path], split_no: int) -> Reade
             path, reason = media.check(rel)
             if path is None and reason.startswith("file not found"):
                 path, _ = media.find([stem], (folder, classes[label]), ignore_case=True)
-            yield ClipSpec(stem, path, (label,), split) if path else Missing(stem, reason, "file", split)
+            if not path:
+                yield Missing(stem, reason, "file", split)
+                continue
+            g = _UCF_GROUP.match(stem)
+            group = f"{classes[label]}_g{int(g[1]):02d}" if g else media.group(path)
+            yield ClipSpec(stem, path, (label,), split, group=group)
 
     return classes, False, rows, 0, entries

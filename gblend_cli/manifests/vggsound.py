@@ -15,7 +15,7 @@ def _read_vggsound(media: _Media, annotations: list[Path]) -> Reader:
     present); labels containing commas are quoted (``"cattle, bovinae cowbell"``); split is
     ``train`` or ``test``. Files ``<youtube_id>_<start:06d>.<ext>`` (the released archive's
     naming), ``<youtube_id>_<start:06d>_<end:06d>``, ``<youtube_id>_<start>`` or
-    ``<youtube_id>``, flat or in split/label folders."""
+    ``<youtube_id>``, flat or in split/label folders. Source group: the youtube_id."""
     def records():
         for ann in annotations:
             for line, fields in _iter_rows(ann):
@@ -48,6 +48,7 @@ def _read_vggsound(media: _Media, annotations: list[Path]) -> Reader:
             end = start + _VGGSOUND_SECONDS
             stems = [clip_id, f"{clip_id}_{end:06d}", f"{ytid}_{start}", f"{ytid}_{start}_{end}", ytid]
             path, reason = media.find(stems, (*SPLIT_FOLDERS[split], label))
-            yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(clip_id, path, (index[label],), split)
+            yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(clip_id, path, (index[label],), split,
+                                                                                  group=ytid)
 
     return classes, False, rows, 0, entries
