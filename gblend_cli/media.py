@@ -60,21 +60,58 @@ def open_video(path: str):
     return container
 
 
+def start_time(container) -> float:
+    """Seconds at which a media file's timeline starts: its first video stream's start_time (the
+    container's when the stream declares none), never below 0. Usually 0; not in files whose
+    timestamps start later (a webm cut from a live stream, an mp4 whose edit list delays the
+    video, an flv shifted for the audio's priming). decode_clip and probe_media count a clip's
+    start and end from here. `container`: an open PyAV container, or a path."""
+    if not hasattr(container, "streams"):
+        with open_video(container) as opened:
+            return start_time(opened)
+    t = None
+    if container.streams.video:
+        vs = container.streams.video[0]
+        if vs.start_time is not None and vs.time_base:
+            t = float(vs.start_time * vs.time_base)
+    if t is None and container.start_time is not None:
+        t = container.start_time / av.time_base
+    return max(0.0, t or 0.0)
+
+
+def declared_seconds(container, origin: float | None = None) -> float | None:
+    """How long the file says its video lasts, counted from `origin` (start_time()); None when it
+    does not say. The video stream's duration, else the container's: FFmpeg's container duration
+    counts from the container's start_time, except where the header holds the last timestamp
+    (Matroska/WebM), so the earlier of the two ends it can mean is taken."""
+    origin = start_time(container) if origin is None else origin
+    vs = container.streams.video[0] if container.streams.video else None
+    if vs is not None and vs.duration and vs.time_base:
+        return float(vs.duration * vs.time_base)
+    if container.duration:
+        duration = container.duration / av.time_base
+        begin = (container.start_time or 0) / av.time_base
+        return min(begin + duration, duration) - origin
+    return None
+
+
 def decode_clip(path: str, *, fps: float, short_side: int, start: float | None = None,
                 end: float | None = None, max_seconds: float = 0.0, want_audio: bool = True) -> DecodedClip:
     """Decode [start, end) of a media file to frames at `fps` and 16 kHz mono audio, in one pass
-    over the container's packets (both streams demuxed together)."""
+    over the container's packets (both streams demuxed together). `start` and `end` are seconds
+    from the file's `start_time` (its first video frame), as in probe_media."""
     with open_video(path) as container:
+        origin = start_time(container)  # start/end count from here, as in probe_media
         t0 = float(start or 0.0)
         t1 = float(end) if end is not None else math.inf
         if max_seconds > 0:
             t1 = min(t1, t0 + max_seconds)
         vstream = container.streams.video[0]
         astream = container.streams.audio[0] if (want_audio and container.streams.audio) else None
-        video = _FrameSampler(fps, short_side, t0, t1, float(vstream.average_rate or vstream.guessed_rate or 25))
-        audio = _AudioPlacer(t0, t1) if astream is not None else None
+        video = _FrameSampler(fps, short_side, t0, t1, float(vstream.average_rate or vstream.guessed_rate or 25), origin)
+        audio = _AudioPlacer(t0, t1, origin) if astream is not None else None
         if t0 > 0:
-            container.seek(int(t0 * av.time_base), backward=True, any_frame=False)
+            container.seek(int((origin + t0) * av.time_base), backward=True, any_frame=False)
         streams = [vstream] + ([astream] if astream is not None else [])
         try:
             for packet in container.demux(streams):
@@ -114,12 +151,8 @@ def probe_media(path: str, start: float | None = None, end: float | None = None)
     stops early. Returns {"has_audio", "seconds"}; raises DecodeError with the reason."""
     with open_video(path) as container:
         vstream = container.streams.video[0]
-        origin = (container.start_time or 0) / av.time_base
-        declared = None
-        if vstream.duration and vstream.time_base:
-            declared = float(vstream.duration * vstream.time_base)
-        elif container.duration:
-            declared = container.duration / av.time_base
+        origin = start_time(container)  # start/end count from here, as in decode_clip
+        declared = declared_seconds(container, origin)
         t0 = float(start or 0.0)
         target = min(declared, float(end)) if (declared and end is not None) else (float(end) if end is not None
                                                                                  else declared)
@@ -159,8 +192,9 @@ class _FrameSampler:
     """Picks, for each target time t0 + k/fps, the last source frame shown at that time, and
     converts only those frames (one reused reformatter, ~1.7x faster than to_ndarray(format=))."""
 
-    def __init__(self, fps: float, short_side: int, t0: float, t1: float, src_rate: float):
+    def __init__(self, fps: float, short_side: int, t0: float, t1: float, src_rate: float, origin: float = 0.0):
         self.fps, self.short_side, self.t0, self.t1, self.src_rate = fps, short_side, t0, t1, src_rate
+        self.origin = origin  # start_time(): frame times count from here
         self.reformatter = av.video.reformatter.VideoReformatter()
         self.frames_out: list[np.ndarray] = []
         self.prev = None
@@ -186,7 +220,7 @@ class _FrameSampler:
         if self.done:
             return
         self.n_decoded += 1
-        t = frame.time if frame.time is not None else (self.n_decoded - 1) / self.src_rate
+        t = frame.time - self.origin if frame.time is not None else (self.n_decoded - 1) / self.src_rate
         if t >= self.t1:
             self.done = True
             return
@@ -218,8 +252,8 @@ class _AudioPlacer:
     """Mono 16 kHz samples placed on the video's timeline by their timestamps, so encoder padding
     (AAC adds ~0.05 s), a late audio start and gaps (silence) are handled."""
 
-    def __init__(self, t0: float, t1: float):
-        self.t0, self.t1 = t0, t1
+    def __init__(self, t0: float, t1: float, origin: float = 0.0):
+        self.t0, self.t1, self.origin = t0, t1, origin  # origin: start_time(), where frame times count from
         self.resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         self.chunks: list[tuple[int, np.ndarray]] = []
         self.cursor: int | None = None
@@ -234,7 +268,7 @@ class _AudioPlacer:
 
     def push(self, frame) -> None:
         if self.cursor is None:
-            self.cursor = int(round(((frame.time or 0.0) - self.t0) * SAMPLE_RATE))
+            self.cursor = int(round(((frame.time or 0.0) - self.origin - self.t0) * SAMPLE_RATE))
         self._add(self.resampler.resample(frame))
         if self.t0 + self.cursor / SAMPLE_RATE >= self.t1:
             self.done = True

@@ -5,7 +5,8 @@ square moving right at constant speed over a dark background, so tests can check
 frame timing (where the square is at time t: :func:`square_x`) and flow direction; the default
 sound is a sine at ``tone_hz``.
 
-    write_video(path, seconds=1.0, fps=8, size=(32, 32), ...)   -> Path (mp4/webm/mkv/mov/avi)
+    write_video(path, seconds=1.0, fps=8, size=(32, 32), ...)   -> Path (mp4/webm/mkv/mov/avi; a late
+                                                                   start_s, holes in the audio: audio_gaps)
     write_audio_only(path, seconds=1.0, rate=16000, ...)          -> Path (m4a/wav/ogg/opus/mp3/flac/mka)
     write_bytes(path, data)                                       -> Path (anything: empty, text, junk)
     truncate_copy(src, dst, fraction)                             -> Path (first `fraction` of the bytes)
@@ -169,17 +170,23 @@ def _add_audio_stream(out, codec: str, rate: int, channels: int):
     return stream, fmt
 
 
-def _encode_audio(out, stream, fmt: str, pcm: np.ndarray, rate: int) -> None:
+def _encode_audio(out, stream, fmt: str, pcm: np.ndarray, rate: int, start_s: float = 0.0,
+                  gaps: tuple = ()) -> None:
+    """`pcm` from time `start_s` on, frame by frame at its own pts; frames that begin inside one of
+    the `gaps` ((from_s, to_s) on the file's timeline) are left out (no packets: a hole)."""
     channels = pcm.shape[0]
     frame_size = stream.codec_context.frame_size or 1024
+    offset = int(round(start_s * rate))
     for i in range(0, pcm.shape[1], frame_size):
+        if any(a <= start_s + i / rate < b for a, b in gaps):
+            continue
         chunk = pcm[:, i:i + frame_size]
         if chunk.shape[1] < frame_size and stream.codec_context.frame_size and \
                 stream.codec.name in ("libopus", "opus"):
             chunk = np.pad(chunk, ((0, 0), (0, frame_size - chunk.shape[1])))  # opus wants full frames
         frame = av.AudioFrame.from_ndarray(_to_format(chunk, fmt), format=fmt, layout=_layout(channels))
         frame.sample_rate = rate
-        frame.pts = i
+        frame.pts = offset + i
         frame.time_base = Fraction(1, rate)
         for pkt in stream.encode(frame):
             out.mux(pkt)
@@ -209,7 +216,7 @@ def write_video(path, *, seconds: float = 1.0, fps: float = 8, size: tuple[int, 
                 codec: str | None = None, container: str | None = None, pix_fmt: str = "yuv420p",
                 audio_rate: int | None = 16000, audio_channels: int = 1, audio_codec: str | None = None,
                 pattern: str = "moving_square", tone_hz=440.0, rotation: int = 0,
-                amplitude: float = 0.5, seed: int = 0) -> Path:
+                amplitude: float = 0.5, seed: int = 0, start_s: float = 0.0, audio_gaps: tuple = ()) -> Path:
     """Write a real video file and return its path.
 
     codec None -> by suffix (libx264 for mp4/mkv/mov, libvpx-vp9 for webm, mpeg4 for avi);
@@ -219,7 +226,11 @@ def write_video(path, *, seconds: float = 1.0, fps: float = 8, size: tuple[int, 
     `pattern` "moving_square" (square_x(t) gives its left edge at time t), "noise" or "still";
     the sound: a sine at `tone_hz` in every channel (a sequence: one frequency per second).
     `rotation` (degrees, counter-clockwise as PyAV's VideoFrame.rotation reads it back) is stored
-    as the stream's display matrix (what phones write)."""
+    as the stream's display matrix (what phones write).
+    `start_s`: the first video frame and audio sample are stamped at this time, not 0 (a file
+    whose timeline starts late; content time t is at file time start_s + t). `audio_gaps`:
+    ((from_s, to_s), ...) on the file's timeline where no audio frames are written (holes in the
+    audio stream; the audio after a hole keeps its own timestamps)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
@@ -251,13 +262,15 @@ def write_video(path, *, seconds: float = 1.0, fps: float = 8, size: tuple[int, 
         for i in range(n_frames):
             img = _frame_image(pattern, size, i / fps, seconds, rng)
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if start_s:
+                frame.pts, frame.time_base = int(round(start_s * rate)) + i, 1 / rate
             for pkt in vs.encode(frame):
                 out.mux(pkt)
         for pkt in vs.encode(None):
             out.mux(pkt)
         if astream is not None:
             _encode_audio(out, astream, fmt, sine(seconds, audio_rate, tone_hz, audio_channels, amplitude),
-                          audio_rate)
+                          audio_rate, start_s, tuple(audio_gaps))
     return path
 
 
