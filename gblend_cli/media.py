@@ -250,15 +250,28 @@ class _FrameSampler:
 
 class _AudioPlacer:
     """Mono 16 kHz samples placed on the video's timeline by their timestamps, so encoder padding
-    (AAC adds ~0.05 s), a late audio start and gaps (silence) are handled."""
+    (AAC adds ~0.05 s), a late audio start and gaps (silence) are handled.
+
+    Frames that follow one another (each starting where the last ended, to within GAP_SAMPLES)
+    go through one resampler and are laid end to end from the first one's timestamp; a frame
+    whose own timestamp is GAP_SAMPLES or more away from there (a hole in the stream, a damaged
+    packet dropped, an overlap) ends that run (the resampler is flushed) and starts a new one at
+    its timestamp, so a hole stays silence instead of pulling the later audio early."""
+
+    GAP_SAMPLES = 160  # 10 ms (one log-mel hop): timestamps rounded to 1 ms (Matroska) stay far below
 
     def __init__(self, t0: float, t1: float, origin: float = 0.0):
         self.t0, self.t1, self.origin = t0, t1, origin  # origin: start_time(), where frame times count from
-        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        self.resampler = self._resampler()
         self.chunks: list[tuple[int, np.ndarray]] = []
         self.cursor: int | None = None
+        self.expected: float | None = None  # where the next frame starts (16 kHz samples) if it follows on
         self.done = False
         self.errors = 0
+
+    @staticmethod
+    def _resampler():
+        return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
 
     def _add(self, resampled) -> None:
         for r in resampled:
@@ -267,8 +280,15 @@ class _AudioPlacer:
             self.cursor += len(chunk)
 
     def push(self, frame) -> None:
-        if self.cursor is None:
-            self.cursor = int(round(((frame.time or 0.0) - self.origin - self.t0) * SAMPLE_RATE))
+        at = ((frame.time or 0.0) - self.origin - self.t0) * SAMPLE_RATE  # its own place, in samples
+        if self.cursor is None:  # the first run
+            self.cursor, self.expected = int(round(at)), at if frame.time is not None else None
+        elif frame.time is not None and self.expected is not None and abs(at - self.expected) >= self.GAP_SAMPLES:
+            self._add(self.resampler.resample(None))  # the run so far ends where its audio ends
+            self.resampler = self._resampler()
+            self.cursor, self.expected = int(round(at)), at  # a new run starts at the frame's own time
+        if self.expected is not None and frame.sample_rate:
+            self.expected += frame.samples * SAMPLE_RATE / frame.sample_rate
         self._add(self.resampler.resample(frame))
         if self.t0 + self.cursor / SAMPLE_RATE >= self.t1:
             self.done = True

@@ -55,3 +55,51 @@ def test_probe_still_finds_a_late_starting_file_cut_short(tmp_path, name):
 
 def test_start_time_of_an_ordinary_file_is_zero(tmp_path):
     assert start_time(mf.write_video(tmp_path / "v.mp4")) == 0.0
+
+
+# ------------------------------------------------------------------------------------------ audio holes
+
+def rms(wave: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+
+
+def onset_after(wave: np.ndarray, t: float, level: float = 0.05) -> float:
+    """First time (s) from `t` on at which the wave reaches `level`."""
+    loud = np.nonzero(np.abs(wave[int(t * 16000):]) >= level)[0]
+    return t + loud[0] / 16000 if len(loud) else float("inf")
+
+
+@pytest.mark.parametrize("name,kwargs", [("hole.mkv", {}), ("hole.mp4", {}), ("hole.webm", {}),
+                                         ("flac_hole.mkv", {"audio_codec": "flac"})])
+def test_a_hole_in_the_audio_stream_stays_silent(tmp_path, name, kwargs):
+    """Audio 0-1 s at 500 Hz, no audio frames from 1 to 2 s, then 2000 Hz stamped from 2 s on: the
+    hole is silence and the 2000 Hz stays at 2-3 s (before, it was laid right after the first
+    second, at 1-2 s, and 2-3 s was silent)."""
+    path = mf.write_video(tmp_path / name, seconds=SECONDS, fps=FPS, size=SIZE, tone_hz=[500.0, 1200.0, 2000.0],
+                          audio_gaps=((1.0, 2.0),), **kwargs)
+    a = decode_clip(path, fps=FPS, short_side=48).audio
+    assert a is not None and len(a) == 48000
+    loud = rms(a[1600:14400])
+    assert loud > 0.2
+    assert rms(a[18400:30400]) < 0.02 * loud, rms(a[18400:30400])  # 1.15-1.9 s: the hole
+    assert rms(a[35200:46400]) > 0.5 * loud  # 2.2-2.9 s: the audio after the hole, in its place
+    assert tone_energy(a[35200:46400], 2000.0) > 10 * tone_energy(a[35200:46400], 500.0)
+    assert onset_after(a, 1.5) == pytest.approx(2.0, abs=0.07)  # its first frame starts in [2.0, 2.064)
+
+    span = decode_clip(path, fps=FPS, short_side=48, start=0.5, end=2.5).audio  # the same, 0.5 s earlier
+    assert rms(span[10400:22400]) < 0.02 * loud and rms(span[27200:38400]) > 0.5 * loud
+    assert onset_after(span, 1.0) == pytest.approx(1.5, abs=0.07)
+
+
+def test_audio_without_holes_is_laid_end_to_end(tmp_path, monkeypatch):
+    """The same file without the hole: no new run starts (the timestamps of a whole stream, 1 ms
+    Matroska rounding included, stay within GAP_SAMPLES of end to end) and the tone is continuous."""
+    from gblend_cli import media
+
+    runs = []
+    make = media._AudioPlacer._resampler
+    monkeypatch.setattr(media._AudioPlacer, "_resampler", staticmethod(lambda: runs.append(1) or make()))
+    path = mf.write_video(tmp_path / "whole.webm", seconds=SECONDS, fps=FPS, size=SIZE, audio_rate=48000)
+    a = decode_clip(path, fps=FPS, short_side=48).audio
+    assert len(runs) == 1
+    assert min(rms(a[k:k + 1600]) for k in range(800, 46000, 1600)) > 0.2
