@@ -312,8 +312,7 @@ def check_media(root: Path, cfg: dict) -> int:
                         tally.problem("missing", entry.clip, entry.reason, entry.split)
                     bar.advance(task)
                     continue
-                yield {"clip_id": entry.clip_id, "path": str(entry.path), "labels": list(entry.labels),
-                       "split": entry.split, "start": entry.start, "end": entry.end}
+                yield entry.job()
 
         pool = ClipPool(cfg["prepare"]["workers"], probe_one, {}, 1, cfg["prepare"]["decode_timeout_s"])
         try:

@@ -25,6 +25,7 @@ HOP_LENGTH = 160  # 10 ms -> 100 frames per second
 N_FFT = 512
 LOG_EPS = 1e-6
 FLOW_BOUND = 20.0  # px: the TSN/I3D/mmaction2 bound for flow at full resolution
+SPAN_SLACK = 1.0  # s: a file named by the video id and longer than its clip's span by more is the full video
 
 
 class DecodeError(Exception):
@@ -95,13 +96,29 @@ def declared_seconds(container, origin: float | None = None) -> float | None:
     return None
 
 
+def clip_span(container, origin: float, start: float | None, end: float | None,
+              span_if_longer: bool = False) -> tuple[float | None, float | None]:
+    """The [start, end) to read. With `span_if_longer` (a file named by the video id alone, which
+    may be the full video or the clip already cut from it) the span holds only when the file is
+    longer than end - start + SPAN_SLACK, or does not say how long it is; otherwise the file is
+    the clip: all of it (None, None)."""
+    if span_if_longer and start is not None and end is not None:
+        length = declared_seconds(container, origin)
+        if length is not None and length <= (end - start) + SPAN_SLACK:
+            return None, None
+    return start, end
+
+
 def decode_clip(path: str, *, fps: float, short_side: int, start: float | None = None,
-                end: float | None = None, max_seconds: float = 0.0, want_audio: bool = True) -> DecodedClip:
+                end: float | None = None, max_seconds: float = 0.0, want_audio: bool = True,
+                span_if_longer: bool = False) -> DecodedClip:
     """Decode [start, end) of a media file to frames at `fps` and 16 kHz mono audio, in one pass
     over the container's packets (both streams demuxed together). `start` and `end` are seconds
-    from the file's `start_time` (its first video frame), as in probe_media."""
+    from the file's `start_time` (its first video frame), as in probe_media; `span_if_longer`:
+    see clip_span."""
     with open_video(path) as container:
         origin = start_time(container)  # start/end count from here, as in probe_media
+        start, end = clip_span(container, origin, start, end, span_if_longer)
         t0 = float(start or 0.0)
         t1 = float(end) if end is not None else math.inf
         if max_seconds > 0:
@@ -144,7 +161,8 @@ def decode_clip(path: str, *, fps: float, short_side: int, start: float | None =
     return DecodedClip(frames=frames, audio=wave, seconds=seconds)
 
 
-def probe_media(path: str, start: float | None = None, end: float | None = None) -> dict:
+def probe_media(path: str, start: float | None = None, end: float | None = None,
+                span_if_longer: bool = False) -> dict:
     """A cheap integrity check of one media file (what `prepare-data --check` runs on a media
     folder): it opens, has a video stream, its first video frame decodes, and its video packets
     (demuxed, not decoded) reach the end the container declares, or `end` — a download cut short
@@ -152,6 +170,7 @@ def probe_media(path: str, start: float | None = None, end: float | None = None)
     with open_video(path) as container:
         vstream = container.streams.video[0]
         origin = start_time(container)  # start/end count from here, as in decode_clip
+        start, end = clip_span(container, origin, start, end, span_if_longer)
         declared = declared_seconds(container, origin)
         t0 = float(start or 0.0)
         target = min(declared, float(end)) if (declared and end is not None) else (float(end) if end is not None

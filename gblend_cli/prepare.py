@@ -50,7 +50,8 @@ def prepare_one(spec: dict, settings: dict) -> dict:
     out = Path(settings["out"])
     try:
         clip = decode_clip(spec["path"], fps=settings["fps"], short_side=settings["short_side"],
-                           start=spec.get("start"), end=spec.get("end"), max_seconds=settings["max_seconds"])
+                           start=spec.get("start"), end=spec.get("end"), max_seconds=settings["max_seconds"],
+                           span_if_longer=spec.get("span_if_longer", False))
     except DecodeError as e:
         return {**rec, "status": "failed", "reason": str(e)}
     n_audio = int(round(clip.seconds * 100))
@@ -83,7 +84,7 @@ def probe_one(spec: dict, settings: dict) -> dict:
 
     rec = clip_record(spec)
     try:
-        found = probe_media(spec["path"], spec.get("start"), spec.get("end"))
+        found = probe_media(spec["path"], spec.get("start"), spec.get("end"), spec.get("span_if_longer", False))
     except DecodeError as e:
         return {**rec, "status": "failed", "reason": str(e)}
     return {**rec, "status": "ok", **found}
@@ -216,9 +217,7 @@ class _Plan:
             if isinstance(entry, Missing):
                 missing.append((entry.clip, entry.reason, entry.kind, entry.split))
             else:
-                spec = {"clip_id": entry.clip_id, "path": str(entry.path), "labels": list(entry.labels),
-                        "split": entry.split, "start": entry.start, "end": entry.end}
-                clips.append((entry.clip_id, entry.split, json.dumps(spec, separators=(",", ":")), entry.group))
+                clips.append((entry.clip_id, entry.split, json.dumps(entry.job(), separators=(",", ":")), entry.group))
             if len(clips) + len(missing) >= 2048:
                 self._flush(clips, missing)
         self._flush(clips, missing)

@@ -166,7 +166,10 @@ def test_audioset_multilabel_and_eval_split(tmp_path):
     assert clips["-0RWZT-miFs_000420"].path.name == "-0RWZT-miFs_420_430.flac"
     assert clips["_0-2Dgm4lIA_000005"].labels == (0, 1, 3)
     assert clips["_0-2Dgm4lIA_000005"].split == "val"
-    assert all(c.start is None and c.end is None for c in m.clips)
+    cut = [c for c in m.clips if c.clip_id != "_0-2Dgm4lIA_000005"]  # files named by the segment: all of each
+    assert all(c.start is None and c.end is None and not c.span_if_longer for c in cut)
+    plain = clips["_0-2Dgm4lIA_000005"]  # named by the video id: maybe the full video (tests/test_untrimmed.py)
+    assert (plain.start, plain.end, plain.span_if_longer) == (5.5, 15.5, True)
     assert reasons(m) == {"ABSENTabsen_000000": "file not found: ABSENTabsen_000000_000010.*"}
 
 

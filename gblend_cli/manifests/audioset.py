@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import ClipSpec, ManifestError, Missing, Reader, SPLIT_FOLDERS, _Media, _count, _float, _iter_rows, _norm
+from .common import (ClipSpec, ManifestError, Missing, Reader, SPLIT_FOLDERS, _Media, _count, _float, _iter_rows, _norm,
+                     video_span)
 
 def _read_audioset(media: _Media, annotations: list[Path]) -> Reader:
     """AudioSet segment CSVs (``# YTID, start_seconds, end_seconds, positive_labels``
     after ``#`` comment lines) plus ``class_labels_indices.csv`` (``index,mid,display_name``,
     recognised by its header). Multi-label; files named ``eval*`` are the val split.
     Media files are the trimmed segments ``<YTID>_<start:06d>_<end:06d>``,
-    ``<YTID>_<start>_<end>`` or ``<YTID>``. Source group: the YTID."""
+    ``<YTID>_<start>_<end>`` or ``<YTID>`` (the full video, whose start..end is decoded, or the
+    segment itself). Source group: the YTID."""
     def header(ann):
         rows = _iter_rows(ann, skipinitialspace=True)
         first = next(rows, None)
@@ -41,8 +43,8 @@ def _read_audioset(media: _Media, annotations: list[Path]) -> Reader:
                     continue
                 if len(fields) < 4:
                     raise ManifestError(f"{ann}:{line}: expected YTID, start_seconds, end_seconds, positive_labels")
-                start = int(_float(ann, line, "start_seconds", fields[1]))
-                end = int(_float(ann, line, "end_seconds", fields[2]))
+                start = _float(ann, line, "start_seconds", fields[1])
+                end = _float(ann, line, "end_seconds", fields[2])
                 mids = [m.strip() for m in ",".join(fields[3:]).split(",") if m.strip()]
                 for mid in mids:
                     if mid not in mid_index:
@@ -55,13 +57,15 @@ def _read_audioset(media: _Media, annotations: list[Path]) -> Reader:
 
     def entries():
         for ann, split, ytid, start, end, mids in segments():
-            clip_id = f"{ytid}_{start:06d}"
+            s, e = int(start), int(end)
+            clip_id = f"{ytid}_{s:06d}"
             if not mids:
                 yield Missing(clip_id, "no label", "annotation", split)
                 continue
-            stems = [f"{ytid}_{start:06d}_{end:06d}", f"{ytid}_{start}_{end}", ytid]
+            stems = [f"{ytid}_{s:06d}_{e:06d}", f"{ytid}_{s}_{e}", ytid]
             path, reason = media.find(stems, (*SPLIT_FOLDERS[split], ann.stem))
             yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(
-                clip_id, path, tuple(sorted({mid_index[m] for m in mids})), split, group=ytid)
+                clip_id, path, tuple(sorted({mid_index[m] for m in mids})), split, group=ytid,
+                **video_span(path, ytid, start, end))
 
     return classes, True, rows, 0, entries

@@ -44,6 +44,24 @@ class ClipSpec:
     end: float | None = None
     group: str = ""           # source group: clips of one source video share it and are held out together
                               # (data.split_holdout); "" = the clip alone (each reader sets it: see `_Media.group`)
+    # the file is named by the video id alone (`<id>.<ext>`), not by the clip: it may be the full
+    # video, whose [start, end) is the clip, or the clip already cut; media.decode_clip tells them
+    # apart by the file's length (span_if_longer)
+    span_if_longer: bool = False
+
+    def job(self) -> dict:
+        """The clip as a worker job (prepare-data, prepare-data --check)."""
+        return {"clip_id": self.clip_id, "path": str(self.path), "labels": list(self.labels), "split": self.split,
+                "start": self.start, "end": self.end, "span_if_longer": self.span_if_longer}
+
+
+def video_span(path: str, video_id: str, start: float, end: float) -> dict:
+    """ClipSpec fields for a clip of a dataset whose annotations give a time span in the source
+    video: when the file found is named by the video id alone (maybe the untrimmed video), the
+    span, decoded if the file is longer than it; when it is named by the clip (cut already), none."""
+    if os.path.splitext(os.path.basename(path))[0] != video_id or not end > start:
+        return {}
+    return {"start": float(start), "end": float(end), "span_if_longer": True}
 
 
 class Missing(NamedTuple):

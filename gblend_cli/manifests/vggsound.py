@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import ClipSpec, ManifestError, Missing, Reader, SPLIT_FOLDERS, _Media, _count, _float, _iter_rows, _split
+from .common import (ClipSpec, ManifestError, Missing, Reader, SPLIT_FOLDERS, _Media, _count, _float, _iter_rows, _split,
+                     video_span)
 
 _VGGSOUND_SECONDS = 10  # every VGGSound clip is the 10 s from start_seconds (Chen et al., ICASSP 2020)
 
@@ -15,7 +16,8 @@ def _read_vggsound(media: _Media, annotations: list[Path]) -> Reader:
     present); labels containing commas are quoted (``"cattle, bovinae cowbell"``); split is
     ``train`` or ``test``. Files ``<youtube_id>_<start:06d>.<ext>`` (the released archive's
     naming), ``<youtube_id>_<start:06d>_<end:06d>``, ``<youtube_id>_<start>`` or
-    ``<youtube_id>``, flat or in split/label folders. Source group: the youtube_id."""
+    ``<youtube_id>`` (the full video, whose 10 s from start_seconds are decoded, or the 10-s clip
+    itself), flat or in split/label folders. Source group: the youtube_id."""
     def records():
         for ann in annotations:
             for line, fields in _iter_rows(ann):
@@ -48,7 +50,7 @@ def _read_vggsound(media: _Media, annotations: list[Path]) -> Reader:
             end = start + _VGGSOUND_SECONDS
             stems = [clip_id, f"{clip_id}_{end:06d}", f"{ytid}_{start}", f"{ytid}_{start}_{end}", ytid]
             path, reason = media.find(stems, (*SPLIT_FOLDERS[split], label))
-            yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(clip_id, path, (index[label],), split,
-                                                                                  group=ytid)
+            yield Missing(clip_id, reason, "file", split) if reason else ClipSpec(
+                clip_id, path, (index[label],), split, group=ytid, **video_span(path, ytid, start, end))
 
     return classes, False, rows, 0, entries
