@@ -24,6 +24,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from .errors import OutOfSpace, UserError
 from .storage import (append_jsonl, folder_lock, iter_jsonl, remove_stale_temps, require_known_format,
                       write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
-from .workers import ClipPool, clip_record, quiet_worker, worker_context
+from .workers import ClipPool, clip_record, clip_span_of, quiet_worker, worker_context
 
 SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "flow_bound", "store")
 
@@ -199,7 +200,8 @@ class _Plan:
 
     CHUNK = 512
 
-    def __init__(self, db):
+    def __init__(self, db, root: str = ""):
+        self.root = root  # the dataset root: a clip's "file" is its media file's path relative to it
         self.conn = db.conn
         self.conn.executescript(
             "CREATE TABLE clips (n INTEGER PRIMARY KEY, clip TEXT UNIQUE, split TEXT, spec TEXT, grp TEXT);"
@@ -217,7 +219,8 @@ class _Plan:
             if isinstance(entry, Missing):
                 missing.append((entry.clip, entry.reason, entry.kind, entry.split))
             else:
-                clips.append((entry.clip_id, entry.split, json.dumps(entry.job(), separators=(",", ":")), entry.group))
+                spec = entry.job() | {"file": os.path.relpath(str(entry.path), self.root or os.sep)}
+                clips.append((entry.clip_id, entry.split, json.dumps(spec, separators=(",", ":")), entry.group))
             if len(clips) + len(missing) >= 2048:
                 self._flush(clips, missing)
         self._flush(clips, missing)
@@ -241,19 +244,32 @@ class _Plan:
             self.conn.commit()
             self._pending = 0
 
-    def load_journal(self, journal: Path, out: Path) -> int:
-        """Read the journal back; a clip recorded as prepared whose files are now missing or of
-        another size than prepare-data wrote is left out (prepared again). Returns how many."""
-        redo = 0
+    def load_journal(self, journal: Path, out: Path) -> tuple[int, int]:
+        """Read the journal back. Left out (prepared again), each line taking the place of the
+        clip's earlier lines: a clip recorded as prepared whose files are now missing or of another
+        size than prepare-data wrote, and a clip whose annotations now name another media file or
+        another span of it. Returns how many of each."""
+        self.conn.execute("CREATE TABLE redo (clip TEXT PRIMARY KEY, why TEXT)")
         self.damaged_lines: list[int] = []  # a line cut by a kill that a later append went on from, or damage
         for rec in iter_jsonl(journal, self.damaged_lines):
             if "clip" in rec and "status" in rec:
-                if rec["status"] == "ok" and not files_whole(out, rec):
-                    redo += 1
-                    continue
-                self.record(rec)
+                spec = self.spec(rec["clip"])
+                why = ("moved" if spec is not None and not _same_source(rec, spec) else
+                       "cut" if rec["status"] == "ok" and not files_whole(out, rec) else None)
+                if why is None:
+                    self.record(rec)
+                    self.conn.execute("DELETE FROM redo WHERE clip = ?", (rec["clip"],))
+                else:
+                    self.conn.execute("DELETE FROM done WHERE clip = ?", (rec["clip"],))
+                    self.conn.execute("INSERT OR REPLACE INTO redo VALUES (?, ?)", (rec["clip"], why))
         self.conn.commit()
-        return redo
+        counts = dict(self.conn.execute("SELECT why, COUNT(*) FROM redo GROUP BY why").fetchall())
+        return counts.get("cut", 0), counts.get("moved", 0)
+
+    def spec(self, clip: str) -> dict | None:
+        """The clip's job as the annotations give it now (None: not in them)."""
+        row = self.conn.execute("SELECT spec FROM clips WHERE clip = ?", (clip,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def count_todo(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM clips WHERE clip NOT IN (SELECT clip FROM done)").fetchone()[0]
@@ -272,18 +288,22 @@ class _Plan:
                 yield json.loads(spec)
 
     def records(self, where: str = "1"):
-        """Journal records of the manifest's clips, in manifest order, each with its source group
-        from the manifest ("group": a journal written before groups existed has none)."""
+        """Journal records of the manifest's clips, in manifest order, with the labels, split and
+        media path the annotations give now (a rerun after a class was added or a clip changed
+        split relabels; the arrays do not depend on them) and the source group from the manifest
+        ("group": a journal written before groups existed has none)."""
         self.conn.commit()
         last = 0
         while True:
-            rows = self.conn.execute(f"SELECT c.n, d.rec, c.grp FROM clips c JOIN done d ON d.clip = c.clip WHERE "
-                                     f"c.n > ? AND ({where}) ORDER BY c.n LIMIT ?", (last, self.CHUNK)).fetchall()
+            rows = self.conn.execute(f"SELECT c.n, d.rec, c.spec, c.grp FROM clips c JOIN done d ON d.clip = c.clip "
+                                     f"WHERE c.n > ? AND ({where}) ORDER BY c.n LIMIT ?", (last, self.CHUNK)).fetchall()
             if not rows:
                 return
-            for n, rec, group in rows:
+            for n, rec, spec, group in rows:
                 last = n
-                yield json.loads(rec) | {"group": group or ""}
+                spec = json.loads(spec)
+                yield json.loads(rec) | {"split": spec["split"], "labels": spec["labels"], "source": spec["path"],
+                                         "group": group or ""}
 
     def missing(self):
         last = 0
@@ -305,6 +325,21 @@ class _Plan:
 
     def n_done(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM clips c JOIN done d ON d.clip = c.clip").fetchone()[0]
+
+
+def _same_source(rec: dict, spec: dict) -> bool:
+    """The journal record `rec` was prepared from what the clip's job `spec` reads now: the same
+    media file (its path relative to the dataset root, so a moved root is still the same file;
+    records without it: the absolute path) and the same span of it. Records older than "span"
+    read the annotated span of every clip but those whose file is named by the video id alone
+    (media.clip_span), which they decoded whole."""
+    if "file" in rec:
+        same_file = rec["file"] == spec.get("file")
+    else:
+        same_file = rec.get("source") == spec["path"]
+    if "span" in rec:
+        return same_file and rec["span"] == clip_span_of(spec)
+    return same_file and not spec.get("span_if_longer")
 
 
 def _remove_stale_scratch(out: Path) -> None:
@@ -332,15 +367,18 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
         _remove_stale_scratch(out)
         with ScratchDB(out) as db:
             stream = _load_manifest(cfg, out, db)
-            plan = _Plan(db)
+            plan = _Plan(db, stream.root)
             plan.add(stream)
             if not plan.n_clips and not plan.n_missing:
                 raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
             write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
             journal = out / "progress.jsonl"
-            redo = plan.load_journal(journal, out)
+            redo, moved = plan.load_journal(journal, out)
             if redo:
                 console.print(f"{redo} prepared clips have missing or cut-short files: preparing them again")
+            if moved:
+                console.print(f"{moved} clips now name another media file or span of it in the annotations: "
+                              f"preparing them again")
             if plan.damaged_lines:
                 console.print(f"{journal}: {len(plan.damaged_lines)} damaged lines (first: line "
                               f"{plan.damaged_lines[0]}) ignored; the clips they recorded are prepared again")

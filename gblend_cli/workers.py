@@ -32,9 +32,20 @@ def quiet_worker() -> None:
 
 def clip_record(spec: dict, **fields) -> dict:
     """A clip job's record (what prepare-data journals): its identity plus `fields` (status,
-    reason, shapes...)."""
-    return {"clip": spec["clip_id"], "split": spec["split"], "labels": list(spec["labels"]), "source": spec["path"],
-            **fields}
+    reason, shapes...). "file" (the media file relative to the dataset root) and "span" (the
+    [start, end, span_if_longer] read from it, null for the whole file) say what the clip was
+    prepared from: a rerun prepares again a clip whose annotations now name another."""
+    rec = {"clip": spec["clip_id"], "split": spec["split"], "labels": list(spec["labels"]), "source": spec["path"]}
+    if "file" in spec:
+        rec |= {"file": spec["file"], "span": clip_span_of(spec)}
+    return rec | fields
+
+
+def clip_span_of(spec: dict) -> list | None:
+    """What part of its file a clip job reads: [start, end, span_if_longer], None for all of it."""
+    if spec.get("start") is None and spec.get("end") is None:
+        return None
+    return [spec.get("start"), spec.get("end"), bool(spec.get("span_if_longer"))]
 
 
 def _worker_main(conn, task, settings: dict, threads: int) -> None:

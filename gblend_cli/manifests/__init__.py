@@ -79,6 +79,7 @@ class ManifestStream:
     dropped: int                 # rows outside the class subset
     _entries: Callable[[], Iterator] = field(repr=False)
     _db: object = field(repr=False)
+    root: str = ""               # the dataset root, absolute (clip paths are under it, unless allowed outside)
 
     def __iter__(self) -> Iterator:
         return _unique_ids(self._entries(), self._db)
@@ -134,7 +135,7 @@ def open_manifest(dataset: str, root: Path, annotations: list[Path], *, db, allo
     else:
         result = _read_folder(media)
     classes_, multilabel, rows, dropped, entries = result
-    return ManifestStream(name, classes_, multilabel, rows, dropped, entries, db)
+    return ManifestStream(name, classes_, multilabel, rows, dropped, entries, db, media.root)
 
 
 def read_manifest(dataset: str, root: Path, annotations: list[Path], *, allow_outside_root: bool = False,

@@ -1,0 +1,125 @@
+"""`prepare-data` run again into a folder it prepared: what the annotations say now (labels, split,
+which media file and span a clip is) wins over what the journal recorded, and clips that failed
+for a transient reason are tried again. Real media (tests/media_factory.py), the real entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+
+import media_factory as mf
+from conftest import gblend_cmd, gblend_env
+from gblend_cli.media import mel_band_centres_hz
+from test_prepare import read_index
+
+RECIPE = '[prepare]\nfps = 8.0\nshort_side = 32\nflow = "none"\n'
+HEADER = "label,youtube_id,time_start,time_end,split\n"
+
+
+def prepare(tmp_path, root, ann, out, *extra) -> subprocess.CompletedProcess:
+    recipe = mf.write_bytes(tmp_path / "r.toml", RECIPE)
+    proc = subprocess.run(gblend_cmd("prepare-data", "--dataset", "kinetics400", "--root", root, "--annotations", ann,
+                                     "--out", out, "--workers", "1", "--recipe", recipe, *extra),
+                          cwd=tmp_path, env=gblend_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return proc
+
+
+def loudest_band(out, clip: str) -> int:
+    return int(np.load(out / "audio" / f"{clip}.npy").astype(np.float32)[10:-10].mean(axis=0).argmax())
+
+
+def band(hz: float) -> int:
+    return int(np.argmin(np.abs(mel_band_centres_hz() - hz)))
+
+
+def cid(ytid: str) -> str:
+    return f"{ytid}_000010_000020"
+
+
+def test_a_rerun_takes_labels_split_and_files_from_the_annotations_now(tmp_path):
+    root = tmp_path / "k400"
+    for ytid, label, tone in [("clipAAAAAAA", "abseiling", 500.0), ("clipBBBBBBB", "zumba", 500.0),
+                              ("clipCCCCCCC", "zumba", 500.0), ("clipDDDDDDD", "zumba", 500.0)]:
+        mf.write_video(root / "train" / label / f"{cid(ytid)}.mp4", seconds=2.0, tone_hz=tone)
+    ann = mf.write_bytes(tmp_path / "a1.csv", HEADER + "abseiling,clipAAAAAAA,10,20,train\nzumba,clipBBBBBBB,10,20,train\n"
+                         "zumba,clipCCCCCCC,10,20,train\nzumba,clipDDDDDDD,10,20,train\n")
+    out = tmp_path / "out"
+    prepare(tmp_path, root, ann, out)
+    first = read_index(out)
+    assert {c: (r["labels"], r["split"]) for c, r in first.items()} == {
+        cid("clipAAAAAAA"): ("0", "train"), cid("clipBBBBBBB"): ("1", "train"), cid("clipCCCCCCC"): ("1", "train"),
+        cid("clipDDDDDDD"): ("1", "train")}
+    assert loudest_band(out, cid("clipDDDDDDD")) == band(500.0)
+    mtimes = {c: (out / "rgb" / f"{c}.npy").stat().st_mtime_ns for c in first}
+
+    # the media root moves (same files under it); a class is added (zumba's index shifts from 1 to
+    # 2), clip C moves to val, and D's id now names another file (a new download, another sound)
+    moved = tmp_path / "k400_moved"
+    shutil.move(root, moved)
+    (moved / "train" / "zumba" / f"{cid('clipDDDDDDD')}.mp4").unlink()
+    new_d = mf.write_video(moved / "train" / "zumba" / f"{cid('clipDDDDDDD')}.mkv", seconds=2.0, tone_hz=2000.0)
+    mf.write_video(moved / "train" / "archery" / f"{cid('clipEEEEEEE')}.mp4", seconds=2.0)
+    ann2 = mf.write_bytes(tmp_path / "a2.csv", HEADER + "abseiling,clipAAAAAAA,10,20,train\nzumba,clipBBBBBBB,10,20,train\n"
+                          "zumba,clipCCCCCCC,10,20,val\nzumba,clipDDDDDDD,10,20,train\narchery,clipEEEEEEE,10,20,train\n")
+    proc = prepare(tmp_path, moved, ann2, out)
+    assert "1 clips now name another media file" in " ".join(proc.stderr.split()), proc.stderr
+    index = read_index(out)
+    assert {c: (r["labels"], r["split"]) for c, r in index.items()} == {
+        cid("clipAAAAAAA"): ("0", "train"), cid("clipBBBBBBB"): ("2", "train"), cid("clipCCCCCCC"): ("2", "val"),
+        cid("clipDDDDDDD"): ("2", "train"), cid("clipEEEEEEE"): ("1", "train")}
+    assert {r["status"] for r in index.values()} == {"ok"}
+    assert index[cid("clipDDDDDDD")]["source"] == str(new_d)
+    assert all(r["source"].startswith(str(moved)) for r in index.values())
+    assert loudest_band(out, cid("clipDDDDDDD")) == band(2000.0)  # prepared again from the new file
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["classes"] == ["abseiling", "archery", "zumba"] and meta["clips"] == {"train": 4, "val": 1}
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert (report["ok"], report["failed"]) == (5, [])
+    # the clips whose file stayed were not prepared again, though their root moved
+    for c in (cid("clipAAAAAAA"), cid("clipBBBBBBB"), cid("clipCCCCCCC")):
+        assert (out / "rgb" / f"{c}.npy").stat().st_mtime_ns == mtimes[c], c
+    assert (out / "rgb" / f"{cid('clipDDDDDDD')}.npy").stat().st_mtime_ns != mtimes[cid("clipDDDDDDD")]
+
+
+def journal_plan(tmp_path, lines: list[dict], span_if_longer: bool = False):
+    """A plan of one clip "a" (media file <root>/x/a.mp4) after reading `lines` as the journal:
+    (prepared clips left out as cut short, as naming another file or span; clips to prepare)."""
+    from gblend_cli.manifests import ClipSpec
+    from gblend_cli.prepare import _Plan
+    from gblend_cli.storage import ScratchDB, append_jsonl
+
+    root = tmp_path / "root"
+    span = {"start": 4.0, "end": 7.0, "span_if_longer": True} if span_if_longer else {}
+    journal = tmp_path / "progress.jsonl"
+    journal.unlink(missing_ok=True)
+    for line in lines:
+        append_jsonl(journal, {"clip": "a", "split": "train", "labels": [0], "status": "ok"} | line)
+    with ScratchDB(tmp_path) as db:
+        plan = _Plan(db, str(root))
+        plan.add([ClipSpec("a", str(root / "x" / "a.mp4"), (0,), "train", **span)])
+        return (*plan.load_journal(journal, tmp_path), plan.count_todo())
+
+
+def test_the_journals_last_line_for_a_clip_decides(tmp_path):
+    now = {"file": "x/a.mp4", "span": None}
+    before = {"file": "y/a.mp4", "span": None}
+    assert journal_plan(tmp_path, [now]) == (0, 0, 0)
+    assert journal_plan(tmp_path, [before]) == (0, 1, 1)
+    assert journal_plan(tmp_path, [before, now]) == (0, 0, 0)  # prepared again from x/a.mp4 last time
+    assert journal_plan(tmp_path, [now, before]) == (0, 1, 1)  # the arrays are y/a.mp4's
+    assert journal_plan(tmp_path, [{"file": "x/a.mp4", "span": [4.0, 8.0, True]}], span_if_longer=True) == (0, 1, 1)
+    assert journal_plan(tmp_path, [{"file": "x/a.mp4", "span": [4.0, 7.0, True]}], span_if_longer=True) == (0, 0, 0)
+
+
+def test_journal_lines_of_an_older_gblend(tmp_path):
+    """Lines without "file"/"span" (gblend before them): the absolute path decides; a file named
+    by the video id alone was decoded whole then, so its clip is prepared again for the span."""
+    old = {"source": str(tmp_path / "root" / "x" / "a.mp4")}
+    assert journal_plan(tmp_path, [old]) == (0, 0, 0)
+    assert journal_plan(tmp_path, [{"source": "/elsewhere/x/a.mp4"}]) == (0, 1, 1)
+    assert journal_plan(tmp_path, [old], span_if_longer=True) == (0, 1, 1)
