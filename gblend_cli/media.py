@@ -151,7 +151,7 @@ def decode_clip(path: str, *, fps: float, short_side: int, start: float | None =
             if not video.done:
                 for frame in vstream.codec_context.decode(None):  # flush delayed frames
                     video.push(frame)
-        except (av.error.FFmpegError, ValueError, MemoryError) as e:
+        except (av.error.FFmpegError, ValueError) as e:  # (Python's MemoryError: the worker's, transient)
             if not video.frames_out and video.prev is None:
                 raise DecodeError(f"video decode failed: {_reason(e)}") from None
             # a file truncated mid-stream: keep what decoded
@@ -193,7 +193,7 @@ def probe_media(path: str, start: float | None = None, end: float | None = None,
                     break
             if not first_frame:
                 first_frame = bool(vstream.codec_context.decode(None))
-        except (av.error.FFmpegError, ValueError, MemoryError) as e:
+        except (av.error.FFmpegError, ValueError) as e:
             raise DecodeError(f"truncated or damaged: {_reason(e)}") from None
         if not first_frame:
             raise DecodeError("no decodable video frames")

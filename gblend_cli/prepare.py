@@ -8,8 +8,10 @@ training clip reads only its own frames):
   DIR/rgb/<clip>.npy        (T, H, W, 3) uint8, T = seconds * fps, short side = prepare.short_side
   DIR/audio/<clip>.npy      (A, 40) float16 log-mel, A = 100 per second (silence when has_audio is false)
   DIR/flow/<clip>.npy       (T, H, W, 2) uint8 quantised flow (frame t -> t+1)
-  DIR/prepare_report.json   {"ok", "no_audio", "failed": [{"clip", "reason"}], ...}
-  DIR/progress.jsonl        journal: one line per finished clip; a rerun skips those (resume)
+  DIR/prepare_report.json   {"ok", "no_audio", "failed": [{"clip", "reason", "transient"...}], ...}
+  DIR/progress.jsonl        journal: one line per finished clip; a rerun skips those (resume), except
+                            clips that failed for a transient reason (a timeout, a killed worker, out of
+                            memory) and clips whose annotations now name another file or span
 Every array is written to a temp file and renamed, so a killed run leaves no partial array.
 
 The main process never holds per-clip state in memory: the manifest is read as a stream, and the
@@ -36,7 +38,7 @@ from .errors import OutOfSpace, UserError
 from .storage import (append_jsonl, folder_lock, iter_jsonl, remove_stale_temps, require_known_format,
                       write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
-from .workers import ClipPool, clip_record, clip_span_of, quiet_worker, worker_context
+from .workers import ClipPool, clip_record, clip_span_of, failed_record, is_transient, quiet_worker, worker_context
 
 SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "flow_bound", "store")
 
@@ -54,7 +56,7 @@ def prepare_one(spec: dict, settings: dict) -> dict:
                            start=spec.get("start"), end=spec.get("end"), max_seconds=settings["max_seconds"],
                            span_if_longer=spec.get("span_if_longer", False))
     except DecodeError as e:
-        return {**rec, "status": "failed", "reason": str(e)}
+        return failed_record(spec, str(e))
     n_audio = int(round(clip.seconds * 100))
     has_audio = clip.audio is not None
     mel = log_mel(clip.audio) if has_audio else silence_log_mel(n_audio)
@@ -87,7 +89,7 @@ def probe_one(spec: dict, settings: dict) -> dict:
     try:
         found = probe_media(spec["path"], spec.get("start"), spec.get("end"), spec.get("span_if_longer", False))
     except DecodeError as e:
-        return {**rec, "status": "failed", "reason": str(e)}
+        return failed_record(spec, str(e))
     return {**rec, "status": "ok", **found}
 
 
@@ -244,18 +246,21 @@ class _Plan:
             self.conn.commit()
             self._pending = 0
 
-    def load_journal(self, journal: Path, out: Path) -> tuple[int, int]:
+    def load_journal(self, journal: Path, out: Path) -> tuple[int, int, int]:
         """Read the journal back. Left out (prepared again), each line taking the place of the
         clip's earlier lines: a clip recorded as prepared whose files are now missing or of another
-        size than prepare-data wrote, and a clip whose annotations now name another media file or
-        another span of it. Returns how many of each."""
+        size than prepare-data wrote, a clip whose annotations now name another media file or
+        another span of it, and a clip that failed for a transient reason (workers.is_transient:
+        a timeout, a killed worker, out of memory; an undecodable file stays failed). Returns how
+        many of each."""
         self.conn.execute("CREATE TABLE redo (clip TEXT PRIMARY KEY, why TEXT)")
         self.damaged_lines: list[int] = []  # a line cut by a kill that a later append went on from, or damage
         for rec in iter_jsonl(journal, self.damaged_lines):
             if "clip" in rec and "status" in rec:
                 spec = self.spec(rec["clip"])
                 why = ("moved" if spec is not None and not _same_source(rec, spec) else
-                       "cut" if rec["status"] == "ok" and not files_whole(out, rec) else None)
+                       "cut" if rec["status"] == "ok" and not files_whole(out, rec) else
+                       "transient" if is_transient(rec) else None)
                 if why is None:
                     self.record(rec)
                     self.conn.execute("DELETE FROM redo WHERE clip = ?", (rec["clip"],))
@@ -264,7 +269,7 @@ class _Plan:
                     self.conn.execute("INSERT OR REPLACE INTO redo VALUES (?, ?)", (rec["clip"], why))
         self.conn.commit()
         counts = dict(self.conn.execute("SELECT why, COUNT(*) FROM redo GROUP BY why").fetchall())
-        return counts.get("cut", 0), counts.get("moved", 0)
+        return counts.get("cut", 0), counts.get("moved", 0), counts.get("transient", 0)
 
     def spec(self, clip: str) -> dict | None:
         """The clip's job as the annotations give it now (None: not in them)."""
@@ -373,12 +378,15 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
                 raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
             write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
             journal = out / "progress.jsonl"
-            redo, moved = plan.load_journal(journal, out)
+            redo, moved, retry = plan.load_journal(journal, out)
             if redo:
                 console.print(f"{redo} prepared clips have missing or cut-short files: preparing them again")
             if moved:
                 console.print(f"{moved} clips now name another media file or span of it in the annotations: "
                               f"preparing them again")
+            if retry:
+                console.print(f"{retry} clips failed for a transient reason last time (a timeout, a killed worker, "
+                              f"out of memory): trying them again")
             if plan.damaged_lines:
                 console.print(f"{journal}: {len(plan.damaged_lines)} damaged lines (first: line "
                               f"{plan.damaged_lines[0]}) ignored; the clips they recorded are prepared again")
@@ -458,7 +466,8 @@ def write_outputs(out: Path, cfg: dict, stream, plan: _Plan) -> dict:
 
     def failed():
         for r in plan.records("d.status != 'ok'"):
-            yield {"clip": r["clip"], "reason": r["reason"], "stage": "decode", "split": r["split"]}
+            yield {"clip": r["clip"], "reason": r["reason"], "stage": "decode", "split": r["split"],
+                   "transient": is_transient(r)}  # a rerun tries it again
         yield from plan.missing()
 
     head = []

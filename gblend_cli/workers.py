@@ -5,6 +5,10 @@
 - `ClipPool`: N workers fed one clip job at a time; a job running longer than its timeout has its
   worker killed and replaced and is reported as failed, so a hung or crashing decoder never stops
   or hangs a 260k-clip run.
+- Failures are permanent (the file: undecodable, a decoder crash on it) or `transient` (the
+  machine, not the file: a timeout, a worker killed from outside, e.g. by the out-of-memory
+  killer, Python out of memory): records of transient ones carry "transient": true, and a rerun of
+  prepare-data tries those clips again (`is_transient`) while it keeps the permanent ones.
 """
 
 from __future__ import annotations
@@ -48,6 +52,42 @@ def clip_span_of(spec: dict) -> list | None:
     return [spec.get("start"), spec.get("end"), bool(spec.get("span_if_longer"))]
 
 
+_KILLED = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)  # sent from outside (the OOM killer sends SIGKILL)
+_LEGACY_TRANSIENT = ("decode timeout after ", "decoder process crashed")  # reasons of journals without the flag
+
+
+def failed_record(spec: dict, reason: str, transient: bool = False) -> dict:
+    """A failed clip job's record; `transient`: the failure says nothing about the file."""
+    return clip_record(spec, status="failed", reason=reason, transient=transient)
+
+
+def is_transient(rec: dict) -> bool:
+    """A failed record whose failure was transient (a timeout, a killed worker, out of memory);
+    records written before the flag existed say so by their reason (then a crash counts too)."""
+    if rec.get("status") != "failed":
+        return False
+    if "transient" in rec:
+        return bool(rec["transient"])
+    return str(rec.get("reason", "")).startswith(_LEGACY_TRANSIENT)
+
+
+def _death(proc) -> tuple[str, bool]:
+    """Why a worker process ended without answering: (reason, transient). Killed by a signal from
+    outside (SIGKILL: usually the out-of-memory killer): transient; a crash (SIGSEGV, SIGABRT, an
+    exit) in the decoder on this file: permanent."""
+    proc.join(2)
+    code = proc.exitcode
+    if code is not None and code < 0:
+        try:
+            sig = signal.Signals(-code)
+        except ValueError:
+            return f"decoder process crashed (signal {-code})", False
+        if sig in _KILLED:
+            return f"decoder process killed ({sig.name}{'; out of memory?' if sig == signal.SIGKILL else ''})", True
+        return f"decoder process crashed ({sig.name})", False
+    return "decoder process crashed" + (f" (exit code {code})" if code is not None else ""), False
+
+
 def _worker_main(conn, task, settings: dict, threads: int) -> None:
     from .clip_files import OutputError
 
@@ -69,8 +109,10 @@ def _worker_main(conn, task, settings: dict, threads: int) -> None:
             rec = task(job, settings)
         except OutputError as e:  # the output side (disk full, read-only): stops the command
             rec = clip_record(job, status="output_error", reason=str(e))
+        except MemoryError:  # Python's (an FFmpeg ENOMEM on a damaged file is a DecodeError in media.py)
+            rec = failed_record(job, "out of memory", transient=True)
         except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
-            rec = clip_record(job, status="failed", reason=f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            rec = failed_record(job, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
         conn.send(rec)
 
 
@@ -116,18 +158,18 @@ class ClipPool:
                 if w["conn"] in ready:
                     try:
                         rec = w["conn"].recv()
-                    except (EOFError, OSError):  # the worker died (e.g. a decoder crash)
-                        rec = clip_record(w["job"], status="failed", reason="decoder process crashed")
+                    except (EOFError, OSError):  # the worker died (a decoder crash, a kill)
+                        rec = failed_record(w["job"], *_death(w["proc"]))
                         self._replace(i)
                     w = self.workers[i]
                     w["job"] = None
                     yield rec
                 elif time.monotonic() - w["since"] > self.timeout or not w["proc"].is_alive():
-                    reason = (f"decode timeout after {self.timeout:g} s" if w["proc"].is_alive()
-                              else "decoder process crashed")
+                    died = (f"decode timeout after {self.timeout:g} s", True) if w["proc"].is_alive() else \
+                        _death(w["proc"])
                     job = w["job"]
                     self._replace(i)
-                    yield clip_record(job, status="failed", reason=reason)
+                    yield failed_record(job, *died)
 
     def _replace(self, i: int) -> None:
         w = self.workers[i]

@@ -5,10 +5,14 @@ for a transient reason are tried again. Real media (tests/media_factory.py), the
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 
 import numpy as np
+import pytest
 
 import media_factory as mf
 from conftest import gblend_cmd, gblend_env
@@ -19,8 +23,8 @@ RECIPE = '[prepare]\nfps = 8.0\nshort_side = 32\nflow = "none"\n'
 HEADER = "label,youtube_id,time_start,time_end,split\n"
 
 
-def prepare(tmp_path, root, ann, out, *extra) -> subprocess.CompletedProcess:
-    recipe = mf.write_bytes(tmp_path / "r.toml", RECIPE)
+def prepare(tmp_path, root, ann, out, *extra, recipe: str = RECIPE) -> subprocess.CompletedProcess:
+    recipe = mf.write_bytes(tmp_path / "r.toml", recipe)
     proc = subprocess.run(gblend_cmd("prepare-data", "--dataset", "kinetics400", "--root", root, "--annotations", ann,
                                      "--out", out, "--workers", "1", "--recipe", recipe, *extra),
                           cwd=tmp_path, env=gblend_env(), capture_output=True, text=True, timeout=180)
@@ -102,7 +106,7 @@ def journal_plan(tmp_path, lines: list[dict], span_if_longer: bool = False):
     with ScratchDB(tmp_path) as db:
         plan = _Plan(db, str(root))
         plan.add([ClipSpec("a", str(root / "x" / "a.mp4"), (0,), "train", **span)])
-        return (*plan.load_journal(journal, tmp_path), plan.count_todo())
+        return (*plan.load_journal(journal, tmp_path)[:2], plan.count_todo())
 
 
 def test_the_journals_last_line_for_a_clip_decides(tmp_path):
@@ -123,3 +127,74 @@ def test_journal_lines_of_an_older_gblend(tmp_path):
     assert journal_plan(tmp_path, [old]) == (0, 0, 0)
     assert journal_plan(tmp_path, [{"source": "/elsewhere/x/a.mp4"}]) == (0, 1, 1)
     assert journal_plan(tmp_path, [old], span_if_longer=True) == (0, 1, 1)
+
+
+# ------------------------------------------------------------------------------------------ transient failures
+
+def _die(job, settings):
+    """A clip job whose worker is killed from outside (SIGKILL, what the out-of-memory killer
+    sends), crashes (SIGSEGV), runs out of memory, or fails on its file."""
+    what = job["clip_id"]
+    if what in ("killed", "crashed"):
+        os.kill(os.getpid(), signal.SIGKILL if what == "killed" else signal.SIGSEGV)
+        time.sleep(60)
+    if what == "oom":
+        raise MemoryError
+    if what == "bad":
+        raise ValueError("not a video")
+    if what == "hung":
+        time.sleep(60)
+    return {"clip": what, "split": "train", "labels": [0], "source": job["path"], "status": "ok"}
+
+
+def test_the_pool_tells_transient_failures_from_permanent_ones(time_limit):
+    from gblend_cli.workers import ClipPool, is_transient
+
+    names = ["killed", "crashed", "oom", "bad", "hung", "fine"]
+    jobs = [{"clip_id": n, "path": f"/m/{n}.mp4", "labels": [0], "split": "train"} for n in names]
+    with time_limit(90):
+        pool = ClipPool(2, _die, {}, 1, 1.0)
+        try:
+            recs = {r["clip"]: r for r in pool.run(jobs)}
+        finally:
+            pool.close()
+    got = {n: (recs[n]["status"], is_transient(recs[n])) for n in names}
+    assert got == {"killed": ("failed", True), "crashed": ("failed", False), "oom": ("failed", True),
+                   "bad": ("failed", False), "hung": ("failed", True), "fine": ("ok", False)}, recs
+    assert "SIGKILL" in recs["killed"]["reason"] and "SIGSEGV" in recs["crashed"]["reason"]
+    assert recs["oom"]["reason"] == "out of memory" and "decode timeout" in recs["hung"]["reason"]
+    # journals written before the flag: a timeout or a crash was transient, a decode error is not
+    assert is_transient({"status": "failed", "reason": "decode timeout after 120 s"})
+    assert is_transient({"status": "failed", "reason": "decoder process crashed"})
+    assert not is_transient({"status": "failed", "reason": "cannot open: Invalid data found when processing input"})
+
+
+@pytest.mark.slow  # two prepare-data runs, one decoding 2 minutes of video: ~10 s on 2 cores
+def test_a_rerun_tries_a_timed_out_clip_again_and_not_an_undecodable_one(tmp_path):
+    """Run 1 with a decode timeout (0.1 s) that the long clip (TV-L1 flow over 120 s: ~2 s here)
+    cannot meet: it fails as transient, the text file named .mp4 as permanent. Run 2 with the
+    default timeout prepares the long clip and leaves the text file alone."""
+    root = tmp_path / "k400"
+    mf.write_video(root / "train" / "yoga" / f"{cid('longClip001')}.mp4", seconds=120.0, fps=8, size=(32, 32))
+    mf.write_video(root / "train" / "yoga" / f"{cid('shortClip01')}.mp4", seconds=1.0, fps=8, size=(32, 32))
+    mf.write_bytes(root / "train" / "yoga" / f"{cid('textFile001')}.mp4", "not a video\n" * 20)
+    ann = mf.write_bytes(tmp_path / "a.csv", HEADER + "".join(f"yoga,{y},10,20,train\n"
+                                                              for y in ("longClip001", "shortClip01", "textFile001")))
+    out = tmp_path / "out"
+    recipe = RECIPE.replace('flow = "none"', 'flow = "tvl1"')
+    prepare(tmp_path, root, ann, out, "--set", "prepare.decode_timeout_s=0.1", recipe=recipe)
+    first = {r["clip"]: r for r in map(json.loads, (out / "progress.jsonl").read_text().splitlines())}
+    assert "decode timeout" in first[cid("longClip001")]["reason"] and first[cid("longClip001")]["transient"]
+    assert first[cid("textFile001")]["status"] == "failed" and not first[cid("textFile001")]["transient"]
+    assert first[cid("shortClip01")]["status"] == "ok"
+
+    proc = prepare(tmp_path, root, ann, out, recipe=recipe)
+    assert "1 clips failed for a transient reason last time" in " ".join(proc.stderr.split()), proc.stderr
+    index = read_index(out)
+    assert index[cid("longClip001")]["status"] == "ok" and index[cid("longClip001")]["frames"] == str(120 * 8)
+    assert index[cid("textFile001")]["status"] == "failed"
+    lines = [json.loads(x)["clip"] for x in (out / "progress.jsonl").read_text().splitlines()]
+    assert lines.count(cid("textFile001")) == 1 and lines.count(cid("shortClip01")) == 1  # not tried again
+    assert lines.count(cid("longClip001")) == 2
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert [(f["clip"], f["transient"]) for f in report["failed"]] == [(cid("textFile001"), False)]
