@@ -196,6 +196,11 @@ def prepare_data(
         stdout.print(f"  skipped {f['clip']}: {f['reason']}", soft_wrap=True, markup=False)
     if n_failed > 10:
         stdout.print(f"  ... and {n_failed - 10} more (see prepare_report.json)")
+    shared = report.get("sources_in_two_splits") or {}
+    if shared.get("count"):
+        console.print(f"warning: {shared['count']} source videos have clips in two splits (e.g. "
+                      f"{', '.join(shared['examples'][:3])}): the evaluation split shares content with training; "
+                      f"see {out}/prepare_report.json \"sources_in_two_splits\"", soft_wrap=True, markup=False)
 
 
 DataOpt = typer.Option(None, "--data", help="Prepared dataset folder " + escape("[default: the recipe's dataset.data_dir; the demo is prepared on first use]."))

@@ -340,6 +340,8 @@ def write_outputs(out: Path, cfg: dict, stream, plan: _Plan) -> dict:
         "rows": stream.rows,  # annotation rows per split (the expected clips), None without annotation files
         "dropped_rows": stream.dropped,  # rows of classes outside dataset.classes
     }
+    shared, examples = plan.groups_in_two_splits()
+    report["sources_in_two_splits"] = {"count": shared, "examples": examples}  # train and val share a source
     write_lines_atomic(out / "prepare_report.json", _json_lines(report))
     return report | {"failed": head, "failed_count": n_failed}
 

@@ -146,6 +146,14 @@ class _Plan:
                                  "ON d.clip = c.clip WHERE d.status = 'ok' GROUP BY c.split ORDER BY c.split")
         return {split: (n, no_audio or 0) for split, n, no_audio in rows}
 
+    def groups_in_two_splits(self, limit: int = 5) -> tuple[int, list[str]]:
+        """(how many, the first `limit`) source groups with prepared clips in more than one split:
+        a source video in train and val makes the evaluation split share content with training."""
+        rows = self.conn.execute("SELECT c.grp FROM clips c JOIN done d ON d.clip = c.clip WHERE d.status = 'ok' "
+                                 "AND c.grp IS NOT NULL AND c.grp != '' GROUP BY c.grp "
+                                 "HAVING COUNT(DISTINCT c.split) > 1 ORDER BY MIN(c.n)").fetchall()
+        return len(rows), [g for (g,) in rows[:limit]]
+
     def n_done(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM clips c JOIN done d ON d.clip = c.clip").fetchone()[0]
 

@@ -221,6 +221,8 @@ def test_kinetics_quirks_run_succeeds(kinetics_run):
     report = json.loads((out / "prepare_report.json").read_text())
     assert report["total"] == len(GOOD) + len(BAD) + 1
     assert report["missing_files"] == 1
+    assert report["sources_in_two_splits"] == {"count": 0, "examples": []}
+    assert "two splits" not in proc.stderr
 
 
 def test_kinetics_quirks_good_clips_are_kept(kinetics_run):
@@ -531,3 +533,23 @@ def test_top_level_help_lists_every_command():
     assert result.exit_code == 0
     for command in COMMANDS:
         assert command in result.output
+
+
+def test_a_source_video_in_train_and_val_is_reported(tmp_path):
+    """Clips of one media file in two splits (a csv cutting train and val spans from one video):
+    prepare-data succeeds and warns, naming it; the report counts it."""
+    root = tmp_path / "media"
+    for name in ("shared", "own_a", "own_b"):
+        mf.write_video(root / f"{name}.mp4", seconds=3.0)
+    rows = ["path,label,split,start,end", "shared.mp4,a,train,0,1.5", "shared.mp4,a,val,1.5,3",
+            "own_a.mp4,a,train,,", "own_b.mp4,b,val,,"]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    proc = subprocess.run(gblend_cmd("prepare-data", "--dataset", "csv", "--root", root, "--annotations",
+                                     tmp_path / "list.csv", "--out", out, "--workers", "1"),
+                          cwd=tmp_path, env=gblend_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["ok"] == 4
+    assert report["sources_in_two_splits"] == {"count": 1, "examples": ["shared.mp4"]}
+    assert "warning: 1 source videos have clips in two splits (e.g. shared.mp4)" in proc.stderr
