@@ -117,11 +117,22 @@ def world_size() -> int:
 
 def wrap_model(model: torch.nn.Module, env: DistEnv, device: torch.device, compile_: bool = False) -> torch.nn.Module:
     """The model as trained: torch.compile'd on CUDA when asked, DistributedDataParallel when the
-    run has several processes."""
+    run has several processes.
+
+    A model with more than one head (G-Blend, hand-set or equal weights, the methods that follow it)
+    is wrapped with `find_unused_parameters=True`: a step leaves out every head whose loss weight is
+    0 (engine.train_one_epoch) — hand-set weights such as audio=0, the `raw`/`formula` rules or
+    `min_weight = 0` giving a head that does not generalise no weight — so that head's parameters get
+    no gradient, and DDP without it stops at the next step ("Expected to have finished reduction in
+    the prior iteration"). Which heads are zero can change at every re-estimation (online G-Blend),
+    so every multi-head model pays the graph walk, not only the runs that start with a zero weight.
+    DDP leaves the gradient of a parameter no rank used untouched, as one process would."""
     if compile_ and device.type == "cuda":
         model = torch.compile(model)
     if env.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        multi_head = len(getattr(unwrap(model), "head_names", ())) > 1
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                          find_unused_parameters=multi_head)
     return model
 
 
