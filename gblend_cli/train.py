@@ -130,7 +130,7 @@ class Trainer:
             "config": to_toml(self.cfg),
             "spec": {"method": self.key.method, "modalities": list(self.key.modalities), "heads": self.key.heads,
                      "eval_head": self.key.eval_head},
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": dist_utils.rng_states(self.device),  # every rank's
             "policy": policy.state_dict(),
             "best": best,
         }
@@ -154,9 +154,10 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["lr_scheduler"])
             self.scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng"]["torch"])
             policy.load_state_dict(state["policy"])
             start, best, resumed = state["epoch"], state["best"], True
+            dist_utils.restore_rng_states(state["rng"], self.env.rank, self.device,
+                                          rng_seed(self.tcfg["seed"], start, self.env.rank))
             console.print(f"resuming {folder.path} from epoch {start}")
         folder.start(self.cfg, environment_info(self.device, self.env.world, self.precision.amp_dtype,
                                                 self.data.split_sizes), start if resumed else None,
@@ -316,7 +317,7 @@ class RunContext:
 
     def train(self, model, first_epoch: int, n_epochs: int, clip_groups=None) -> None:
         """Algorithm 1's estimators, n epochs from `first_epoch`. After each epoch their state (model,
-        optimiser, schedule, scaler, the forked RNG) goes to checkpoints/estimation.pt, so a killed
+        optimiser, schedule, scaler, every rank's forked RNG) goes to checkpoints/estimation.pt, so a killed
         or interrupted estimation resumes (--resume) where it stopped, with the same result."""
         t = self._t
         opt = make_optimizer(model.parameters(), t.tcfg)
@@ -329,8 +330,9 @@ class RunContext:
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["lr_scheduler"])
             scaler.load_state_dict(saved["scaler"])
-            torch.set_rng_state(saved["rng"])
             done = saved["done"]
+            dist_utils.restore_rng_states(saved["rng"], t.env.rank, t.device,
+                                          rng_seed(t.tcfg["seed"], first_epoch + done, t.env.rank))
             t.progress.log(f"resuming the G-Blend estimation from epoch {first_epoch} after {done}/{n_epochs} epochs")
         wrapped = t.wrap(model)
         ones = {h: 1.0 for h in model.head_names}
@@ -341,7 +343,7 @@ class RunContext:
             self._folder.save_estimation({"epoch": first_epoch, "n_epochs": n_epochs, "done": e + 1,
                                           "config": to_toml(t.cfg), "model": model.state_dict(),
                                           "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
-                                          "scaler": scaler.state_dict(), "rng": torch.get_rng_state()})
+                                          "scaler": scaler.state_dict(), "rng": dist_utils.rng_states(t.device)})
             t.progress.log(f"  G-Blend estimation {e + 1}/{n_epochs} (from epoch {first_epoch}): "
                            + ", ".join(f"{h} {stats[h]:.3f}" for h in ones))
 
