@@ -32,6 +32,14 @@ The paper leaves ΔG <= 0 and ΔO ≈ 0 open. Our choices:
   noise, and the formula would hand nearly all the weight to whichever head the noise favours.
   The row logs both (`w_estimated`, and `kept_from`: the epoch of the estimate still in force;
   `RunFolder.blend_in_force`).
+
+Every row flags what moved its weights away from w_raw (`guard_flags`), judged, as the rules weigh,
+by the clipped ΔG (max(ΔG, 0); NaN/Inf: 0): per head `floored` (a head with clipped ΔG 0 lifted to
+the floor) and `noise_bound` (the noise guard set the denominator of a head with clipped ΔG > 0:
+for a head with none it moves nothing), and `equal_fallback` (no head generalised: equal weights;
+then nothing else is flagged). The flags describe the row's `w`: in a row that kept the weights in
+force they are the kept estimate's, and this estimate's own are `floored_estimated`,
+`noise_bound_estimated` and `equal_fallback_estimated`, beside `w_estimated`.
 """
 
 from __future__ import annotations
@@ -75,6 +83,24 @@ def noise_bound(delta_o: dict[str, float], delta_o_se: dict[str, float | None] |
     """Heads whose |ΔO| is below its standard error: there the noise guard sets the denominator."""
     se = delta_o_se or {}
     return {h: se.get(h) is not None and abs(delta_o[h]) < se[h] for h in delta_o}
+
+
+HEAD_FLAGS = ("noise_bound", "floored")  # per head; with the row's equal_fallback, what moved w from w_raw
+
+
+def guard_flags(delta_g: dict[str, float], delta_o: dict[str, float], w: dict[str, float], rule: str,
+                delta_o_se: dict[str, float | None] | None = None) -> tuple[bool, dict[str, dict[str, bool]]]:
+    """(equal_fallback, {head: {"noise_bound", "floored"}}) of weights `w` that `blend_weights` gave
+    under `rule`: what moved them from w_raw, judged by the clipped ΔG the rules weigh by (see the
+    module docstring). `formula` has no guard (fallback: w_raw undefined)."""
+    heads = list(delta_g)
+    if rule == "formula":
+        return raw_weights(delta_g, delta_o)[heads[0]] is None, {h: dict.fromkeys(HEAD_FLAGS, False) for h in heads}
+    g = _generalisation(delta_g)
+    fallback = not any(v > 0 for v in g.values())
+    bound = noise_bound(delta_o, delta_o_se)
+    return fallback, {h: {"noise_bound": not fallback and g[h] > 0 and bound[h],
+                          "floored": rule == "regularised" and not fallback and g[h] == 0 and w[h] > 0} for h in heads}
 
 
 def blend_weights(delta_g: dict[str, float], delta_o: dict[str, float], rule: str = "regularised",
@@ -207,31 +233,44 @@ def shows_generalisation(row: dict, z: float) -> bool:
     return False
 
 
-def keep_weights(row: dict, weights: dict[str, float], source_epoch: int) -> dict:
+def row_flags(row: dict) -> dict:
+    """The flags of a row's `w` ({"equal_fallback", "heads": {head: {"noise_bound", "floored"}}}):
+    what `keep_weights` carries into a row that keeps them."""
+    return {"equal_fallback": row["equal_fallback"],
+            "heads": {h: {f: r[f] for f in HEAD_FLAGS} for h, r in row["heads"].items()}}
+
+
+def keep_weights(row: dict, weights: dict[str, float], source_epoch: int, flags: dict | None) -> dict:
     """An estimate that showed no generalisation (online, Algorithm 3): the weights in force stay.
     Each head's `w` becomes the weight kept (what training uses), `w_estimated` what this estimate
-    gave; `kept_from` is the epoch of the estimate whose weights stay."""
+    gave; `kept_from` is the epoch of the estimate whose weights stay. The flags follow `w`: they
+    become those of the weights in force (`flags`, `row_flags` of their row; None where they are not
+    known — a run resumed from a checkpoint of a gblend that did not keep them — and then null),
+    and this estimate's own move to `<flag>_estimated`."""
     for h, r in row["heads"].items():
         r["w_estimated"], r["w"] = r["w"], weights[h]
+        for f in HEAD_FLAGS:
+            r[f"{f}_estimated"], r[f] = r[f], None if flags is None else flags["heads"][h][f]
+    row["equal_fallback_estimated"] = row["equal_fallback"]
+    row["equal_fallback"] = None if flags is None else flags["equal_fallback"]
     row["kept_from"] = source_epoch
     return row
 
 
 def blend_row(epoch: int, n_epochs: int, gcfg: dict, rows: dict[str, dict], **extra) -> dict:
-    """The blend_weights.jsonl row from each head's measured terms: w_raw, the guard flags and w."""
+    """The blend_weights.jsonl row from each head's measured terms: w_raw, w and the flags of what
+    moved w from w_raw (`guard_flags`)."""
     heads = list(rows)
     dg = {h: rows[h]["delta_G"] for h in heads}
     do = {h: rows[h]["delta_O"] for h in heads}
     se = {h: rows[h].get("delta_O_se") for h in heads}
     w_raw = raw_weights(dg, do)
     w = blend_weights(dg, do, gcfg["rule"], gcfg["min_weight"], se)
-    bound = noise_bound(do, se) if gcfg["rule"] != "formula" else {h: False for h in heads}  # flags a guard that acted
-    fallback = w_raw[heads[0]] is None if gcfg["rule"] == "formula" else not any(v > 0 for v in dg.values())
+    fallback, flags = guard_flags(dg, do, w, gcfg["rule"], se)
     for h in heads:
         rows[h]["w_raw"] = w_raw[h]
         rows[h]["w"] = w[h]
-        rows[h]["noise_bound"] = bound[h]
-        rows[h]["floored"] = gcfg["rule"] == "regularised" and not fallback and not dg[h] > 0 and w[h] > 0
+        rows[h].update(flags[h])
         rows[h]["ogr"] = rows[h]["ogr"] if math.isfinite(rows[h]["ogr"]) else None
     return {"epoch": epoch, "n_epochs": n_epochs, "metric": gcfg["metric"], "rule": gcfg["rule"],
             "equal_fallback": fallback, "heads": rows} | extra

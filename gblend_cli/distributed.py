@@ -100,6 +100,42 @@ def sync_buffers(model: torch.nn.Module) -> None:
         dist.broadcast(b, src=0)
 
 
+def rng_states(device: torch.device) -> dict:
+    """Every rank's random number generator states, for a checkpoint (a collective: every rank
+    calls it, rank 0 writes the result): {"torch": rank 0's CPU state (all a checkpoint held before),
+    "ranks": [{"torch": the CPU state, "cuda": the device's generator on CUDA}, ...] in rank order}.
+    Each rank draws its own dropout masks (seeded by engine.rng_seed(seed, epoch, rank)), so a
+    resumed rank must continue from its own state, not rank 0's. Only tensors, lists and dicts:
+    the checkpoint still loads with weights_only=True."""
+    own = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        own["cuda"] = torch.cuda.get_rng_state(device)
+    ranks = all_gather_objects(own)
+    return {"torch": ranks[0]["torch"], "ranks": ranks}
+
+
+def restore_rng_states(saved, rank: int, device: torch.device, fallback_seed: int) -> None:
+    """Restore this rank's states from `rng_states`' dict. A checkpoint of an older gblend (a bare
+    CPU state, or {"torch": state}) carries rank 0's only: every rank restores that, as that gblend
+    did. A rank the checkpoint has no state for (resumed with more processes than it was saved
+    with) is seeded from `fallback_seed` instead, so no two ranks draw the same masks. A CUDA
+    state is restored on CUDA only (a run resumed on another device type starts that generator
+    afresh)."""
+    if isinstance(saved, torch.Tensor):
+        saved = {"torch": saved}
+    ranks = saved.get("ranks")
+    if ranks is None:
+        own = saved
+    elif rank < len(ranks):
+        own = ranks[rank]
+    else:
+        torch.manual_seed(fallback_seed)
+        return
+    torch.set_rng_state(own["torch"])
+    if device.type == "cuda" and own.get("cuda") is not None:
+        torch.cuda.set_rng_state(own["cuda"], device)
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
@@ -117,11 +153,22 @@ def world_size() -> int:
 
 def wrap_model(model: torch.nn.Module, env: DistEnv, device: torch.device, compile_: bool = False) -> torch.nn.Module:
     """The model as trained: torch.compile'd on CUDA when asked, DistributedDataParallel when the
-    run has several processes."""
+    run has several processes.
+
+    A model with more than one head (G-Blend, hand-set or equal weights, the methods that follow it)
+    is wrapped with `find_unused_parameters=True`: a step leaves out every head whose loss weight is
+    0 (engine.train_one_epoch) — hand-set weights such as audio=0, the `raw`/`formula` rules or
+    `min_weight = 0` giving a head that does not generalise no weight — so that head's parameters get
+    no gradient, and DDP without it stops at the next step ("Expected to have finished reduction in
+    the prior iteration"). Which heads are zero can change at every re-estimation (online G-Blend),
+    so every multi-head model pays the graph walk, not only the runs that start with a zero weight.
+    DDP leaves the gradient of a parameter no rank used untouched, as one process would."""
     if compile_ and device.type == "cuda":
         model = torch.compile(model)
     if env.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        multi_head = len(getattr(unwrap(model), "head_names", ())) > 1
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                          find_unused_parameters=multi_head)
     return model
 
 

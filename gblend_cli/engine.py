@@ -29,12 +29,25 @@ class Precision:
             if device.type == "cuda" else None
         return cls(device, dtype)
 
+    @property
+    def name(self) -> str:
+        """What the run computes in: "bf16", "fp16" or "none" (float32), as checkpoints record it."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "none")
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def new_scaler(self) -> torch.amp.GradScaler:
         """A GradScaler of its own for each optimiser (its scale adapts to that optimiser's steps)."""
         return torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def load_scaler_state(self, scaler: torch.amp.GradScaler, saved: dict | None) -> None:
+        """A checkpoint's GradScaler state into `scaler`, only when the checkpoint holds one and the
+        scaler is enabled (fp16): a disabled scaler saves {} and loads nothing (torch refuses an
+        empty state into an enabled one). A change of precision itself is refused before this
+        (`Trainer.check_precision`)."""
+        if saved and scaler.is_enabled():
+            scaler.load_state_dict(saved)
 
     def to_device(self, batch: dict, modalities) -> tuple[dict, torch.Tensor]:
         inputs = {m: batch[m].to(self.device, non_blocking=True) for m in modalities}

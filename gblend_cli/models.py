@@ -232,7 +232,13 @@ class EstimatorEnsemble(nn.Module):
     uni-modal network (its backbone + its own head, copied from the checkpoint) and the naive
     fused network (all backbones + fused head). Their parameters are disjoint, so training the sum
     of their losses with per-parameter optimisers is exactly k+1 separate trainings on the same
-    batches, at the cost of one data pass."""
+    batches, at the cost of one data pass.
+
+    One optimiser and one GradScaler serve all k+1 (RunContext.train: a scaler of their own, apart
+    from the run's, but shared among them). With fp16 (train.amp = fp16 on CUDA) the scaler acts:
+    an Inf/NaN gradient in any estimator skips that step for every estimator, and the loss scale
+    adapts to all of them together, so there the trainings are not exactly separate ones. With bf16
+    and float32 the scaler is disabled (an identity) and they are."""
 
     def __init__(self, model: MultiModalNet, model_cfg: dict):
         super().__init__()

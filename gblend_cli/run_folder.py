@@ -160,6 +160,14 @@ class RunFolder:
                 out.append(name)
         return out
 
+    def env_info(self) -> dict | None:
+        """env.json (what the run's last start ran on); None when absent or unreadable."""
+        try:
+            info = json.loads((self.path / "env.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
     def load_checkpoint(self, which: str = "last") -> dict:
         return load_checkpoint(self.checkpoints / f"{which}.pt")
 

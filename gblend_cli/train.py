@@ -27,7 +27,7 @@ from .experiment import RunKey
 from .fusion import build_model
 from .models import MultiModalNet, load_backbones, set_channels_last
 from .ogr import ogr_per_head
-from .run_folder import RunFolder, best_score, environment_info, load_checkpoint
+from .run_folder import DamagedCheckpoint, RunFolder, best_score, environment_info, load_checkpoint
 from .storage import read_jsonl
 from .ui import RunProgress, console
 
@@ -126,11 +126,12 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "precision": self.precision.name,
             "epoch": epoch,
             "config": to_toml(self.cfg),
             "spec": {"method": self.key.method, "modalities": list(self.key.modalities), "heads": self.key.heads,
                      "eval_head": self.key.eval_head},
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": dist_utils.rng_states(self.device),  # every rank's
             "policy": policy.state_dict(),
             "best": best,
         }
@@ -148,15 +149,22 @@ class Trainer:
                             "all-reduced across processes yet: run it in one process (not under torchrun)")
         backward, after_epoch = getattr(policy, "backward", None), getattr(policy, "after_epoch", None)
         start, best, resumed = 0, -math.inf, False
+        if self.resume and not folder.last.exists() and folder.estimation.exists():  # refused before anything is written
+            try:
+                self.check_precision(load_checkpoint(folder.estimation).get("precision"), folder.estimation)
+            except DamagedCheckpoint:
+                pass  # estimated again from its start (RunFolder.estimation_state says so)
         if self.resume and folder.last.exists():
             state = folder.resume_state(self.cfg, self.key)
+            self.check_precision(state.get("precision"), folder.last)
             dist_utils.unwrap(self.model).load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["lr_scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng"]["torch"])
+            self.precision.load_scaler_state(self.scaler, state.get("scaler"))
             policy.load_state_dict(state["policy"])
             start, best, resumed = state["epoch"], state["best"], True
+            dist_utils.restore_rng_states(state["rng"], self.env.rank, self.device,
+                                          rng_seed(self.tcfg["seed"], start, self.env.rank))
             console.print(f"resuming {folder.path} from epoch {start}")
         folder.start(self.cfg, environment_info(self.device, self.env.world, self.precision.amp_dtype,
                                                 self.data.split_sizes), start if resumed else None,
@@ -196,6 +204,22 @@ class Trainer:
         self.progress = RunProgress(False, folder.path.name, 0)
         dist_utils.barrier()
         return final
+
+    def check_precision(self, saved: str | None, where: Path) -> None:
+        """--resume computes in the precision the checkpoint was made in: train.amp may not change
+        (the recipe check), and train.device may, but not to a device that changes the precision
+        (train.amp = auto is bf16 on CUDA and float32 on CPU; fp16 and bf16 apply on CUDA only).
+        `saved`: the checkpoint's "precision"; for a checkpoint of an older gblend, env.json's
+        "amp" (the run's last start); unknown: not checked."""
+        if saved is None:
+            amp = (self.folder.env_info() or {}).get("amp")
+            saved = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "none": "none"}.get(amp)
+        if saved is None or saved == self.precision.name:
+            return
+        raise UserError(f"{where}: --resume with another precision: the run trained with amp {saved}, this one would "
+                        f"with amp {self.precision.name} (train.device = {self.tcfg['device']!r}: {self.device}; "
+                        f"train.amp = {self.tcfg['amp']!r}); set train.device to the kind of device the run trained "
+                        f"on, or use a new --out")
 
     def _on_step(self, t0: float):
         def on_step(step, clips, loss):
@@ -316,7 +340,7 @@ class RunContext:
 
     def train(self, model, first_epoch: int, n_epochs: int, clip_groups=None) -> None:
         """Algorithm 1's estimators, n epochs from `first_epoch`. After each epoch their state (model,
-        optimiser, schedule, scaler, the forked RNG) goes to checkpoints/estimation.pt, so a killed
+        optimiser, schedule, scaler, every rank's forked RNG) goes to checkpoints/estimation.pt, so a killed
         or interrupted estimation resumes (--resume) where it stopped, with the same result."""
         t = self._t
         opt = make_optimizer(model.parameters(), t.tcfg)
@@ -328,9 +352,11 @@ class RunContext:
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["optimizer"])
             sched.load_state_dict(saved["lr_scheduler"])
-            scaler.load_state_dict(saved["scaler"])
-            torch.set_rng_state(saved["rng"])
+            t.check_precision(saved.get("precision"), self._folder.estimation)
+            t.precision.load_scaler_state(scaler, saved.get("scaler"))
             done = saved["done"]
+            dist_utils.restore_rng_states(saved["rng"], t.env.rank, t.device,
+                                          rng_seed(t.tcfg["seed"], first_epoch + done, t.env.rank))
             t.progress.log(f"resuming the G-Blend estimation from epoch {first_epoch} after {done}/{n_epochs} epochs")
         wrapped = t.wrap(model)
         ones = {h: 1.0 for h in model.head_names}
@@ -341,7 +367,8 @@ class RunContext:
             self._folder.save_estimation({"epoch": first_epoch, "n_epochs": n_epochs, "done": e + 1,
                                           "config": to_toml(t.cfg), "model": model.state_dict(),
                                           "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
-                                          "scaler": scaler.state_dict(), "rng": torch.get_rng_state()})
+                                          "scaler": scaler.state_dict(), "precision": t.precision.name,
+                                          "rng": dist_utils.rng_states(t.device)})
             t.progress.log(f"  G-Blend estimation {e + 1}/{n_epochs} (from epoch {first_epoch}): "
                            + ", ".join(f"{h} {stats[h]:.3f}" for h in ones))
 

@@ -3,12 +3,13 @@
 - every blend_weights.jsonl row: ΔO, ΔG and OGR equal `ogr.gradient_blend_terms` of the row's own
   L^T/L^V before and after; w_raw equals `blend.raw_weights`, w equals `blend.blend_weights` (the
   run's rule, min_weight and the row's SE(ΔO)), the flags (noise_bound, floored, equal_fallback)
-  follow from them, and the weights are a distribution;
+  follow from them and from the clipped ΔG (max(ΔG, 0), NaN/Inf 0: what the rules weigh by), and
+  the weights are a distribution;
 - the rows sit where Algorithm 2 / 3 estimates: offline once at epoch 0 for estimate_epochs (or
   the whole run), online at 0, then every super-epoch after the warm-up one;
 - online, a later row whose every ΔG is within gblend.evidence_z SE(ΔG) of 0 (and only such a
-  row) keeps the weights of the estimate in force: its w are that row's, its `kept_from` that
-  row's epoch, and `w_estimated` what the formula and guards gave;
+  row) keeps the weights of the estimate in force: its w and flags are that row's, its `kept_from`
+  that row's epoch, and `w_estimated` and the `<flag>_estimated` what the formula and guards gave;
 - metrics.jsonl: every trained epoch's "weights" are the w of the latest estimation at or before
   that epoch (the row of epoch e records the weights epoch e was trained with, e = 1, 2, ...);
   final.json's weights are the last row's.
@@ -68,15 +69,18 @@ def check_blend_row(row: dict, gcfg: dict) -> None:
     w_raw = raw_weights(dg, do)
     w = blend_weights(dg, do, gcfg["rule"], gcfg["min_weight"], se)
     formula = gcfg["rule"] == "formula"  # the formula alone: no guard acts, none is flagged
-    bound = {h: False for h in heads} if formula else noise_bound(do, se)
-    fallback = w_raw[next(iter(heads))] is None if formula else not any(v > 0 for v in dg.values())
-    assert row["equal_fallback"] == fallback
-    kept = row.get("kept_from") is not None  # the weights in force stayed: the estimate's own are w_estimated
+    g = {h: max(v, 0.0) if math.isfinite(v) else 0.0 for h, v in dg.items()}  # clipped, as the rules weigh
+    fallback = w_raw[next(iter(heads))] is None if formula else not any(v > 0 for v in g.values())
+    # the guard moves a weight only where the head has a clipped ΔG > 0 to divide, and not in the fallback
+    bound = {h: not formula and not fallback and g[h] > 0 and nb for h, nb in noise_bound(do, se).items()}
+    kept = row.get("kept_from") is not None  # the weights in force stayed: the estimate's own are *_estimated
+    own = "_estimated" if kept else ""
+    assert row["equal_fallback" + own] == fallback
     for h, r in heads.items():
         assert r["w_raw"] == w_raw[h], (h, r["w_raw"], w_raw[h])
-        assert r["w_estimated" if kept else "w"] == w[h], (h, r, w[h])
-        assert r["noise_bound"] == bound[h], h
-        assert r["floored"] == (gcfg["rule"] == "regularised" and not fallback and not dg[h] > 0 and w[h] > 0), h
+        assert r["w" + own] == w[h], (h, r, w[h])
+        assert r["noise_bound" + own] == bound[h], h
+        assert r["floored" + own] == (gcfg["rule"] == "regularised" and not fallback and g[h] == 0 and w[h] > 0), h
         assert r["w"] >= 0
     assert math.isclose(sum(r["w"] for r in heads.values()), 1.0, rel_tol=1e-12)
 
@@ -102,9 +106,10 @@ def check_blend_run(run: Path) -> list[dict]:
         keeps = cfg["gblend"]["mode"] == "online" and i > 0 and z > 0 and \
             not any(r["delta_G"] > z * r["delta_G_se"] for r in row["heads"].values())
         assert (row.get("kept_from") is not None) == keeps, (run, row["epoch"], row.get("kept_from"))
-        if keeps:
-            assert row["kept_from"] == source["epoch"]
-            assert {h: r["w"] for h, r in row["heads"].items()} == {h: r["w"] for h, r in source["heads"].items()}
+        if keeps:  # the weights in force, and the flags that describe them
+            assert row["kept_from"] == source["epoch"] and row["equal_fallback"] == source["equal_fallback"]
+            in_force = lambda r: (r["w"], r["noise_bound"], r["floored"])  # noqa: E731
+            assert {h: in_force(r) for h, r in row["heads"].items()} == {h: in_force(r) for h, r in source["heads"].items()}
         else:
             source = row
     metrics = _jsonl(run / "metrics.jsonl")

@@ -91,6 +91,30 @@ def test_formula_rule_is_w_raw_with_no_guard():
     assert [r["w"] for r in row["heads"].values()] == [r["w_raw"] for r in row["heads"].values()]
 
 
+def test_flags_follow_the_clipped_delta_g_the_rules_weigh_by():
+    """A ΔG of +Inf counts as no evidence (clipped to 0, as the weights do): with no other head
+    generalising the weights are equal and the row says so, flooring nobody (before, it flagged no
+    fallback and a floored head). The noise guard is flagged only where it set the denominator of
+    a head with clipped ΔG > 0: for a head with none it moves no weight."""
+    gcfg = {"rule": "regularised", "min_weight": 0.05, "metric": "loss"}
+
+    def row(dg, do, se):
+        return blend_row(0, 2, gcfg, {h: {"delta_G": dg[h], "delta_O": do[h], "delta_O_se": se[h], "ogr": 1.0}
+                                      for h in dg})
+
+    r = row({"audio": math.inf, "fused": -0.1}, {"audio": 0.5, "fused": 0.5}, {"audio": 0.1, "fused": 0.1})
+    assert [v["w"] for v in r["heads"].values()] == [0.5, 0.5]
+    assert r["equal_fallback"] and not any(v["floored"] or v["noise_bound"] for v in r["heads"].values())
+    # rgb and fused ΔO within their noise; only fused (ΔG > 0) has its weight set by the guard
+    r = row({"audio": 0.4, "rgb": -0.2, "fused": 0.3}, {"audio": 0.5, "rgb": 0.01, "fused": 0.02},
+            {"audio": 0.1, "rgb": 0.1, "fused": 0.1})
+    flags = {h: (v["noise_bound"], v["floored"]) for h, v in r["heads"].items()}
+    assert flags == {"audio": (False, False), "rgb": (False, True), "fused": (True, False)} and not r["equal_fallback"]
+    # every ΔG <= 0: equal weights, no guard acted
+    r = row({"audio": -0.4, "fused": 0.0}, {"audio": 0.01, "fused": 0.5}, {"audio": 0.1, "fused": 0.1})
+    assert r["equal_fallback"] and not any(v["floored"] or v["noise_bound"] for v in r["heads"].values())
+
+
 def test_floors_lift_only_heads_that_do_not_generalise():
     dg = {"audio": -0.5, "rgb": 1.2, "fused": 0.8}
     do = {"audio": 2.7, "rgb": 0.3, "fused": 1.1}
@@ -183,6 +207,11 @@ def test_online_keeps_the_weights_in_force_when_no_head_generalises_measurably(m
             if kept:
                 assert g.weights == first and ctx.rows[1]["kept_from"] == 0
                 assert ctx.rows[1]["heads"]["audio"]["w_estimated"] > 0.5  # what the noise would have set
+                # the flags describe w, the weights in force (nothing moved them at epoch 0); what
+                # this estimate's guards did is *_estimated: its rgb (ΔG < 0) was floored
+                rgb = ctx.rows[1]["heads"]["rgb"]
+                assert not rgb["floored"] and rgb["floored_estimated"] and not ctx.rows[0]["heads"]["rgb"]["floored"]
+                assert ctx.rows[1]["equal_fallback"] is False and ctx.rows[1]["equal_fallback_estimated"] is False
             else:
                 assert ctx.rows[1].get("kept_from") is None and g.weights["audio"] > 0.5
     assert [r.get("kept_from") for r in ctx.rows] == [None, 0 if kept else None, None]

@@ -466,10 +466,14 @@ def test_gblend_metric_accuracy_measures_error_rates(matrix_runs):
     assert any(row["heads"][h]["LT_after"] != loss_row["heads"][h]["LT_after"] for h in row["heads"])
 
 
-def test_gblend_without_a_held_out_split_is_refused(tiny_demo, tmp_path, run_gblend):
+@pytest.mark.parametrize("mode", ["offline", "online --estimate-from"])
+def test_gblend_without_a_held_out_split_is_refused(tiny_demo, tmp_path, run_gblend, mode):
+    """Online, --estimate-from (offline only) does not stand in for V: before, it let the run start
+    and fail at the first estimate (KeyError)."""
+    extra = ["--mode", "online", "--estimate-from", tmp_path / "runs"] if mode != "offline" else []
     p = run_gblend("train-gblend", "--modalities", "audio,rgb", "--data", tiny_demo, "--out", tmp_path / "g",
-                   "--epochs", "1", *TINY, "--set", "train.holdout_fraction=0")
-    assert p.returncode == 2 and "holdout_fraction" in p.stderr and "Traceback" not in p.stderr
+                   "--epochs", "1", *TINY, "--set", "train.holdout_fraction=0", *extra)
+    assert p.returncode == 2 and "train.holdout_fraction" in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "g").exists()
 

@@ -73,9 +73,13 @@ def make_policy(key: RunKey, cfg: dict) -> LossPolicy:
         return UME(mods, unimodal_sources(key, cfg))
     if key.mode in ("fixed", "equal"):
         return FixedWeights(parse_weights(cfg["gblend"]["weights"] if key.mode == "fixed" else "equal", key.heads))
-    if cfg["train"]["holdout_fraction"] == 0 and not cfg["gblend"]["estimate_from"]:
-        raise UserError("train.holdout_fraction = 0 leaves no held-out V, and G-Blend's weights are measured on V "
-                        "(Algorithm 1); set train.holdout_fraction > 0 (the paper holds out 8%) or give --weights")
+    # offline G-Blend reading Algorithm 2's terms from finished runs (--estimate-from) measures nothing
+    # itself; online G-Blend measures V again at every super-epoch (Algorithm 3), --estimate-from or not
+    if cfg["train"]["holdout_fraction"] == 0 and not (key.mode == "offline" and cfg["gblend"]["estimate_from"]):
+        why = ("online G-Blend measures its weights on V at every super-epoch (Algorithm 3; gblend.estimate_from serves "
+               "offline G-Blend only)" if key.mode == "online" else "G-Blend's weights are measured on V (Algorithm 1)")
+        raise UserError(f"train.holdout_fraction = 0 leaves no held-out V, and {why}; set train.holdout_fraction > 0 "
+                        "(the paper holds out 8%) or give --weights")
     from .gblend import GradientBlending
 
     return GradientBlending(cfg, key.mode, key.heads)

@@ -6,8 +6,8 @@ generalises measurably keeps the weights in force: `blend.keep_weights`)."""
 
 from __future__ import annotations
 
-from ..blend import (blend_row, estimate_blend_weights, keep_weights, show_weights_table, shows_generalisation,
-                     terms_from_runs)
+from ..blend import (blend_row, estimate_blend_weights, keep_weights, row_flags, show_weights_table,
+                     shows_generalisation, terms_from_runs)
 
 
 class GradientBlending:
@@ -47,10 +47,11 @@ class GradientBlending:
         source = epoch
         if self.mode == "online" and self.history and z > 0 and not shows_generalisation(row, z):
             source = self.source_epoch
-            row = keep_weights(row, self.weights, source)  # nothing measurable to re-weight by
+            row = keep_weights(row, self.weights, source, self.history[-1].get("flags"))  # nothing to re-weight by
         old = dict(self.weights)
         self.weights = {h: row["heads"][h]["w"] for h in self.heads}
-        self.history.append({"epoch": epoch, "weights": dict(self.weights), "source_epoch": source})
+        self.history.append({"epoch": epoch, "weights": dict(self.weights), "source_epoch": source,
+                             "flags": row_flags(row)})  # the flags of the weights in force
         ctx.record(row)
         if ctx.is_main and (old != self.weights or row.get("kept_from") is not None):
             show_weights_table(row)
