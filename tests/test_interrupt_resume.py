@@ -343,9 +343,9 @@ name, stage = os.environ["GBLEND_TEST_TARGET"], os.environ["GBLEND_TEST_STAGE"]
 marker = Path(os.environ["GBLEND_TEST_MARKER"])
 
 
-def paused(path, write):
+def paused(path, write, *args, **kwargs):
     if Path(path).name != name:
-        return real(path, write)
+        return real(path, write, *args, **kwargs)
 
     def write_then_wait(f):
         buf = io.BytesIO()
@@ -357,7 +357,7 @@ def paused(path, write):
         marker.write_text(str(len(data)))
         time.sleep(600)
 
-    return real(path, write_then_wait)
+    return real(path, write_then_wait, *args, **kwargs)
 
 
 storage._atomic_write = paused
