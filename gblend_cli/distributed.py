@@ -195,11 +195,21 @@ def launcher_stop() -> str | None:
                     "or the job was cancelled)")
 
 
+# what gloo/NCCL say on the surviving ranks when another process stopped (their errors are plain
+# RuntimeErrors in some versions, DistError subclasses in others)
+_PEER_SIGNS = ("gloo", "nccl", "connection closed", "connection reset", "connection refused", "broken pipe",
+               "timed out", "timeout", "watchdog", "socket", "peer")
+
+
 def peer_failure(e: BaseException) -> str | None:
     """The one-line message for a collective that failed because another process of a distributed
     run stopped (killed, out of memory, its node gone): gloo/NCCL raise a RuntimeError on the
-    surviving ranks. None when `e` is not that (not distributed, or another error)."""
+    surviving ranks. None when `e` is not that (not distributed, or another error: a RuntimeError of
+    this rank's own — CUDA out of memory, a DDP reduction error — is not blamed on another process)."""
     if not isinstance(e, RuntimeError):
+        return None
+    text = str(e).lower()
+    if not isinstance(e, dist.DistError) and not any(k in text for k in _PEER_SIGNS):
         return None
     short = " ".join(str(e).split()).split("] ", 1)[-1].split(". ")[0][:100]
     return _stopped(f"another process of this distributed run stopped ({short})")

@@ -155,3 +155,44 @@ def test_each_rank_restores_its_own_rng_state_and_older_checkpoints_still_load(t
     for old in (states[0]["torch"], {"torch": states[0]["torch"]}):
         restore_rng_states(old, 1, cpu, fallback_seed=7)
         assert torch.equal(draws(), expected[0])
+
+
+PEER_SCRIPT = """
+import json
+import sys
+
+import torch.distributed as dist
+
+from gblend_cli import distributed
+
+distributed.setup("cpu")
+said = {k: distributed.peer_failure(e) for k, e in {
+    "peer": RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4"),
+    "dist_error": dist.DistBackendError("NCCL communicator was aborted on rank 1"),
+    "oom": RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "ddp": RuntimeError("Expected to have finished reduction in the prior iteration before starting a new one"),
+    "value": ValueError("not a collective"),
+}.items()}
+open(sys.argv[1] + f".{dist.get_rank()}", "w").write(json.dumps(said))
+distributed.cleanup()
+"""
+
+
+def test_only_a_failed_collective_is_blamed_on_another_process(tmp_path):
+    """In a real 2-process group, a collective's error (gloo's 'connection closed by peer', a
+    DistError) reads 'another process of this distributed run stopped ... --resume'; this rank's
+    own RuntimeError (CUDA out of memory, a DDP reduction error) is not disguised as that."""
+    script = tmp_path / "peer.py"
+    script.write_text(PEER_SCRIPT)
+    port = str(free_port())
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", port,
+                        str(script), str(tmp_path / "said")], env=gblend_env() | {"MASTER_PORT": port},
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for rank in (0, 1):
+        said = json.loads((tmp_path / f"said.{rank}").read_text())
+        for k in ("peer", "dist_error"):
+            assert said[k].startswith(f"rank {rank} of 2: another process of this distributed run stopped"), said[k]
+            assert "--resume" in said[k]
+        assert said["peer"].count("Connection closed by peer") == 1
+        assert said["oom"] is None and said["ddp"] is None and said["value"] is None
