@@ -9,6 +9,10 @@
   (last.pt and estimation.pt) carries every rank's RNG state and each rank restores its own;
   before, every rank restored rank 0's. (~30 s: slow.) And, in one process, what a rank restores
   from a checkpoint of an older gblend or one saved with fewer processes.
+- A naive run on two processes writes one set of outputs, and its numbers are those of the model
+  it saved (every rank evaluates rank 0's BatchNorm statistics); φ_0's recalibrated statistics are
+  the average over every rank's batches.
+- Only a failed collective is reported as another process having stopped.
 """
 
 from __future__ import annotations
@@ -196,3 +200,87 @@ def test_only_a_failed_collective_is_blamed_on_another_process(tmp_path):
             assert "--resume" in said[k]
         assert said["peer"].count("Connection closed by peer") == 1
         assert said["oom"] is None and said["ddp"] is None and said["value"] is None
+
+
+def test_torchrun_two_cpu_processes(tiny_demo, tmp_path):
+    run = tmp_path / "ddp"
+    env = gblend_env() | {"MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", env["MASTER_PORT"],
+           "-m", "gblend_cli", "train-naive", "--modalities", "audio,rgb", "--data", str(tiny_demo), "--out", str(run),
+           "--epochs", "2", *TINY, "--set", "train.eval_every=1"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads((run / "env.json").read_text())
+    assert info["world_size"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # one set of outputs: only rank 0 writes
+    final = json.loads((run / "final.json").read_text())
+    assert final["splits"]["val"] == 16
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
+    assert not list(run.rglob("*.tmp"))
+    # the numbers are those of the saved model: one process evaluating last.pt gets the same
+    # final.json (each rank's BatchNorm statistics differ by its own last batch; rank 0's are saved)
+    from test_metrics import EVAL_SCRIPT, _final
+
+    script = tmp_path / "evaluate_checkpoint.py"
+    script.write_text(EVAL_SCRIPT)
+    one = subprocess.run([sys.executable, str(script), str(run), str(tmp_path / "one")], env=gblend_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = _final(tmp_path / "one"), _final(run)
+    for k in ("val_loss", "train_loss"):
+        assert b.pop(k) == pytest.approx(a.pop(k), rel=1e-5), k
+    assert b == a
+
+
+BN_SCRIPT = """
+import sys
+
+import torch
+
+from gblend_cli import distributed
+from gblend_cli.engine import Precision, recalibrated_bn
+
+env, device = distributed.setup("cpu")
+g = torch.Generator().manual_seed(0)
+batches = [{"rgb": torch.randn(3, 4, 5, generator=g) * (i + 1) + i, "label": torch.zeros(3, dtype=torch.long)}
+           for i in range(6)]
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm1d(4)
+
+    def forward(self, inputs):
+        return self.bn(inputs["rgb"])
+
+
+mine = batches[env.rank::env.world]  # each rank's share, as the evaluation loaders shard
+bn = recalibrated_bn(Net(), mine, precision=Precision(device), modalities=["rgb"]).bn
+torch.save({"mean": bn.running_mean, "var": bn.running_var, "n": bn.num_batches_tracked}, sys.argv[1] + f".{env.rank}")
+distributed.cleanup()
+"""
+
+
+def test_bn_recalibration_averages_every_rank_batches(tmp_path):
+    """φ_0's BatchNorm statistics (engine.recalibrated_bn) in a 2-process run are the cumulative
+    average over both ranks' batches: the same on every rank, and those of one process passing
+    over all of them."""
+    script = tmp_path / "bn.py"
+    script.write_text(BN_SCRIPT)
+    env = gblend_env() | {"MASTER_PORT": str(29500 + (os.getpid() + 3) % 1000)}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                          env["MASTER_PORT"], str(script), str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ref = torch.load(tmp_path / "one.0", weights_only=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"two.{rank}", weights_only=True)
+        assert int(got["n"]) == int(ref["n"]) == 6
+        for k in ("mean", "var"):
+            assert torch.allclose(got[k], ref[k], rtol=1e-5, atol=1e-6), (rank, k)
