@@ -407,16 +407,28 @@ def report(
         raise UserError("--format csv writes one table per file: give --table 1|4|overfit|3|5|fig1|methods, or --out FILE.csv "
                         "(then FILE_table1.csv, FILE_table4.csv, ...)")
     rep = build(results, tables, cfg, recipe_arg, sets or [])
-    if "overfit" in rep:
-        fig = overfit_figure(rep["_matrix"], figure or results / "report" / "overfitting.png")
+
+    def draw(make, *args) -> None:
+        """A figure beside the tables. Asked for (--figure): a write that fails is the command's
+        error; by default (RESULTS/report) it is a warning, and the tables still come out (a report
+        read from someone else's read-only results folder)."""
+        try:
+            fig = make(*args)
+        except OSError as e:
+            if figure is not None:
+                raise
+            console.print(f"warning: figure not written ({e.strerror or e}: {e.filename or args[-1]}); "
+                          f"--figure PATH writes it elsewhere", soft_wrap=True, markup=False)
+            return
         if fig:
             console.print(f"figure: {fig}")
+
+    if "overfit" in rep:
+        draw(overfit_figure, rep["_matrix"], figure or results / "report" / "overfitting.png")
     if "fig1" in rep:
         from .paper_tables import fig1_figure
 
-        fig = fig1_figure(rep["fig1"], (figure.parent if figure else results / "report") / "fig1.png")
-        if fig:
-            console.print(f"figure: {fig}")
+        draw(fig1_figure, rep["fig1"], (figure.parent if figure else results / "report") / "fig1.png")
     if fmt is None and out is None:
         print_rich(rep)
     elif fmt == "csv" and len(tables) > 1:

@@ -12,6 +12,7 @@ How the disk fills up:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -215,3 +216,28 @@ def test_writes_survive_a_power_cut_their_folder_is_synced(tmp_path, monkeypatch
     (tmp_path / "rgb").mkdir()
     clip_files.write_output(tmp_path / "rgb" / "c.npy", b"x" * 10)
     assert len(synced) == 1 and synced[0].startswith(str(tmp_path / "rgb" / ".c.npy."))  # the temp file only
+
+
+def test_a_report_from_a_read_only_results_folder_still_prints_its_tables(finished_results, tmp_path):
+    """Someone else's results, mounted read-only: the tables come out (JSON on stdout, exit 0) and
+    the figure the report would write beside them is a one-line warning; a --figure that cannot be
+    written stays an error."""
+    if not userns():
+        pytest.skip("needs a private mount namespace (unshare -rm) for a read-only bind mount")
+    ro = tmp_path / "ro"
+    shutil.copytree(finished_results, ro)
+
+    def report(*extra):
+        args = gblend_cmd("report", "--results", ro, "--table", "overfit", "--format", "json", *extra)
+        mount = f'mount --bind "{ro}" "{ro}" && mount -o remount,ro,bind "{ro}" && exec "$@"'
+        return subprocess.run(["unshare", "-rm", "sh", "-c", mount, "sh", *args], env=gblend_env(),
+                              capture_output=True, text=True, timeout=300)
+
+    p = report()
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "overfit" in json.loads(p.stdout)
+    warnings = [ln for ln in p.stderr.splitlines() if ln.startswith("warning: figure not written")]
+    assert len(warnings) == 1 and "Read-only file system" in warnings[0], p.stderr
+    assert not (ro / "report").exists()
+    line = error_line(report("--figure", ro / "fig.png"), "Read-only file system")
+    assert "fig.png" in line
