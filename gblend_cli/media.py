@@ -218,6 +218,7 @@ class _FrameSampler:
         self.frames_out: list[np.ndarray] = []
         self.prev = None
         self.prev_time = 0.0
+        self.prev_duration = 1.0 / src_rate
         self.k = 0
         self.n_decoded = 0
         self.errors = 0
@@ -249,11 +250,15 @@ class _FrameSampler:
             self.frames_out.append(self._convert(self.prev))
             self.k += 1
         self.prev, self.prev_time = frame, t
+        # how long it is shown: its own duration where the container says (a variable-frame-rate
+        # file's last frame may be held for seconds), never less than one average frame period
+        own = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
+        self.prev_duration = max(own, 1.0 / self.src_rate)
 
     def finish(self) -> np.ndarray:
         if self.prev is None:
             raise DecodeError("no decodable video frames")
-        last_end = min(self.t1, self.prev_time + 1.0 / self.src_rate)
+        last_end = min(self.t1, self.prev_time + self.prev_duration)
         while self._target() < last_end - 1e-6:
             self.frames_out.append(self._convert(self.prev))
             self.k += 1

@@ -103,3 +103,47 @@ def test_audio_without_holes_is_laid_end_to_end(tmp_path, monkeypatch):
     a = decode_clip(path, fps=FPS, short_side=48).audio
     assert len(runs) == 1
     assert min(rms(a[k:k + 1600]) for k in range(800, 46000, 1600)) > 0.2
+
+
+# ------------------------------------------------------------------------------ variable frame rate
+
+def _held_last_frame(path, fps: int, n: int, hold_s: float):
+    """A real H.264 mp4 of `n` frames at `fps`, grey levels 0, 20, 40, ..., whose last frame is shown
+    for `hold_s` seconds (its packet's duration): a variable-frame-rate file, as a screen recorder
+    or a phone writes one."""
+    import fractions
+
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        s.codec_context.time_base = fractions.Fraction(1, fps)
+        packets = []
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 20, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, fractions.Fraction(1, fps)
+            packets += list(s.encode(f))
+        packets += list(s.encode(None))
+        last = max(packets, key=lambda p: p.pts)
+        last.duration = int(round(hold_s / last.time_base))
+        for p in packets:
+            c.mux(p)
+    return path
+
+
+def test_a_variable_frame_rate_files_last_frame_lasts_as_long_as_it_is_shown(tmp_path):
+    """9 frames at 8 fps, the last held 1 s (2 s in all, an average rate of 4.5 fps): the clip is
+    2 s, the held frame repeated to the end (before, it lasted one average period, 0.22 s, and the
+    clip ended at 1.25 s), and probe_media agrees."""
+    path = _held_last_frame(tmp_path / "vfr.mp4", fps=8, n=9, hold_s=1.0)
+    assert probe_media(path)["seconds"] == pytest.approx(2.0)
+    clip = decode_clip(path, fps=8, short_side=32)
+    assert clip.frames.shape[0] == 16
+    grey = clip.frames[:, 16, 16].mean(axis=1)
+    assert np.abs(grey[:9] - np.arange(9) * 20).max() <= 3  # each frame once, in order
+    assert np.abs(grey[9:] - 160).max() <= 3  # then the held one
+    # an ordinary file's last frame lasts one frame period: nothing added
+    plain = _held_last_frame(tmp_path / "cfr.mp4", fps=8, n=9, hold_s=1 / 8)
+    assert decode_clip(plain, fps=8, short_side=32).frames.shape[0] == 9
