@@ -226,15 +226,15 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
                 raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
             write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
             journal = out / "progress.jsonl"
-            redo, moved, retry = plan.load_journal(journal, out)
-            if redo:
-                console.print(f"{redo} prepared clips have missing or cut-short files: preparing them again")
-            if moved:
-                console.print(f"{moved} clips now name another media file or span of it in the annotations: "
-                              f"preparing them again")
-            if retry:
-                console.print(f"{retry} clips failed for a transient reason last time (a timeout, a killed worker, "
-                              f"out of memory): trying them again")
+            again = plan.load_journal(journal, out)
+            for why, what in (("cut", "prepared clips have missing or cut-short files: preparing them again"),
+                              ("moved", "clips now name another media file or span of it in the annotations: "
+                                        "preparing them again"),
+                              ("transient", "clips failed for a transient reason last time (a timeout, a killed "
+                                            "worker, out of memory): trying them again"),
+                              ("fixed", "clips failed on a media file that has been replaced since: trying them again")):
+                if again[why]:
+                    console.print(f"{again[why]} {what}")
             if plan.damaged_lines:
                 console.print(f"{journal}: {len(plan.damaged_lines)} damaged lines (first: line "
                               f"{plan.damaged_lines[0]}) ignored; the clips they recorded are prepared again")

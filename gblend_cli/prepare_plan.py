@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .clip_files import files_whole
 from .storage import iter_jsonl
-from .workers import clip_span_of, is_transient
+from .workers import clip_span_of, is_transient, source_stat
 
 
 class _Plan:
@@ -64,13 +64,14 @@ class _Plan:
             self.conn.commit()
             self._pending = 0
 
-    def load_journal(self, journal: Path, out: Path) -> tuple[int, int, int]:
+    def load_journal(self, journal: Path, out: Path) -> dict[str, int]:
         """Read the journal back. Left out (prepared again), each line taking the place of the
         clip's earlier lines: a clip recorded as prepared whose files are now missing or of another
-        size than prepare-data wrote, a clip whose annotations now name another media file or
-        another span of it, and a clip that failed for a transient reason (workers.is_transient:
-        a timeout, a killed worker, out of memory; an undecodable file stays failed). Returns how
-        many of each."""
+        size than prepare-data wrote ("cut"), a clip whose annotations now name another media file
+        or another span of it ("moved"), a clip that failed for a transient reason ("transient":
+        workers.is_transient: a timeout, a killed worker, out of memory) and one that failed on a
+        file replaced since ("fixed": its size or mtime differs from the failed record's; an
+        untouched undecodable file stays failed). Returns how many of each, by those names."""
         self.conn.execute("CREATE TABLE redo (clip TEXT PRIMARY KEY, why TEXT)")
         self.damaged_lines: list[int] = []  # a line cut by a kill that a later append went on from, or damage
         for rec in iter_jsonl(journal, self.damaged_lines):
@@ -78,7 +79,8 @@ class _Plan:
                 spec = self.spec(rec["clip"])
                 why = ("moved" if spec is not None and not _same_source(rec, spec) else
                        "cut" if rec["status"] == "ok" and not files_whole(out, rec) else
-                       "transient" if is_transient(rec) else None)
+                       "transient" if is_transient(rec) else
+                       "fixed" if rec["status"] != "ok" and spec is not None and _file_replaced(rec, spec) else None)
                 if why is None:
                     self.record(rec)
                     self.conn.execute("DELETE FROM redo WHERE clip = ?", (rec["clip"],))
@@ -87,7 +89,7 @@ class _Plan:
                     self.conn.execute("INSERT OR REPLACE INTO redo VALUES (?, ?)", (rec["clip"], why))
         self.conn.commit()
         counts = dict(self.conn.execute("SELECT why, COUNT(*) FROM redo GROUP BY why").fetchall())
-        return counts.get("cut", 0), counts.get("moved", 0), counts.get("transient", 0)
+        return {why: counts.get(why, 0) for why in ("cut", "moved", "transient", "fixed")}
 
     def spec(self, clip: str) -> dict | None:
         """The clip's job as the annotations give it now (None: not in them)."""
@@ -156,6 +158,12 @@ class _Plan:
 
     def n_done(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM clips c JOIN done d ON d.clip = c.clip").fetchone()[0]
+
+
+def _file_replaced(rec: dict, spec: dict) -> bool:
+    """The media file of a clip that failed is not the one it failed on (records from before
+    "source_stat": never, as before)."""
+    return "source_stat" in rec and source_stat(spec["path"]) != rec["source_stat"]
 
 
 def _same_source(rec: dict, spec: dict) -> bool:

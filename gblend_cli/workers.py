@@ -8,7 +8,8 @@
 - Failures are permanent (the file: undecodable, a decoder crash on it) or `transient` (the
   machine, not the file: a timeout, a worker killed from outside, e.g. by the out-of-memory
   killer, Python out of memory): records of transient ones carry "transient": true, and a rerun of
-  prepare-data tries those clips again (`is_transient`) while it keeps the permanent ones.
+  prepare-data tries those clips again (`is_transient`) while it keeps the permanent ones, unless
+  their file has changed since (`source_stat`: a broken download replaced).
 """
 
 from __future__ import annotations
@@ -57,8 +58,21 @@ _LEGACY_TRANSIENT = ("decode timeout after ", "decoder process crashed")  # reas
 
 
 def failed_record(spec: dict, reason: str, transient: bool = False) -> dict:
-    """A failed clip job's record; `transient`: the failure says nothing about the file."""
-    return clip_record(spec, status="failed", reason=reason, transient=transient)
+    """A failed clip job's record; `transient`: the failure says nothing about the file.
+    "source_stat" (`source_stat`) is the file as it failed: a rerun tries again a clip whose file
+    has been replaced since (a download fixed), and only that."""
+    return clip_record(spec, status="failed", reason=reason, transient=transient, source_stat=source_stat(spec["path"]))
+
+
+def source_stat(path: str) -> list[int] | None:
+    """[size, mtime in ns] of a media file; None where it cannot be read (missing, a broken link)."""
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def is_transient(rec: dict) -> bool:

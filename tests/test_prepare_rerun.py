@@ -106,7 +106,8 @@ def journal_plan(tmp_path, lines: list[dict], span_if_longer: bool = False):
     with ScratchDB(tmp_path) as db:
         plan = _Plan(db, str(root))
         plan.add([ClipSpec("a", str(root / "x" / "a.mp4"), (0,), "train", **span)])
-        return (*plan.load_journal(journal, tmp_path)[:2], plan.count_todo())
+        again = plan.load_journal(journal, tmp_path)
+        return again["cut"], again["moved"], plan.count_todo()
 
 
 def test_the_journals_last_line_for_a_clip_decides(tmp_path):
@@ -173,7 +174,8 @@ def test_the_pool_tells_transient_failures_from_permanent_ones(time_limit):
 def test_a_rerun_tries_a_timed_out_clip_again_and_not_an_undecodable_one(tmp_path):
     """Run 1 with a decode timeout (0.1 s) that the long clip (TV-L1 flow over 120 s: ~2 s here)
     cannot meet: it fails as transient, the text file named .mp4 as permanent. Run 2 with the
-    default timeout prepares the long clip and leaves the text file alone."""
+    default timeout prepares the long clip and leaves the text file alone; once that file is
+    replaced by a video, run 3 prepares it."""
     root = tmp_path / "k400"
     mf.write_video(root / "train" / "yoga" / f"{cid('longClip001')}.mp4", seconds=120.0, fps=8, size=(32, 32))
     mf.write_video(root / "train" / "yoga" / f"{cid('shortClip01')}.mp4", seconds=1.0, fps=8, size=(32, 32))
@@ -198,3 +200,12 @@ def test_a_rerun_tries_a_timed_out_clip_again_and_not_an_undecodable_one(tmp_pat
     assert lines.count(cid("longClip001")) == 2
     report = json.loads((out / "prepare_report.json").read_text())
     assert [(f["clip"], f["transient"]) for f in report["failed"]] == [(cid("textFile001"), False)]
+
+    # the undecodable file replaced by a good one (a broken download fixed): run 3 tries that clip,
+    # and only it
+    mf.write_video(root / "train" / "yoga" / f"{cid('textFile001')}.mp4", seconds=1.0, fps=8, size=(32, 32))
+    proc = prepare(tmp_path, root, ann, out, recipe=recipe)
+    assert "1 clips failed on a media file that has been replaced since" in " ".join(proc.stderr.split()), proc.stderr
+    assert read_index(out)[cid("textFile001")]["status"] == "ok"
+    lines = [json.loads(x)["clip"] for x in (out / "progress.jsonl").read_text().splitlines()]
+    assert lines.count(cid("textFile001")) == 2 and lines.count(cid("longClip001")) == 2
