@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
 from multiprocessing.connection import wait
@@ -66,8 +67,6 @@ def failed_record(spec: dict, reason: str, transient: bool = False) -> dict:
 
 def source_stat(path: str) -> list[int] | None:
     """[size, mtime in ns] of a media file; None where it cannot be read (missing, a broken link)."""
-    import os
-
     try:
         st = os.stat(path)
     except OSError:
