@@ -22,7 +22,7 @@ session (the helpers they use live in `tests/reliability.py`):
   (test_bad_input.py; its ``diverged`` case, a NaN loss, in test_numerical.py).
 - ``matrix_runs``: the runs of one seed of the matrix on ``tiny_demo`` (uni-modal audio and RGB,
   naive, offline G-Blend, G-Blend reading its terms from those runs with loss and with accuracy,
-  equal weights): test_train.py, test_gblend_runs.py, test_metrics.py.
+  equal weights): test_train.py, test_estimation.py, test_gblend_runs.py, test_metrics.py.
 
 `tests/media_factory.py` writes real media files for tests (``import media_factory``).
 
