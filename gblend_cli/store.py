@@ -84,7 +84,7 @@ def write_clip(path: Path, rgb: np.ndarray, flow: np.ndarray | None, mel: np.nda
     from .storage import write_bytes_atomic
 
     data = encode_clip(rgb, flow, mel, **quality)
-    write_bytes_atomic(path, data)
+    write_bytes_atomic(path, data, sync_dir=False)  # as prepare-data writes a clip (clip_files.write_output)
     return len(data)
 
 
