@@ -116,8 +116,8 @@ def remove_stale_temps(*folders: Path) -> int:
 
 def write_bytes_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
     """`sync_dir=False` for prepared clips: a rerun re-checks every clip file against its journal
-    record (clip_files.files_whole), so one more fsync per file (+0.1-0.3 ms measured on a VM's
-    disk: minutes over Kinetics on network storage) buys nothing there."""
+    record (clip_files.files_whole), so one more fsync per file (hundreds of thousands on
+    Kinetics) buys nothing there."""
     _atomic_write(path, lambda f: f.write(data), sync_dir)
 
 
