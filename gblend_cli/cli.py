@@ -15,7 +15,7 @@ from typing import List, Literal, Optional
 import typer
 from rich.markup import escape
 
-from .errors import UserError
+from .errors import UserError, out_of_memory
 from .ui import console, stop_loading
 
 if not sys.stdout.isatty():  # help piped to a file or `less`: wide lines, no cut option names
@@ -74,18 +74,6 @@ def _rank_stop_message(e: BaseException) -> str | None:
     return None
 
 
-def _out_of_memory(e: RuntimeError) -> str | None:
-    """The one line for a device (or host) allocation that failed mid-run — torch's
-    OutOfMemoryError on a GPU, the CPU allocator's "can't allocate memory" — or None."""
-    text = " ".join(str(e).split())
-    if type(e).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text:
-        return None
-    what = text.split(". ")[0][:120]
-    return (f"out of memory ({what}); every file written so far is complete. Lower train.batch_size (per process) "
-            f"or, on a GPU, set train.amp = \"bf16\", with a new --out (--resume keeps a run's batch size); or free "
-            f"the device and run the same command again with --resume")
-
-
 def command(fn):
     """Run a command with the project's error contract: UserError -> one line, exit 2;
     Ctrl-C / SIGTERM -> how to resume, exit 130."""
@@ -113,7 +101,7 @@ def command(fn):
                           "command again (with --resume for train commands) to continue", soft_wrap=True)
             raise typer.Exit(130) from None
         except RuntimeError as e:  # a distributed run whose other process stopped: one line on every rank left
-            message = _rank_stop_message(e) or _out_of_memory(e)
+            message = _rank_stop_message(e) or out_of_memory(e)
             if message is None:
                 raise
             console.print("[red]error:[/red]", escape(message), soft_wrap=True)

@@ -31,6 +31,18 @@ def output_error(e: OSError, resume_hint: str = "run the same command again") ->
     return OutOfSpace(f"{where}{what}")
 
 
+def out_of_memory(e: RuntimeError) -> str | None:
+    """The one line for a device (or host) allocation that failed mid-run — torch's
+    OutOfMemoryError on a GPU, the CPU allocator's "can't allocate memory" — or None."""
+    text = " ".join(str(e).split())
+    if type(e).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text:
+        return None
+    what = text.split(". ")[0][:120]
+    return (f"out of memory ({what}); every file written so far is complete. Lower train.batch_size (per process) "
+            f"or, on a GPU, set train.amp = \"bf16\", with a new --out (--resume keeps a run's batch size); or free "
+            f"the device and run the same command again with --resume")
+
+
 class ProtocolError(RuntimeError):
     """Code asked for data the protocol forbids it (a loss policy measuring the evaluation split):
     a bug in that code, not bad input (README, "One protocol for every method")."""
