@@ -55,11 +55,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "blob_sigma": 3.6,  # px at `size`
         "blob_speed": 3.0,  # px per frame at `size`
         "blank_fraction": 0.25,  # videos with no moving object
+        "still_object": 0.0,  # of the blank videos, the fraction whose object stands still (RGB sees its colour; flow sees nothing)
+        "object_hue": 0.0,  # 0-1: how far the object's colour leans to its class's hue (appearance only RGB sees)
         "pixel_noise": 0.1,  # per-pixel, per-frame noise: optical flow degrades with it faster than RGB
         "texture_amp": 0.0,  # a static, class-free random texture per video (memorisable by RGB, not by flow)
         "texture_block": 4,  # its block size, px at `size`
         "direction_jitter_deg": 5.0,
-        "drift_amp": 0.0,  # blank videos: quadrants of texture drifting in their own random directions (class-free motion flow can memorise); 0: none
+        "drift_amp": 0.0,  # blank videos (not those with a still object): quadrants of texture drifting in their own random directions (class-free motion flow can memorise); 0: none
         "drift_speed": 3.0,  # its speed, px per frame at `size` (x U(0.7, 1.3) per quadrant)
         "drift_block": 8,  # its texture's block size, px at `size`
         "audio_class_fraction": 0.7,  # videos whose audio carries the class tone
@@ -374,13 +376,13 @@ def validate(cfg: dict) -> None:
               "model.fix_dropout",
               "prepare.threads", "prepare.max_seconds", "demo.seconds", "demo.blob_sigma",
               "demo.blob_speed", "demo.blank_fraction", "demo.pixel_noise", "demo.direction_jitter_deg",
-              "demo.texture_amp", "demo.drift_amp", "demo.drift_speed",
+              "demo.texture_amp", "demo.drift_amp", "demo.drift_speed", "demo.still_object", "demo.object_hue",
               "demo.audio_class_fraction", "demo.audio_class_amp", "demo.audio_memo_tones", "demo.audio_memo_amp",
               "demo.audio_noise", "methods.ogm_alpha", "methods.ogm_end_epoch", "methods.mmpareto_gamma",
               "methods.umt_weight", "methods.inforeg_beta", "methods.inforeg_threshold", "methods.inforeg_window",
               "reproduce.methods_epochs"):
         _positive(cfg, k, allow_zero=True)
-    for k in ("train.momentum", "demo.blank_fraction", "demo.audio_class_fraction"):
+    for k in ("train.momentum", "demo.blank_fraction", "demo.audio_class_fraction", "demo.still_object", "demo.object_hue"):
         if _get(cfg, k) > 1:
             raise BadValue(k, f"must be <= 1; got {_get(cfg, k)}")
     for k in ("model.fusion_dropout", "model.fix_dropout"):

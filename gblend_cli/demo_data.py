@@ -21,6 +21,13 @@ Design (the paper's mechanism in miniature):
   RGB exactly where RGB is blind (the blank videos).
 So audio-only overfits (train >> val), RGB generalises, and naive joint training lets the audio
 memoriser drive the fused training loss to zero before the RGB pathway has learned motion.
+
+Off in the recipe (probes, README "The demo's design", item 9): `still_object`, the fraction of the
+blank videos whose object stands still (no drifting quadrants: the object's colour stays
+readable), and `object_hue`, how far every object's colour leans to its class's hue — a cue only
+RGB can read. Without them RGB and flow read one cue, the motion, and both end within a point or
+two of the best any model of that cue can reach (`oracle`): a fusion of the two has nothing to add.
+At their defaults they draw nothing, so a data seed renders the videos it always did.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from .media import SAMPLE_RATE, mel_band_centres_hz
 DIRECTION_NAMES_8 = ["moving right", "moving up-right", "moving up", "moving up-left",
                      "moving left", "moving down-left", "moving down", "moving down-right"]
 SPLIT_IDS = {"train": 1, "val": 2}
+ORACLE_FILE = "oracle.json"  # in the prepared folder: `oracle` below
 CSV_NAMES = {"train": "train.csv", "val": "validate.csv"}
 
 
@@ -56,35 +64,48 @@ def class_band(label: int, n_classes: int, n_mels: int = 40) -> int:
     return int(step * label + step / 2 - 0.5) if n_classes > 1 else n_mels // 2
 
 
-def render_video(rng: np.random.Generator, label: int, p: dict) -> np.ndarray:
-    """(T, S, S, 3) uint8 frames of one demo video."""
+def render_video(rng: np.random.Generator, label: int, p: dict, truth: dict | None = None) -> np.ndarray:
+    """(T, S, S, 3) uint8 frames of one demo video; `truth`, when given, receives what the video shows
+    ("blank": no moving object, "still": the object stands still instead)."""
     n_frames, size = int(round(p["seconds"] * p["fps"])), p["size"]
     theta = 2 * math.pi * label / p["classes"] + math.radians(rng.normal(0, p["direction_jitter_deg"]))
     speed = p["blob_speed"] * rng.uniform(0.85, 1.15)
     margin = 0.15 * size
     cx, cy = rng.uniform(margin, size - margin, size=2)
     colour = rng.uniform(0.6, 1.0, size=3)
+    if p.get("object_hue", 0.0) > 0:  # the object's colour leans to its class's hue: appearance RGB sees, flow cannot
+        colour = (1 - p["object_hue"]) * colour + p["object_hue"] * class_colour(label, p["classes"])
     blank = rng.random() < p["blank_fraction"]
+    still = blank and p.get("still_object", 0.0) > 0 and rng.random() < p["still_object"]
+    if truth is not None:
+        truth["blank"], truth["still"] = bool(blank), bool(still)
     background = np.full((size, size, 3), 0.15, dtype=np.float32)
     if p["texture_amp"] > 0:  # the video's own static texture: blocks of random colour
         blk = max(1, int(p["texture_block"]))
         n = -(-size // blk)
         blocks = rng.uniform(-1, 1, size=(n, n, 3)).astype(np.float32) * p["texture_amp"]
         background += np.kron(blocks, np.ones((blk, blk, 1), dtype=np.float32))[:size, :size]
-    drift = _drifting_quadrants(rng, size, p) if blank and p["drift_amp"] > 0 else None
+    drift = _drifting_quadrants(rng, size, p) if blank and not still and p["drift_amp"] > 0 else None
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     frames = np.empty((n_frames, size, size, 3), dtype=np.float32)
     for t in range(n_frames):
         img = background + rng.normal(0.0, p["pixel_noise"], size=(size, size, 1)).astype(np.float32)
         if drift is not None:
             img += _drift_frame(drift, t, size)
-        if not blank:
-            dt = t - (n_frames - 1) / 2  # trajectory centred at the middle frame
+        if not blank or still:
+            dt = 0.0 if still else t - (n_frames - 1) / 2  # trajectory centred at the middle frame
             x, y = cx + speed * dt * math.cos(theta), cy - speed * dt * math.sin(theta)  # image y points down
             blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * p["blob_sigma"] ** 2))
             img = img + blob[..., None] * colour[None, None, :]
         frames[t] = img
     return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+
+
+def class_colour(label: int, n_classes: int) -> np.ndarray:
+    """RGB in [0, 1] of class `label`'s hue (hues evenly round the colour wheel, saturation 0.6)."""
+    import colorsys
+
+    return np.array(colorsys.hsv_to_rgb(label / n_classes, 0.6, 1.0))
 
 
 def _drifting_quadrants(rng: np.random.Generator, size: int, p: dict) -> list[tuple[float, float, np.ndarray]]:
@@ -115,8 +136,9 @@ def _drift_frame(drift: list[tuple[float, float, np.ndarray]], t: int, size: int
     return layer
 
 
-def render_audio(rng: np.random.Generator, label: int, p: dict) -> np.ndarray:
-    """Mono 16 kHz float32 waveform of one demo video (see the module docstring)."""
+def render_audio(rng: np.random.Generator, label: int, p: dict, truth: dict | None = None) -> np.ndarray:
+    """Mono 16 kHz float32 waveform of one demo video (see the module docstring); `truth`, when given,
+    receives "audio_class": whether the class tone sounds."""
     n = int(round(p["seconds"] * SAMPLE_RATE))
     t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
     centres = mel_band_centres_hz()
@@ -127,7 +149,10 @@ def render_audio(rng: np.random.Generator, label: int, p: dict) -> np.ndarray:
     for b in memo_bands:  # the video's own steady chord, away from the class bands: memorisable, classless
         amp = p["audio_memo_amp"] * rng.uniform(0.5, 1.5)
         wave += amp * np.sin(2 * math.pi * centres[b] * t + rng.uniform(0, 2 * math.pi))
-    if rng.random() < p["audio_class_fraction"]:  # the class tone, pulsed 0.25 s on / 0.25 s off
+    tone = rng.random() < p["audio_class_fraction"]
+    if truth is not None:
+        truth["audio_class"] = bool(tone)
+    if tone:  # the class tone, pulsed 0.25 s on / 0.25 s off
         f = centres[class_band(label, p["classes"], len(centres))]
         gate = ((t + rng.uniform(0, 0.5)) % 0.5) < 0.25
         wave += p["audio_class_amp"] * gate * np.sin(2 * math.pi * f * t)
@@ -218,3 +243,54 @@ def write_annotations(out: Path, jobs: list[dict]) -> list[Path]:
         paths.append(path)
     return paths
 
+
+
+# Which stream can read which of a demo video's cues (the class is in each cue it shows).
+CUE_READERS = {"motion": ("rgb", "flow"), "still": ("rgb",), "audio_class": ("audio",)}
+
+
+def video_truth(job: dict, p: dict) -> dict:
+    """What one demo video shows, by rendering it again in memory (the renderer's own draws, so the
+    flags cannot drift from the files): "motion" (the object moves), "still" (it stands still),
+    "audio_class" (the class tone sounds)."""
+    rng = np.random.default_rng([job["seed"], SPLIT_IDS[job["split"]], job["index"]])
+    truth: dict = {}
+    render_video(rng, job["label"], p, truth)
+    render_audio(rng, job["label"], p, truth)
+    return {"motion": not truth["blank"], "still": truth["still"], "audio_class": truth["audio_class"]}
+
+
+def oracle_top1(truths: list[dict], streams: tuple[str, ...], classes: int) -> float:
+    """Video top-1 (%) of an oracle that reads every cue visible to `streams` perfectly and guesses
+    (1/classes) where none is: an upper bound for any model of those streams on these videos."""
+    seen = sum(any(t[cue] and set(readers) & set(streams) for cue, readers in CUE_READERS.items()) for t in truths)
+    return 100.0 * (seen + (len(truths) - seen) / classes) / len(truths)
+
+
+def oracle(jobs: list[dict], p: dict) -> dict:
+    """Per split: how many videos show each cue, and the oracle video top-1 for every stream set
+    (`oracle_top1`). On the demo's recipe RGB and flow read the same cue (the motion), so their
+    oracle is one number and a fusion of the two has nothing to add above it."""
+    out = {}
+    for split in SPLIT_IDS:
+        truths = [video_truth(j, p) for j in jobs if j["split"] == split]
+        if not truths:
+            continue
+        sets = [("audio",), ("rgb",), ("flow",), ("audio", "rgb"), ("rgb", "flow"), ("audio", "flow"), ("audio", "rgb", "flow")]
+        out[split] = {
+            "videos": len(truths),
+            "cues": {cue: sum(t[cue] for t in truths) for cue in CUE_READERS},
+            "video_top1": {"+".join(s): round(oracle_top1(truths, s, p["classes"]), 2) for s in sets},
+        }
+    return out
+
+
+def read_oracle(data: str | Path | None) -> dict | None:
+    """The evaluation split's oracle video top-1 per stream set ("audio+rgb": %, ...) of a prepared
+    demo folder, or None (another dataset, a folder prepared before the file existed, or gone)."""
+    import json
+
+    try:
+        return json.loads((Path(data) / ORACLE_FILE).read_text())["val"]["video_top1"] if data else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -9,6 +9,8 @@ training clip reads only its own frames):
   DIR/audio/<clip>.npy      (A, 40) float16 log-mel, A = 100 per second (silence when has_audio is false)
   DIR/flow/<clip>.npy       (T, H, W, 2) uint8 quantised flow (frame t -> t+1)
   DIR/prepare_report.json   {"ok", "no_audio", "failed": [{"clip", "reason", "transient"...}], ...}
+  DIR/oracle.json           the demo only: per split, the videos showing each cue and the best video top-1
+                            any model of each stream set could reach (demo_data.oracle)
   DIR/progress.jsonl        journal: one line per finished clip; a rerun skips those (resume), except
                             clips that failed for a transient reason (a timeout, a killed worker, out of
                             memory) and clips whose annotations now name another file or span
@@ -186,6 +188,8 @@ def generate_demo_media(cfg: dict, media: Path) -> tuple[Path, list[Path]]:
                 with worker_context().Pool(workers, initializer=quiet_worker) as pool:
                     for _ in pool.imap_unordered(_render_demo_job, [(j, p) for j in todo], chunksize=4):
                         bar.advance(task)
+    # what each stream could score at best on these videos (report: Table 1's oracle column)
+    write_json_atomic(media.parent / demo_data.ORACLE_FILE, demo_data.oracle(jobs, p))
     return media / "videos", demo_data.write_annotations(media, jobs)
 
 

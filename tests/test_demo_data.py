@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ def test_the_data_seed_chooses_the_videos_and_a_folder_keeps_its_seed(tmp_path, 
     p = run_gblend("prepare-data", "--dataset", "demo", "--seed", "5", "--out", tmp_path / "d5", *small)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "seed = 5" in (tmp_path / "d5" / "prepare_config.toml").read_text()
+    oracle = json.loads((tmp_path / "d5" / "oracle.json").read_text())  # what the report's Table 1 shows beside it
+    assert {s: oracle[s]["videos"] for s in ("train", "val")} == {"train": 8, "val": 8}
+    assert oracle["val"]["video_top1"]["rgb"] == oracle["val"]["video_top1"]["rgb+flow"]  # one cue, the motion
     first = sorted((tmp_path / "d5" / "media" / "videos" / "train").rglob("*.mp4"))[0]
     assert first.name.startswith("d05t")  # the seed is part of every video id
     # another data seed into the same folder would mix two datasets: refused, nothing changed
@@ -92,3 +96,57 @@ def test_blank_videos_drift_in_their_own_directions_and_blob_videos_do_not_chang
     true, seen = np.array(true), np.array(seen)
     assert min(math.hypot(*v) for v in true) >= 0.7 * p["drift_speed"] / 2 - 1e-9
     assert np.corrcoef(true.ravel(), seen.ravel())[0, 1] > 0.7, (true, seen)
+
+
+def test_the_oracle_counts_the_cues_the_videos_really_show():
+    """`demo_data.oracle`: a video's flags are what its frames and sound show (motion, a still
+    object, the class tone), and the oracle's top-1 counts a stream set's visible cues."""
+    import numpy as np
+
+    from gblend_cli import demo_data
+    from gblend_cli.config import load_config
+    from gblend_cli.media import SAMPLE_RATE, mel_band_centres_hz
+
+    p = load_config(None)["demo"] | {"pixel_noise": 0.0, "texture_amp": 0.0, "drift_amp": 0.0, "audio_noise": 0.0,
+                                     "audio_memo_amp": 0.0, "blank_fraction": 0.5, "still_object": 0.5}
+    jobs = demo_data.video_jobs(Path("unused"), p | {"train_videos": 0, "test_videos": 40}, seed=0)
+    kinds = set()
+    for j in jobs:
+        t = demo_data.video_truth(j, p)
+        rng = np.random.default_rng([0, demo_data.SPLIT_IDS["val"], j["index"]])
+        frames = demo_data.render_video(rng, j["label"], p).astype(np.int16)
+        wave = demo_data.render_audio(rng, j["label"], p)
+        moves = np.abs(np.diff(frames, axis=0)).max() > 10
+        shows_object = frames.max() > 0.15 * 255 + 10  # brighter than the flat background
+        assert moves == t["motion"] and shows_object == (t["motion"] or t["still"]), (j["index"], t)
+        f = mel_band_centres_hz()[demo_data.class_band(j["label"], p["classes"])]
+        tone = np.abs(np.fft.rfft(wave))[int(round(f * len(wave) / SAMPLE_RATE))] > 100
+        assert tone == t["audio_class"], (j["index"], t)
+        kinds.add((t["motion"], t["still"], t["audio_class"]))
+    assert {(True, False), (False, True), (False, False)} <= {k[:2] for k in kinds}  # every case was seen
+    truths = [{"motion": True, "still": False, "audio_class": False},
+              {"motion": False, "still": True, "audio_class": False},
+              {"motion": False, "still": False, "audio_class": True},
+              {"motion": False, "still": False, "audio_class": False}]
+    assert demo_data.oracle_top1(truths, ("flow",), 8) == 100 * (1 + 3 / 8) / 4
+    assert demo_data.oracle_top1(truths, ("rgb",), 8) == 100 * (2 + 2 / 8) / 4
+    assert demo_data.oracle_top1(truths, ("audio", "rgb", "flow"), 8) == 100 * (3 + 1 / 8) / 4
+
+
+def test_demo_videos_without_the_new_cues_are_the_files_they_were():
+    """`still_object` and `object_hue` at their defaults draw nothing and change no
+    pixel: data seeds published before them render the same videos."""
+    import hashlib
+
+    import numpy as np
+
+    from gblend_cli import demo_data
+    from gblend_cli.config import load_config
+
+    p = load_config(None)["demo"]
+    digest = hashlib.md5()
+    for i in range(12):
+        rng = np.random.default_rng([3, 2, i])
+        digest.update(demo_data.render_video(rng, i % 8, p).tobytes())
+        digest.update(demo_data.render_audio(rng, i % 8, p).tobytes())
+    assert digest.hexdigest() == "9ab012df404a5ef01ad6cd9e72d1ad1a"  # rendered by the code before them

@@ -681,3 +681,33 @@ def test_damaged_blend_journal_is_one_line(results, run_gblend, damage):
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = _one_line_error(proc)
     assert str(path) in line and "line 2 is damaged" in line
+
+
+def test_the_demo_oracle_shows_beside_table1_and_the_gblend_checks(results, cfg, tmp_path):
+    """Runs trained on a prepared demo folder with an oracle.json: Table 1 gets the best any model
+    of the combination / of its best modality could score, and the G-Blend checks the headroom;
+    runs on other data (no file, or no data_dir) get neither."""
+    from gblend_cli.demo_data import ORACLE_FILE
+
+    plain = build(results, ["table1", "overfit"], cfg)
+    assert all(r["oracle_video_top1"] is None for r in plain["table1"])
+    assert "Oracle" not in render(plain, "markdown")
+    assert not any("oracle" in c["values"] for c in plain["checks"])
+
+    data = tmp_path / "prepared"
+    data.mkdir()
+    top1 = {"audio": 74.8, "rgb": 78.3, "flow": 78.3, "audio+rgb": 92.12, "rgb+flow": 78.3,
+            "audio+flow": 92.12, "audio+rgb+flow": 92.12}
+    (data / ORACLE_FILE).write_text(json.dumps({"val": {"videos": 500, "video_top1": top1}}))
+    for run in results.iterdir():
+        if (run / "final.json").exists():
+            (run / "config.toml").write_text(f'[dataset]\ndata_dir = "{data}"\n')
+    rep = build(results, ["table1", "overfit"], cfg)
+    ar, rf = by_combo(rep["table1"], "A+RGB"), by_combo(rep["table1"], "RGB+OF")
+    assert (ar["oracle_video_top1"], ar["oracle_best_unimodal_video_top1"]) == (92.12, 78.3)  # best is RGB
+    assert (rf["oracle_video_top1"], rf["oracle_best_unimodal_video_top1"]) == (78.3, 78.3)  # best is flow
+    md = render(rep, "markdown")
+    assert "Oracle fused / uni-modal" in md and "92.1 / 78.3" in md and "Oracle (the demo only)" in md
+    off = [c for c in rep["checks"] if c["combo"] == "A+RGB" and c["check"].startswith("G-Blend offline at least")]
+    assert off and off[0]["values"]["oracle"] == 92.12
+    assert not any("oracle" in c["values"] for c in rep["checks"] if c["check"].startswith("naive below"))
