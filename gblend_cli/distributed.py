@@ -199,6 +199,8 @@ def launcher_stop() -> str | None:
 # RuntimeErrors in some versions, DistError subclasses in others)
 _PEER_SIGNS = ("gloo", "nccl", "connection closed", "connection reset", "connection refused", "broken pipe",
                "timed out", "timeout", "watchdog", "socket", "peer")
+# ... but this rank's own DataLoader says "timed out" too (a loader timeout, a worker's error)
+_LOCAL_SIGNS = ("dataloader",)
 
 
 def peer_failure(e: BaseException) -> str | None:
@@ -209,7 +211,8 @@ def peer_failure(e: BaseException) -> str | None:
     if not isinstance(e, RuntimeError):
         return None
     text = str(e).lower()
-    if not isinstance(e, dist.DistError) and not any(k in text for k in _PEER_SIGNS):
+    if not isinstance(e, dist.DistError) and (not any(k in text for k in _PEER_SIGNS)
+                                              or any(k in text for k in _LOCAL_SIGNS)):
         return None
     short = " ".join(str(e).split()).split("] ", 1)[-1].split(". ")[0][:100]
     return _stopped(f"another process of this distributed run stopped ({short})")

@@ -176,6 +176,7 @@ said = {k: distributed.peer_failure(e) for k, e in {
     "oom": RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
     "ddp": RuntimeError("Expected to have finished reduction in the prior iteration before starting a new one"),
     "value": ValueError("not a collective"),
+    "loader": RuntimeError("DataLoader timed out after 60 seconds"),
 }.items()}
 open(sys.argv[1] + f".{dist.get_rank()}", "w").write(json.dumps(said))
 distributed.cleanup()
@@ -185,7 +186,8 @@ distributed.cleanup()
 def test_only_a_failed_collective_is_blamed_on_another_process(tmp_path):
     """In a real 2-process group, a collective's error (gloo's 'connection closed by peer', a
     DistError) reads 'another process of this distributed run stopped ... --resume'; this rank's
-    own RuntimeError (CUDA out of memory, a DDP reduction error) is not disguised as that."""
+    own RuntimeError (CUDA out of memory, a DDP reduction error, its DataLoader timing out) is not
+    disguised as that."""
     script = tmp_path / "peer.py"
     script.write_text(PEER_SCRIPT)
     port = str(free_port())
@@ -199,7 +201,7 @@ def test_only_a_failed_collective_is_blamed_on_another_process(tmp_path):
             assert said[k].startswith(f"rank {rank} of 2: another process of this distributed run stopped"), said[k]
             assert "--resume" in said[k]
         assert said["peer"].count("Connection closed by peer") == 1
-        assert said["oom"] is None and said["ddp"] is None and said["value"] is None
+        assert said["oom"] is None and said["ddp"] is None and said["value"] is None and said["loader"] is None
 
 
 def test_torchrun_two_cpu_processes(tiny_demo, tmp_path):
