@@ -131,6 +131,13 @@ def test_the_oracle_counts_the_cues_the_videos_really_show():
     assert demo_data.oracle_top1(truths, ("flow",), 8) == 100 * (1 + 3 / 8) / 4
     assert demo_data.oracle_top1(truths, ("rgb",), 8) == 100 * (2 + 2 / 8) / 4
     assert demo_data.oracle_top1(truths, ("audio", "rgb", "flow"), 8) == 100 * (3 + 1 / 8) / 4
+    # a still object of a random colour (object_hue 0) says nothing: RGB guesses there
+    val = [j for j in jobs if j["split"] == "val"]
+    blind, hued = (demo_data.oracle(val, p | {"object_hue": h})["val"] for h in (0.0, 1.0))
+    assert blind["cues"] == hued["cues"] and blind["cues"]["still"] > 0
+    n, moving, still = blind["videos"], blind["cues"]["motion"], blind["cues"]["still"]
+    assert blind["video_top1"]["rgb"] == round(100 * (moving + (n - moving) / 8) / n, 2)
+    assert hued["video_top1"]["rgb"] == round(100 * (moving + still + (n - moving - still) / 8) / n, 2)
 
 
 def test_demo_videos_without_the_new_cues_are_the_files_they_were():
