@@ -38,8 +38,8 @@ def _w(w: dict | None, std: dict | None = None, marks: dict | None = None) -> st
 
 
 ORACLE_NOTE = "Oracle (the demo only): the best video top-1 any model could reach on these evaluation videos, " \
-              "reading every cue its streams show (the motion: RGB and flow; a still object of its class's hue: RGB; the class tone: " \
-              "audio) and guessing where none shows (prepare-data's oracle.json)"
+              "reading every cue its streams show (the motion: RGB and flow; a still object of its class's hue: " \
+              "RGB; the class tone: audio) and guessing where none shows (prepare-data's oracle.json)"
 WEIGHT_MARKS = "w: the weights trained with (mean±std over seeds); w_raw: the formula ΔG/ΔO²/Z with ΔG clipped at 0; " \
                "† lifted by the floor (ΔG <= 0), ‡ ΔO within its noise (guarded); " \
                "kept: seeds whose last online estimate showed no generalisation and kept the weights in force"
