@@ -244,7 +244,6 @@ def write_annotations(out: Path, jobs: list[dict]) -> list[Path]:
     return paths
 
 
-
 # Which stream can read which of a demo video's cues (the class is in each cue it shows).
 CUE_READERS = {"motion": ("rgb", "flow"), "still": ("rgb",), "audio_class": ("audio",)}
 

@@ -11,6 +11,7 @@ there is shown as missing, with the command that would produce it.
 from __future__ import annotations
 
 import statistics
+from functools import cached_property
 from pathlib import Path
 
 from . import methods_table, paper, paper_tables
@@ -102,14 +103,13 @@ class Matrix:
     def unimodal_metric(self, modality: str, combo: str, key: str) -> dict:
         return _stats([f.final()[key] for f in self.unimodal(modality, combo)])
 
-    def oracle(self) -> dict | None:
+    @cached_property
+    def oracle(self) -> dict:
         """The demo's oracle video top-1 per stream set on the evaluation split (`demo_data.oracle`),
-        read (once) from the prepared folder the runs trained on; None for other data."""
+        read from the prepared folder the runs trained on; empty for other data."""
         from .demo_data import read_oracle
 
-        if not hasattr(self, "_oracle"):
-            self._oracle = read_oracle(self.data)
-        return self._oracle
+        return read_oracle(self.data) or {}
 
     def best_unimodal(self, combo: str) -> str | None:
         """The modality of `combo` whose uni-modal runs (of the combination's seeds) have the best
@@ -151,7 +151,7 @@ def table1(mx: Matrix) -> list[dict]:
         best_v = mx.unimodal_metric(best, combo, "video_top1") if best else _stats([])
         p = paper.TABLE1.get(combo, {})
         missing = mx.missing("naive", combo) + [c for m in combo.split("+") for c in mx.missing("unimodal", m, mx.expected_seeds(combo))]
-        oracle = mx.oracle() or {}
+        oracle = mx.oracle
         rows.append({
             "combo": paper.combo_label(combo),
             "naive_video_top1": _mean(naive), "naive_std": _std(naive), "naive_seeds": naive["n"],
@@ -329,7 +329,7 @@ def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
                             f"above naive and the best uni-modal model")
             if gb is not None and naive is not None and uni is not None:
                 values = {"gblend": round(gb, 2), "over naive": round(gb - naive, 2), "over best uni-modal": round(gb - uni, 2)}
-                if (oracle := (mx.oracle() or {}).get(combo)) is not None:  # the demo: how far above any model can go
+                if (oracle := mx.oracle.get(combo)) is not None:  # the demo: how far above any model can go
                     values["oracle"] = oracle
                 out.append({"check": margin_check, "combo": label,
                             "holds": gb >= naive + margin - TOL and gb >= uni + margin - TOL, "values": values})
