@@ -43,6 +43,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "workers": 1,
         "threads": 1,  # OpenCV/torch threads per worker
         "decode_timeout_s": 120.0,  # per file; a file that takes longer is reported and skipped
+        "transient_tries": 3,  # a clip that failed for a transient reason (timeout, killed, out of memory) this many times running on one file is left failed on reruns (0: tried on every rerun)
     },
     "demo": {  # the embedded demo dataset's generator (see gblend_cli/demo_data.py)
         "seed": 0,  # data seed: which videos are generated (training seeds are train.seed)
@@ -370,7 +371,7 @@ def validate(cfg: dict) -> None:
               "train.eval_every"):
         _positive(cfg, k)
     for k in ("train.weight_decay", "train.warmup_epochs", "train.grad_clip", "train.workers",
-              "gblend.estimate_epochs", "prepare.workers", "gblend.min_weight", "gblend.evidence_z",
+              "gblend.estimate_epochs", "prepare.workers", "prepare.transient_tries", "gblend.min_weight", "gblend.evidence_z",
               "demo.train_videos", "demo.test_videos", "train.train_eval_size",
               "train.momentum", "train.gamma", "train.seed", "demo.seed", "train.threads", "model.fusion_dropout",
               "model.fix_dropout",

@@ -13,7 +13,8 @@ training clip reads only its own frames):
                             any model of each stream set could reach (demo_data.oracle)
   DIR/progress.jsonl        journal: one line per finished clip; a rerun skips those (resume), except
                             clips that failed for a transient reason (a timeout, a killed worker, out of
-                            memory) and clips whose annotations now name another file or span
+                            memory; up to prepare.transient_tries times running) and clips whose
+                            annotations now name another file or span
 Every array is written to a temp file and renamed, so a killed run leaves no partial array.
 
 The main process never holds per-clip state in memory: the manifest is read as a stream, and the
@@ -230,7 +231,8 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
                 raise UserError(f"dataset {cfg['dataset']['name']}: the annotations list no clips")
             write_text_atomic(out / "prepare_config.toml", to_toml(cfg))  # only a valid command claims the folder
             journal = out / "progress.jsonl"
-            again = plan.load_journal(journal, out)
+            tries = cfg["prepare"]["transient_tries"]
+            again = plan.load_journal(journal, out, tries)
             for why, what in (("cut", "prepared clips have missing or cut-short files: preparing them again"),
                               ("moved", "clips now name another media file or span of it in the annotations: "
                                         "preparing them again"),
@@ -239,6 +241,10 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
                               ("fixed", "clips failed on a media file that has been replaced since: trying them again")):
                 if again[why]:
                     console.print(f"{again[why]} {what}")
+            if again["given_up"]:
+                console.print(f"{again['given_up']} clips failed for a transient reason {tries} times running on the same "
+                              f"file: left failed (--set prepare.transient_tries=0 tries them again; or give them more "
+                              f"time or memory: prepare.decode_timeout_s, fewer --workers)")
             if plan.damaged_lines:
                 console.print(f"{journal}: {len(plan.damaged_lines)} damaged lines (first: line "
                               f"{plan.damaged_lines[0]}) ignored; the clips they recorded are prepared again")

@@ -64,23 +64,36 @@ class _Plan:
             self.conn.commit()
             self._pending = 0
 
-    def load_journal(self, journal: Path, out: Path) -> dict[str, int]:
+    def load_journal(self, journal: Path, out: Path, transient_tries: int = 0) -> dict[str, int]:
         """Read the journal back. Left out (prepared again), each line taking the place of the
         clip's earlier lines: a clip recorded as prepared whose files are now missing or of another
         size than prepare-data wrote ("cut"), a clip whose annotations now name another media file
         or another span of it ("moved"), a clip that failed for a transient reason ("transient":
         workers.is_transient: a timeout, a killed worker, out of memory) and one that failed on a
         file replaced since ("fixed": its size or mtime differs from the failed record's; an
-        untouched undecodable file stays failed). Returns how many of each, by those names."""
+        untouched undecodable file stays failed). A clip that failed for a transient reason
+        `transient_tries` times running on the same file (0: no limit) is left failed ("given_up",
+        not prepared again) unless its file is replaced. Returns how many of each, by those names."""
         self.conn.execute("CREATE TABLE redo (clip TEXT PRIMARY KEY, why TEXT)")
         self.damaged_lines: list[int] = []  # a line cut by a kill that a later append went on from, or damage
+        running: dict[str, tuple] = {}  # clip -> (the file it failed on, transient failures running): failing clips only
+        given_up: set[str] = set()
         for rec in iter_jsonl(journal, self.damaged_lines):
             if "clip" in rec and "status" in rec:
-                spec = self.spec(rec["clip"])
+                clip, spec, transient = rec["clip"], self.spec(rec["clip"]), is_transient(rec)
+                given_up.discard(clip)
+                if transient:
+                    stat, n = running.get(clip, (None, 0))
+                    running[clip] = (rec.get("source_stat"), n + 1 if stat == rec.get("source_stat") and n else 1)
+                else:
+                    running.pop(clip, None)
+                retry = transient and not (transient_tries and running[clip][1] >= transient_tries)
                 why = ("moved" if spec is not None and not _same_source(rec, spec) else
                        "cut" if rec["status"] == "ok" and not files_whole(out, rec) else
-                       "transient" if is_transient(rec) else
+                       "transient" if retry else
                        "fixed" if rec["status"] != "ok" and spec is not None and _file_replaced(rec, spec) else None)
+                if why is None and transient:
+                    given_up.add(clip)
                 if why is None:
                     self.record(rec)
                     self.conn.execute("DELETE FROM redo WHERE clip = ?", (rec["clip"],))
@@ -89,7 +102,7 @@ class _Plan:
                     self.conn.execute("INSERT OR REPLACE INTO redo VALUES (?, ?)", (rec["clip"], why))
         self.conn.commit()
         counts = dict(self.conn.execute("SELECT why, COUNT(*) FROM redo GROUP BY why").fetchall())
-        return {why: counts.get(why, 0) for why in ("cut", "moved", "transient", "fixed")}
+        return {why: counts.get(why, 0) for why in ("cut", "moved", "transient", "fixed")} | {"given_up": len(given_up)}
 
     def spec(self, clip: str) -> dict | None:
         """The clip's job as the annotations give it now (None: not in them)."""

@@ -209,3 +209,65 @@ def test_a_rerun_tries_a_timed_out_clip_again_and_not_an_undecodable_one(tmp_pat
     assert read_index(out)[cid("textFile001")]["status"] == "ok"
     lines = [json.loads(x)["clip"] for x in (out / "progress.jsonl").read_text().splitlines()]
     assert lines.count(cid("textFile001")) == 2 and lines.count(cid("longClip001")) == 2
+
+
+def test_a_clip_failing_for_a_transient_reason_again_and_again_is_left_failed(tmp_path):
+    """`prepare.transient_tries` (3): a clip whose last three records are transient failures on
+    the same file is not tried again ("given_up"); a success, a permanent failure or another file
+    in between restarts the count; a replaced file is tried again; 0 lifts the limit."""
+    from gblend_cli.manifests import ClipSpec
+    from gblend_cli.prepare import _Plan
+    from gblend_cli.storage import ScratchDB, append_jsonl
+    from gblend_cli.workers import source_stat
+
+    media = tmp_path / "root" / "x" / "a.mp4"
+    media.parent.mkdir(parents=True)
+    media.write_bytes(b"a video that takes too long")
+    now = source_stat(str(media))
+    base = {"clip": "a", "split": "train", "labels": [0], "file": "x/a.mp4", "span": None}
+    timeout = base | {"status": "failed", "reason": "decode timeout after 120 s", "transient": True, "source_stat": now}
+    ok = base | {"status": "ok"}
+    bad = base | {"status": "failed", "reason": "cannot open", "transient": False, "source_stat": now}
+
+    def plan(lines, tries=3):
+        journal = tmp_path / "progress.jsonl"
+        journal.unlink(missing_ok=True)
+        for line in lines:
+            append_jsonl(journal, line)
+        with ScratchDB(tmp_path) as db:
+            p = _Plan(db, str(tmp_path / "root"))
+            p.add([ClipSpec("a", str(media), (0,), "train")])
+            again = p.load_journal(journal, tmp_path, tries)
+            return again["transient"], again["given_up"], p.count_todo()
+
+    assert plan([timeout]) == plan([timeout] * 2) == (1, 0, 1)  # tried again
+    assert plan([timeout] * 3) == plan([timeout] * 5) == (0, 1, 0)  # left failed
+    assert plan([timeout] * 3, tries=0) == (1, 0, 1)
+    assert plan([timeout] * 3, tries=4) == (1, 0, 1)
+    assert plan([timeout, timeout, ok, timeout]) == plan([timeout, bad, timeout, timeout]) == (1, 0, 1)
+    elsewhere = timeout | {"source_stat": [1, 1]}  # failed twice on a file since replaced by this one
+    assert plan([elsewhere, elsewhere, timeout]) == (1, 0, 1)
+    assert plan([timeout] * 3 + [ok]) == (0, 0, 0)  # a later success is the clip's state
+    media.write_bytes(b"a shorter video, downloaded again")  # replaced after the third failure: tried again
+    assert plan([timeout] * 3) == (0, 0, 1)
+
+
+@pytest.mark.slow  # two prepare-data runs that each wait out a 0.1 s decode timeout on 2 minutes of video
+def test_a_rerun_says_which_clips_it_no_longer_tries(tmp_path):
+    """With `prepare.transient_tries=1` the clip that timed out once is left failed by the rerun,
+    which says so in one line and does not decode it again."""
+    root = tmp_path / "k400"
+    mf.write_video(root / "train" / "yoga" / f"{cid('longClip001')}.mp4", seconds=120.0, fps=8, size=(32, 32))
+    ann = mf.write_bytes(tmp_path / "a.csv", HEADER + "yoga,longClip001,10,20,train\n")
+    out = tmp_path / "out"
+    recipe = RECIPE.replace('flow = "none"', 'flow = "tvl1"')
+    settings = ("--set", "prepare.decode_timeout_s=0.1", "--set", "prepare.transient_tries=1")
+    prepare(tmp_path, root, ann, out, *settings, recipe=recipe)
+    proc = prepare(tmp_path, root, ann, out, *settings, recipe=recipe)
+    said = " ".join(proc.stderr.split())
+    assert "1 clips failed for a transient reason 1 times running on the same file: left failed" in said, proc.stderr
+    assert "prepare.transient_tries=0" in said and "trying them again" not in said
+    lines = (out / "progress.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # not decoded again
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert [(f["clip"], f["transient"]) for f in report["failed"]] == [(cid("longClip001"), True)]
