@@ -243,8 +243,8 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
                     console.print(f"{again[why]} {what}")
             if again["given_up"]:
                 console.print(f"{again['given_up']} clips failed for a transient reason {tries} times running on the same "
-                              f"file: left failed (--set prepare.transient_tries=0 tries them again; or give them more "
-                              f"time or memory: prepare.decode_timeout_s, fewer --workers)")
+                              f"file: left failed; to try them again: --set prepare.transient_tries=0 (with more time "
+                              f"or memory: a larger prepare.decode_timeout_s, fewer --workers)")
             if plan.damaged_lines:
                 console.print(f"{journal}: {len(plan.damaged_lines)} damaged lines (first: line "
                               f"{plan.damaged_lines[0]}) ignored; the clips they recorded are prepared again")
