@@ -84,7 +84,7 @@ class _Plan:
                 given_up.discard(clip)
                 if transient:
                     stat, n = running.get(clip, (None, 0))
-                    running[clip] = (rec.get("source_stat"), n + 1 if stat == rec.get("source_stat") and n else 1)
+                    running[clip] = (rec.get("source_stat"), n + 1 if stat == rec.get("source_stat") else 1)
                 else:
                     running.pop(clip, None)
                 retry = transient and not (transient_tries and running[clip][1] >= transient_tries)
