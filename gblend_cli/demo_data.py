@@ -38,7 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import MODALITIES
 from .media import SAMPLE_RATE, mel_band_centres_hz
+from .paper import COMBOS
 
 DIRECTION_NAMES_8 = ["moving right", "moving up-right", "moving up", "moving up-left",
                      "moving left", "moving down-left", "moving down", "moving down-right"]
@@ -279,11 +281,11 @@ def oracle(jobs: list[dict], p: dict) -> dict:
         truths = [video_truth(j, p) for j in jobs if j["split"] == split]
         if not truths:
             continue
-        sets = [("audio",), ("rgb",), ("flow",), ("audio", "rgb"), ("rgb", "flow"), ("audio", "flow"), ("audio", "rgb", "flow")]
         out[split] = {
             "videos": len(truths),
             "cues": {cue: sum(t[cue] for t in truths) for cue in CUE_READERS},
-            "video_top1": {"+".join(s): round(oracle_top1(truths, s, p["classes"], readers), 2) for s in sets},
+            "video_top1": {name: round(oracle_top1(truths, tuple(name.split("+")), p["classes"], readers), 2)
+                           for name in MODALITIES + COMBOS},
         }
     return out
 

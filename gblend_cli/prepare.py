@@ -189,8 +189,10 @@ def generate_demo_media(cfg: dict, media: Path) -> tuple[Path, list[Path]]:
                 with worker_context().Pool(workers, initializer=quiet_worker) as pool:
                     for _ in pool.imap_unordered(_render_demo_job, [(j, p) for j in todo], chunksize=4):
                         bar.advance(task)
-    # what each stream could score at best on these videos (report: Table 1's oracle column)
-    write_json_atomic(media.parent / demo_data.ORACLE_FILE, demo_data.oracle(jobs, p))
+    # what each stream could score at best on these videos (report: Table 1's oracle column); a rerun
+    # keeps it: the folder's generator settings cannot change (_check_settings)
+    if not (media.parent / demo_data.ORACLE_FILE).exists():
+        write_json_atomic(media.parent / demo_data.ORACLE_FILE, demo_data.oracle(jobs, p))
     return media / "videos", demo_data.write_annotations(media, jobs)
 
 
