@@ -41,7 +41,7 @@ from .storage import (append_jsonl, folder_lock, remove_stale_temps, require_kno
                       write_json_atomic, write_lines_atomic, write_text_atomic)
 from .ui import console, progress
 from .prepare_plan import _Plan
-from .workers import ClipPool, clip_record, failed_record, is_transient, quiet_worker, worker_context
+from .workers import ClipPool, clip_record, failed_record, is_transient, quiet_worker, source_stat, worker_context
 
 SETTINGS_KEYS = ("fps", "short_side", "max_seconds", "flow", "flow_bound", "store")
 
@@ -52,7 +52,8 @@ def prepare_one(spec: dict, settings: dict) -> dict:
 
     from .media import DecodeError, decode_clip, log_mel, optical_flow, silence_log_mel
 
-    rec = clip_record(spec)
+    stat = source_stat(spec["path"])  # before decoding: a file replaced meanwhile is noticed by the next run
+    rec = clip_record(spec) | ({"source_size": stat[0]} if stat else {})
     out = Path(settings["out"])
     try:
         clip = decode_clip(spec["path"], fps=settings["fps"], short_side=settings["short_side"],
@@ -238,6 +239,8 @@ def prepare_dataset(cfg: dict, out: Path | None = None) -> dict:
             for why, what in (("cut", "prepared clips have missing or cut-short files: preparing them again"),
                               ("moved", "clips now name another media file or span of it in the annotations: "
                                         "preparing them again"),
+                              ("replaced", "clips were prepared from a media file whose size has changed since (a "
+                                           "file replaced): preparing them again"),
                               ("transient", "clips failed for a transient reason last time (a timeout, a killed "
                                             "worker, out of memory): trying them again"),
                               ("fixed", "clips failed on a media file that has been replaced since: trying them again")):

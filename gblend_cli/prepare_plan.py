@@ -71,7 +71,10 @@ class _Plan:
         or another span of it ("moved"), a clip that failed for a transient reason ("transient":
         workers.is_transient: a timeout, a killed worker, out of memory) and one that failed on a
         file replaced since ("fixed": its size or mtime differs from the failed record's; an
-        untouched undecodable file stays failed). A clip that failed for a transient reason
+        untouched undecodable file stays failed) and a prepared clip whose media file has another
+        size now than when it was prepared ("replaced": a download fixed or redone; by size alone,
+        since a copy of the dataset that does not keep mtimes must not prepare every clip again,
+        and a missing media file leaves its prepared clip alone). A clip that failed for a transient reason
         `transient_tries` times running on the same file (0: no limit) is left failed ("given_up",
         not prepared again) unless its file is replaced. Returns how many of each, by those names."""
         self.conn.execute("CREATE TABLE redo (clip TEXT PRIMARY KEY, why TEXT)")
@@ -90,6 +93,7 @@ class _Plan:
                 retry = transient and not (transient_tries and running[clip][1] >= transient_tries)
                 why = ("moved" if spec is not None and not _same_source(rec, spec) else
                        "cut" if rec["status"] == "ok" and not files_whole(out, rec) else
+                       "replaced" if rec["status"] == "ok" and spec is not None and _resized(rec, spec) else
                        "transient" if retry else
                        "fixed" if rec["status"] != "ok" and spec is not None and _file_replaced(rec, spec) else None)
                 if why is None and transient:
@@ -102,7 +106,7 @@ class _Plan:
                     self.conn.execute("INSERT OR REPLACE INTO redo VALUES (?, ?)", (rec["clip"], why))
         self.conn.commit()
         counts = dict(self.conn.execute("SELECT why, COUNT(*) FROM redo GROUP BY why").fetchall())
-        return {why: counts.get(why, 0) for why in ("cut", "moved", "transient", "fixed")} | {"given_up": len(given_up)}
+        return {why: counts.get(why, 0) for why in ("cut", "moved", "replaced", "transient", "fixed")} | {"given_up": len(given_up)}
 
     def spec(self, clip: str) -> dict | None:
         """The clip's job as the annotations give it now (None: not in them)."""
@@ -177,6 +181,13 @@ def _file_replaced(rec: dict, spec: dict) -> bool:
     """The media file of a clip that failed is not the one it failed on (records from before
     "source_stat": never, as before)."""
     return "source_stat" in rec and source_stat(spec["path"]) != rec["source_stat"]
+
+
+def _resized(rec: dict, spec: dict) -> bool:
+    """A prepared clip's media file is there and has another size than the one it was prepared
+    from (records from before "source_size": never)."""
+    now = source_stat(spec["path"]) if "source_size" in rec else None
+    return now is not None and now[0] != rec["source_size"]
 
 
 def _same_source(rec: dict, spec: dict) -> bool:

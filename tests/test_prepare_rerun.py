@@ -62,16 +62,23 @@ def test_a_rerun_takes_labels_split_and_files_from_the_annotations_now(tmp_path)
     mtimes = {c: (out / "rgb" / f"{c}.npy").stat().st_mtime_ns for c in first}
 
     # the media root moves (same files under it); a class is added (zumba's index shifts from 1 to
-    # 2), clip C moves to val, and D's id now names another file (a new download, another sound)
+    # 2), clip C moves to val, D's id now names another file (a new download, another sound) and
+    # B's file is replaced by another at the same path (another sound, another size)
     moved = tmp_path / "k400_moved"
     shutil.move(root, moved)
+    b_path = moved / "train" / "zumba" / f"{cid('clipBBBBBBB')}.mp4"
+    size_b = b_path.stat().st_size
+    mf.write_video(b_path, seconds=3.0, tone_hz=3000.0)
+    assert b_path.stat().st_size != size_b
     (moved / "train" / "zumba" / f"{cid('clipDDDDDDD')}.mp4").unlink()
     new_d = mf.write_video(moved / "train" / "zumba" / f"{cid('clipDDDDDDD')}.mkv", seconds=2.0, tone_hz=2000.0)
     mf.write_video(moved / "train" / "archery" / f"{cid('clipEEEEEEE')}.mp4", seconds=2.0)
     ann2 = mf.write_bytes(tmp_path / "a2.csv", HEADER + "abseiling,clipAAAAAAA,10,20,train\nzumba,clipBBBBBBB,10,20,train\n"
                           "zumba,clipCCCCCCC,10,20,val\nzumba,clipDDDDDDD,10,20,train\narchery,clipEEEEEEE,10,20,train\n")
     proc = prepare(tmp_path, moved, ann2, out)
-    assert "1 clips now name another media file" in " ".join(proc.stderr.split()), proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert "1 clips now name another media file" in said, proc.stderr
+    assert "1 clips were prepared from a media file whose size has changed since" in said, proc.stderr
     index = read_index(out)
     assert {c: (r["labels"], r["split"]) for c, r in index.items()} == {
         cid("clipAAAAAAA"): ("0", "train"), cid("clipBBBBBBB"): ("2", "train"), cid("clipCCCCCCC"): ("2", "val"),
@@ -80,14 +87,16 @@ def test_a_rerun_takes_labels_split_and_files_from_the_annotations_now(tmp_path)
     assert index[cid("clipDDDDDDD")]["source"] == str(new_d)
     assert all(r["source"].startswith(str(moved)) for r in index.values())
     assert loudest_band(out, cid("clipDDDDDDD")) == band(2000.0)  # prepared again from the new file
+    assert loudest_band(out, cid("clipBBBBBBB")) == band(3000.0) and index[cid("clipBBBBBBB")]["seconds"] == "3.0"
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["classes"] == ["abseiling", "archery", "zumba"] and meta["clips"] == {"train": 4, "val": 1}
     report = json.loads((out / "prepare_report.json").read_text())
     assert (report["ok"], report["failed"]) == (5, [])
     # the clips whose file stayed were not prepared again, though their root moved
-    for c in (cid("clipAAAAAAA"), cid("clipBBBBBBB"), cid("clipCCCCCCC")):
+    for c in (cid("clipAAAAAAA"), cid("clipCCCCCCC")):
         assert (out / "rgb" / f"{c}.npy").stat().st_mtime_ns == mtimes[c], c
-    assert (out / "rgb" / f"{cid('clipDDDDDDD')}.npy").stat().st_mtime_ns != mtimes[cid("clipDDDDDDD")]
+    for c in (cid("clipBBBBBBB"), cid("clipDDDDDDD")):
+        assert (out / "rgb" / f"{c}.npy").stat().st_mtime_ns != mtimes[c], c
 
 
 def journal_plan(tmp_path, lines: list[dict], span_if_longer: bool = False):
@@ -119,6 +128,34 @@ def test_the_journals_last_line_for_a_clip_decides(tmp_path):
     assert journal_plan(tmp_path, [now, before]) == (0, 1, 1)  # the arrays are y/a.mp4's
     assert journal_plan(tmp_path, [{"file": "x/a.mp4", "span": [4.0, 8.0, True]}], span_if_longer=True) == (0, 1, 1)
     assert journal_plan(tmp_path, [{"file": "x/a.mp4", "span": [4.0, 7.0, True]}], span_if_longer=True) == (0, 0, 0)
+
+
+def test_a_prepared_clip_whose_media_file_changed_size_is_prepared_again(tmp_path):
+    """By size only: a copy of the dataset with new mtimes prepares nothing again, and a media file
+    deleted after preparing (to save space) leaves its clip prepared."""
+    from gblend_cli.manifests import ClipSpec
+    from gblend_cli.prepare import _Plan
+    from gblend_cli.storage import ScratchDB, append_jsonl
+
+    media = mf.write_bytes(tmp_path / "root" / "x" / "a.mp4", b"twelve bytes")
+
+    def replaced(rec: dict) -> tuple[int, int]:
+        journal = tmp_path / "progress.jsonl"
+        journal.unlink(missing_ok=True)
+        append_jsonl(journal, {"clip": "a", "split": "train", "labels": [0], "status": "ok", "file": "x/a.mp4",
+                               "span": None} | rec)
+        with ScratchDB(tmp_path) as db:
+            plan = _Plan(db, str(tmp_path / "root"))
+            plan.add([ClipSpec("a", str(media), (0,), "train")])
+            return plan.load_journal(journal, tmp_path)["replaced"], plan.count_todo()
+
+    assert replaced({"source_size": 12}) == (0, 0)
+    assert replaced({"source_size": 13}) == (1, 1)
+    assert replaced({}) == (0, 0)  # a record from before source_size
+    os.utime(media, ns=(1, 1))  # copied without its times
+    assert replaced({"source_size": 12}) == (0, 0)
+    media.unlink()
+    assert replaced({"source_size": 13}) == (0, 0)
 
 
 def test_journal_lines_of_an_older_gblend(tmp_path):
