@@ -57,6 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "blob_speed": 3.0,  # px per frame at `size`
         "blank_fraction": 0.25,  # videos with no moving object
         "still_object": 0.0,  # of the blank videos, the fraction whose object stands still (RGB sees its colour; flow sees nothing)
+        "still_where_silent": False,  # a still object only in blank videos whose audio has no class tone (each cue its own videos)
         "object_hue": 0.0,  # 0-1: how far the object's colour leans to its class's hue (appearance only RGB sees)
         "pixel_noise": 0.1,  # per-pixel, per-frame noise: optical flow degrades with it faster than RGB
         "texture_amp": 0.0,  # a static, class-free random texture per video (memorisable by RGB, not by flow)

@@ -22,12 +22,15 @@ Design (the paper's mechanism in miniature):
 So audio-only overfits (train >> val), RGB generalises, and naive joint training lets the audio
 memoriser drive the fused training loss to zero before the RGB pathway has learned motion.
 
-Off in the recipe (probes, README "The demo's design", item 9): `still_object`, the fraction of the
-blank videos whose object stands still (no drifting quadrants: the object's colour stays
-readable), and `object_hue`, how far every object's colour leans to its class's hue — a cue only
-RGB can read. Without them RGB and flow read one cue, the motion, and both end within a point or
-two of the best any model of that cue can reach (`oracle`): a fusion of the two has nothing to add.
-At their defaults they draw nothing, so a data seed renders the videos it always did.
+A cue only RGB can read (`still_object`, `object_hue`, `still_where_silent`; README "The demo's
+design", items 9-10): in the blank videos whose audio carries no class tone, the object stands
+still, its colour the class's hue — RGB sees it, flow sees nothing, audio has nothing to add there
+(and such videos get no drifting quadrants, which would hide the colour). Without it RGB and flow
+read one cue, the motion, and both end within a point or two of the best any model of that cue can
+reach (`oracle`): RGB vs flow is a coin toss and a fusion of the two has nothing to add. Each cue
+then has videos of its own: motion (RGB and flow), the still object (RGB), the class tone where
+nothing moves (audio). At their package defaults the three draw nothing, so a data seed renders
+the videos it always did.
 """
 
 from __future__ import annotations
@@ -66,9 +69,12 @@ def class_band(label: int, n_classes: int, n_mels: int = 40) -> int:
     return int(step * label + step / 2 - 0.5) if n_classes > 1 else n_mels // 2
 
 
-def render_video(rng: np.random.Generator, label: int, p: dict, truth: dict | None = None) -> np.ndarray:
+def render_video(rng: np.random.Generator, label: int, p: dict, truth: dict | None = None,
+                 tone: bool | None = None) -> np.ndarray:
     """(T, S, S, 3) uint8 frames of one demo video; `truth`, when given, receives what the video shows
-    ("blank": no moving object, "still": the object stands still instead)."""
+    ("blank": no moving object, "still": the object stands still instead). `tone`: whether the
+    video's audio carries the class tone, when drawn beforehand (`class_tone`): a still object then
+    stands only where it does not."""
     n_frames, size = int(round(p["seconds"] * p["fps"])), p["size"]
     theta = 2 * math.pi * label / p["classes"] + math.radians(rng.normal(0, p["direction_jitter_deg"]))
     speed = p["blob_speed"] * rng.uniform(0.85, 1.15)
@@ -78,7 +84,7 @@ def render_video(rng: np.random.Generator, label: int, p: dict, truth: dict | No
     if p.get("object_hue", 0.0) > 0:  # the object's colour leans to its class's hue: appearance RGB sees, flow cannot
         colour = (1 - p["object_hue"]) * colour + p["object_hue"] * class_colour(label, p["classes"])
     blank = rng.random() < p["blank_fraction"]
-    still = blank and p.get("still_object", 0.0) > 0 and rng.random() < p["still_object"]
+    still = blank and p.get("still_object", 0.0) > 0 and rng.random() < p["still_object"] and not tone
     if truth is not None:
         truth["blank"], truth["still"] = bool(blank), bool(still)
     background = np.full((size, size, 3), 0.15, dtype=np.float32)
@@ -138,9 +144,10 @@ def _drift_frame(drift: list[tuple[float, float, np.ndarray]], t: int, size: int
     return layer
 
 
-def render_audio(rng: np.random.Generator, label: int, p: dict, truth: dict | None = None) -> np.ndarray:
+def render_audio(rng: np.random.Generator, label: int, p: dict, truth: dict | None = None,
+                 tone: bool | None = None) -> np.ndarray:
     """Mono 16 kHz float32 waveform of one demo video (see the module docstring); `truth`, when given,
-    receives "audio_class": whether the class tone sounds."""
+    receives "audio_class": whether the class tone sounds. `tone`: that, when drawn beforehand."""
     n = int(round(p["seconds"] * SAMPLE_RATE))
     t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
     centres = mel_band_centres_hz()
@@ -151,7 +158,8 @@ def render_audio(rng: np.random.Generator, label: int, p: dict, truth: dict | No
     for b in memo_bands:  # the video's own steady chord, away from the class bands: memorisable, classless
         amp = p["audio_memo_amp"] * rng.uniform(0.5, 1.5)
         wave += amp * np.sin(2 * math.pi * centres[b] * t + rng.uniform(0, 2 * math.pi))
-    tone = rng.random() < p["audio_class_fraction"]
+    if tone is None:
+        tone = rng.random() < p["audio_class_fraction"]
     if truth is not None:
         truth["audio_class"] = bool(tone)
     if tone:  # the class tone, pulsed 0.25 s on / 0.25 s off
@@ -216,13 +224,24 @@ def video_jobs(out: Path, p: dict, seed: int) -> list[dict]:
     return jobs
 
 
+def class_tone(job: dict, p: dict) -> bool | None:
+    """With `still_where_silent`, whether a video's audio carries the class tone, drawn before its
+    frames (from a stream of its own) so that a still object can stand where it does not; None
+    otherwise (render_audio draws it, after the frames, as it always did)."""
+    if not p.get("still_where_silent"):
+        return None
+    rng = np.random.default_rng([job["seed"], SPLIT_IDS[job["split"]], job["index"], 1])
+    return bool(rng.random() < p["audio_class_fraction"])
+
+
 def render_job(job: dict, p: dict) -> str:
     """Render and encode one demo video unless it is already there (resumable)."""
     path = Path(job["path"])
     if not path.exists():
         rng = np.random.default_rng([job["seed"], SPLIT_IDS[job["split"]], job["index"]])
-        frames = render_video(rng, job["label"], p)
-        wave = render_audio(rng, job["label"], p)
+        tone = class_tone(job, p)
+        frames = render_video(rng, job["label"], p, tone=tone)
+        wave = render_audio(rng, job["label"], p, tone=tone)
         encode_mp4(path, frames, wave, int(p["fps"]))
     return job["path"]
 
@@ -256,8 +275,9 @@ def video_truth(job: dict, p: dict) -> dict:
     "audio_class" (the class tone sounds)."""
     rng = np.random.default_rng([job["seed"], SPLIT_IDS[job["split"]], job["index"]])
     truth: dict = {}
-    render_video(rng, job["label"], p, truth)
-    render_audio(rng, job["label"], p, truth)
+    tone = class_tone(job, p)
+    render_video(rng, job["label"], p, truth, tone=tone)
+    render_audio(rng, job["label"], p, truth, tone=tone)
     return {"motion": not truth["blank"], "still": truth["still"], "audio_class": truth["audio_class"]}
 
 

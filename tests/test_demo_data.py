@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import gblend_env
 
 RENDER = """
@@ -98,9 +100,12 @@ def test_blank_videos_drift_in_their_own_directions_and_blob_videos_do_not_chang
     assert np.corrcoef(true.ravel(), seen.ravel())[0, 1] > 0.7, (true, seen)
 
 
-def test_the_oracle_counts_the_cues_the_videos_really_show():
+@pytest.mark.parametrize("where_silent", [False, True])
+def test_the_oracle_counts_the_cues_the_videos_really_show(where_silent):
     """`demo_data.oracle`: a video's flags are what its frames and sound show (motion, a still
-    object, the class tone), and the oracle's top-1 counts a stream set's visible cues."""
+    object, the class tone), and the oracle's top-1 counts a stream set's visible cues. With
+    `still_where_silent` a still object stands only in (and, at still_object 1, in every) blank
+    video whose audio has no class tone."""
     import numpy as np
 
     from gblend_cli import demo_data
@@ -108,14 +113,19 @@ def test_the_oracle_counts_the_cues_the_videos_really_show():
     from gblend_cli.media import SAMPLE_RATE, mel_band_centres_hz
 
     p = load_config(None)["demo"] | {"pixel_noise": 0.0, "texture_amp": 0.0, "drift_amp": 0.0, "audio_noise": 0.0,
-                                     "audio_memo_amp": 0.0, "blank_fraction": 0.5, "still_object": 0.5}
+                                     "audio_memo_amp": 0.0, "blank_fraction": 0.5,
+                                     "still_object": 1.0 if where_silent else 0.5, "still_where_silent": where_silent}
     jobs = demo_data.video_jobs(Path("unused"), p | {"train_videos": 0, "test_videos": 40}, seed=0)
     kinds = set()
     for j in jobs:
         t = demo_data.video_truth(j, p)
         rng = np.random.default_rng([0, demo_data.SPLIT_IDS["val"], j["index"]])
-        frames = demo_data.render_video(rng, j["label"], p).astype(np.int16)
-        wave = demo_data.render_audio(rng, j["label"], p)
+        tone = demo_data.class_tone(j, p)
+        assert (tone is None) != where_silent
+        frames = demo_data.render_video(rng, j["label"], p, tone=tone).astype(np.int16)
+        wave = demo_data.render_audio(rng, j["label"], p, tone=tone)
+        if where_silent:
+            assert t["still"] == (not t["motion"] and not t["audio_class"]), (j["index"], t)
         moves = np.abs(np.diff(frames, axis=0)).max() > 10
         shows_object = frames.max() > 0.15 * 255 + 10  # brighter than the flat background
         assert moves == t["motion"] and shows_object == (t["motion"] or t["still"]), (j["index"], t)
@@ -141,8 +151,8 @@ def test_the_oracle_counts_the_cues_the_videos_really_show():
 
 
 def test_demo_videos_without_the_new_cues_are_the_files_they_were():
-    """`still_object` and `object_hue` at their defaults draw nothing and change no
-    pixel: data seeds published before them render the same videos."""
+    """`still_object`, `object_hue` and `still_where_silent` at their defaults draw nothing and
+    change no pixel: data seeds published before them render the same videos."""
     import hashlib
 
     import numpy as np
@@ -150,7 +160,9 @@ def test_demo_videos_without_the_new_cues_are_the_files_they_were():
     from gblend_cli import demo_data
     from gblend_cli.config import load_config
 
-    p = load_config(None)["demo"]
+    # the recipe as it was before them (it now sets them)
+    p = load_config(None)["demo"] | {"still_object": 0.0, "object_hue": 0.0, "still_where_silent": False,
+                                     "audio_memo_amp": 0.7}
     digest = hashlib.md5()
     for i in range(12):
         rng = np.random.default_rng([3, 2, i])
