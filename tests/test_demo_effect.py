@@ -2,18 +2,16 @@
 G-Blend weights from the runs -> report), so a regression in data, model, training or blending
 shows up in CI.
 
-The default recipe (data seed 3) with 200 validation videos instead of 500, one training seed,
+The default recipe (data seed 10) with 200 validation videos instead of 500, one training seed,
 A+RGB only, offline G-Blend: 4 runs, ~1.5 minutes on 2 idle cores.
 
-What is asserted is what holds on the demo on every seed we measured (README, "What the demo
-shows"): audio memorises and overfits most, RGB generalises better than audio, naive A+RGB fits
-the training set better than RGB alone, and G-Blend's weights are the ones Algorithm 1 sets from
-the runs' own losses, with no guard or floor moving any of them (every stream overfits
-measurably, so the estimate is not set by noise). What is NOT asserted: the accuracy claims of
-Tables 1 and 4. Naive A+RGB is below RGB on some seeds and above on others (published: level on
-average, 0.0 ± 7.3; on this test's seed 78.0 vs 74.5), and G-Blend above both holds on the
-published data seed but not on every data seed we tuned on; the README publishes both as
-measured."""
+What is asserted is what holds on the demo on every seed we measured with this recipe (README,
+"What the demo shows" and "The demo's design", item 10: 7 A+RGB runs over data seeds 0, 2 and 10):
+audio memorises and overfits most (gap, OGR, ΔO), RGB generalises better than audio, G-Blend's
+weights are the ones Algorithm 1 sets from the runs' own losses with no guard or floor moving any
+of them, and offline G-Blend is above RGB alone (by 1.0 to 10.0 points on those runs). What is
+NOT asserted: Table 1's claim (naive A+RGB is below RGB on some seeds and level or above on others:
+published 77.7 ± 4.8 against 78.3) and Table 4's margins; the README publishes both as measured."""
 
 from __future__ import annotations
 
@@ -53,21 +51,26 @@ def check_reduced_demo(results, seed: int) -> None:
     report = json.loads((results / "report" / "report.json").read_text())
     over = {r["run"]: r for r in report["overfit"]}
     audio, rgb, naive = over["uni-modal A"], over["uni-modal RGB"], over["naive A+RGB"]
-    # audio memorises: it overfits strongly, RGB generalises
-    assert audio["train_top1"] - audio["val_top1"] >= 30, audio
-    assert rgb["train_top1"] - rgb["val_top1"] < audio["train_top1"] - audio["val_top1"] - 15, (rgb, audio)
-    assert audio["val_top1"] > 100 / 8 + 10, audio  # well above chance (8 classes)...
-    assert audio["val_top1"] < rgb["val_top1"] - 5, (audio, rgb)  # ...but well below RGB
-    # OGR: audio overfits most per unit of generalisation, naive in between
-    assert audio["ogr"] > naive["ogr"] > rgb["ogr"], (audio, naive, rgb)
+
+    def gap(r):
+        return r["train_top1"] - r["val_top1"]
+
+    # audio memorises: it overfits most, by the train-validation gap and by OGR
+    assert gap(audio) >= 25 and gap(audio) > max(gap(rgb), gap(naive)) + 5, (audio, rgb, naive)
+    assert audio["ogr"] > max(naive["ogr"], rgb["ogr"]), (audio, naive, rgb)
+    # by video top-1, as Tables 1 and 4 compare (the overfitting table above is per clip)
+    video = {m: json.loads((results / f"unimodal-{m}-s{seed}" / "final.json").read_text())["video_top1"]
+             for m in ("audio", "rgb")}
+    assert video["audio"] > 100 / 8 + 10, video  # well above chance (8 classes)...
+    assert video["audio"] < video["rgb"] - 5, video  # ...but well below RGB
 
     t4 = {r["method"]: r for r in report["table4"] if r["combo"] == "A+RGB"}
     uni, nv, gb = t4["best uni-modal (RGB)"], t4["naive"], t4["G-Blend offline"]
-    # naive late fusion fits the training set better than RGB alone (whether it generalises worse,
-    # Table 1, depends on the seed here: not asserted); the report's Table 1 check reads these runs
-    assert naive["train_top1"] > rgb["train_top1"] + 5, (naive, rgb)
+    # the report's Table 1 check reads these runs (whether naive is below RGB depends on the seed)
     table1 = [c for c in report["checks"] if c["combo"] == "A+RGB" and c["check"].startswith("naive below")]
     assert len(table1) == 1 and table1[0]["values"]["difference"] == round(nv["video_top1"] - uni["video_top1"], 2)
+    # G-Blend, trained with the formula's weights, is above RGB alone
+    assert gb["video_top1"] > uni["video_top1"], (gb, uni)
 
     # G-Blend: the weights are Algorithm 1's, read from the uni-modal and naive runs of this seed
     run = results / f"gblend-offline-audio+rgb-s{seed}"
@@ -76,9 +79,9 @@ def check_reduced_demo(results, seed: int) -> None:
                                        "rgb": results / f"unimodal-rgb-s{seed}",
                                        "fused": results / f"naive-audio+rgb-s{seed}"})
     heads = read["heads"]
-    assert heads["audio"]["delta_O"] > heads["fused"]["delta_O"] > heads["rgb"]["delta_O"], heads
+    assert heads["audio"]["delta_O"] > max(heads["fused"]["delta_O"], heads["rgb"]["delta_O"]), heads
     assert heads["rgb"]["delta_G"] > heads["audio"]["delta_G"], heads
-    assert heads["rgb"]["w"] > heads["fused"]["w"] > heads["audio"]["w"], heads
+    assert min(heads["rgb"]["w"], heads["fused"]["w"]) > heads["audio"]["w"], heads  # RGB vs fused: by data seed
     for h, v in heads.items():  # the formula's own weights: no noise guard acted, a floor at most lifts to 0.05
         assert not v["noise_bound"] and abs(v["w"] - v["w_raw"]) <= 0.05, (h, heads)
         if v["floored"]:
