@@ -76,7 +76,8 @@ def test_blank_videos_drift_in_their_own_directions_and_blob_videos_do_not_chang
     from gblend_cli.config import load_config
     from gblend_cli.media import dequantise_flow, optical_flow
 
-    p = load_config(None)["demo"] | {"drift_amp": 0.8, "pixel_noise": 0.1, "texture_amp": 0.0}
+    p = load_config(None)["demo"] | {"drift_amp": 0.8, "pixel_noise": 0.1, "texture_amp": 0.0,
+                                     "still_object": 0.0}  # a blank video with a still object has no drift
     blob = p | {"blank_fraction": 0.0}
     for i in range(3):
         a, b = (demo_data.render_video(np.random.default_rng([0, 1, i]), i, q) for q in (blob, blob | {"drift_amp": 0.0}))
