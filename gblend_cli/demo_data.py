@@ -234,14 +234,20 @@ def class_tone(job: dict, p: dict) -> bool | None:
     return bool(rng.random() < p["audio_class_fraction"])
 
 
+def render(job: dict, p: dict, truth: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One demo video's frames and waveform, drawn in the one order every reader uses (the files
+    and the oracle's re-rendering alike); `truth` as in render_video and render_audio."""
+    rng = np.random.default_rng([job["seed"], SPLIT_IDS[job["split"]], job["index"]])
+    tone = class_tone(job, p)
+    frames = render_video(rng, job["label"], p, truth, tone=tone)
+    return frames, render_audio(rng, job["label"], p, truth, tone=tone)
+
+
 def render_job(job: dict, p: dict) -> str:
     """Render and encode one demo video unless it is already there (resumable)."""
     path = Path(job["path"])
     if not path.exists():
-        rng = np.random.default_rng([job["seed"], SPLIT_IDS[job["split"]], job["index"]])
-        tone = class_tone(job, p)
-        frames = render_video(rng, job["label"], p, tone=tone)
-        wave = render_audio(rng, job["label"], p, tone=tone)
+        frames, wave = render(job, p)
         encode_mp4(path, frames, wave, int(p["fps"]))
     return job["path"]
 
@@ -273,11 +279,8 @@ def video_truth(job: dict, p: dict) -> dict:
     """What one demo video shows, by rendering it again in memory (the renderer's own draws, so the
     flags cannot drift from the files): "motion" (the object moves), "still" (it stands still),
     "audio_class" (the class tone sounds)."""
-    rng = np.random.default_rng([job["seed"], SPLIT_IDS[job["split"]], job["index"]])
     truth: dict = {}
-    tone = class_tone(job, p)
-    render_video(rng, job["label"], p, truth, tone=tone)
-    render_audio(rng, job["label"], p, truth, tone=tone)
+    render(job, p, truth)
     return {"motion": not truth["blank"], "still": truth["still"], "audio_class": truth["audio_class"]}
 
 
