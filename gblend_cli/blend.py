@@ -31,7 +31,9 @@ The paper leaves ΔG <= 0 and ΔO ≈ 0 open. Our choices:
   late in a run, when the learning rate has decayed, a super-epoch's ΔG and ΔO on a small V are
   noise, and the formula would hand nearly all the weight to whichever head the noise favours.
   The row logs both (`w_estimated`, and `kept_from`: the epoch of the estimate still in force;
-  `RunFolder.blend_in_force`).
+  `RunFolder.blend_in_force`; `kept_why`). With `keep_noise_bound` (off: it cost online G-Blend
+  about 2 points on the tuning data, README) an estimate in which the noise guard sets a
+  generalising head's ΔO² keeps them too.
 
 Every row flags what moved its weights away from w_raw (`guard_flags`), judged, as the rules weigh,
 by the clipped ΔG (max(ΔG, 0); NaN/Inf: 0): per head `floored` (a head with clipped ΔG 0 lifted to
@@ -233,6 +235,12 @@ def shows_generalisation(row: dict, z: float) -> bool:
     return False
 
 
+def noise_bound_heads(row: dict) -> list[str]:
+    """The heads of an estimate whose weight the noise guard set (`noise_bound`: a head that
+    generalises, |ΔO| below SE(ΔO)): there 1/ΔO² is noise, not a measurement."""
+    return [h for h, r in row["heads"].items() if r.get("noise_bound")]
+
+
 def row_flags(row: dict) -> dict:
     """The flags of a row's `w` ({"equal_fallback", "heads": {head: {"noise_bound", "floored"}}}):
     what `keep_weights` carries into a row that keeps them."""
@@ -240,7 +248,8 @@ def row_flags(row: dict) -> dict:
             "heads": {h: {f: r[f] for f in HEAD_FLAGS} for h, r in row["heads"].items()}}
 
 
-def keep_weights(row: dict, weights: dict[str, float], source_epoch: int, flags: dict | None) -> dict:
+def keep_weights(row: dict, weights: dict[str, float], source_epoch: int, flags: dict | None,
+                 why: str = "no_generalisation") -> dict:
     """An estimate that showed no generalisation (online, Algorithm 3): the weights in force stay.
     Each head's `w` becomes the weight kept (what training uses), `w_estimated` what this estimate
     gave; `kept_from` is the epoch of the estimate whose weights stay. The flags follow `w`: they
@@ -254,6 +263,7 @@ def keep_weights(row: dict, weights: dict[str, float], source_epoch: int, flags:
     row["equal_fallback_estimated"] = row["equal_fallback"]
     row["equal_fallback"] = None if flags is None else flags["equal_fallback"]
     row["kept_from"] = source_epoch
+    row["kept_why"] = why
     return row
 
 
@@ -279,8 +289,9 @@ def blend_row(epoch: int, n_epochs: int, gcfg: dict, rows: dict[str, dict], **ex
 def show_weights_table(row: dict) -> None:
     from rich.table import Table
 
-    kept = "" if row.get("kept_from") is None else f"; no head generalised measurably: the weights of epoch " \
-                                                     f"{row['kept_from']} stay"
+    why = {"noise_bound": "a generalising head's ΔO within its noise"}.get(row.get("kept_why"),
+                                                                          "no head generalised measurably")
+    kept = "" if row.get("kept_from") is None else f"; {why}: the weights of epoch {row['kept_from']} stay"
     t = Table(title=f"G-Blend weights at epoch {row['epoch']} ({row['n_epochs']} estimation epochs, "
                     f"metric {row['metric']}, rule {row['rule']}; ₀ before, ₁ after{kept})")
     for c in ("head", "L^T₀", "L^V₀", "L^T₁", "L^V₁", "ΔO", "ΔG", "OGR", "w raw", "w"):

@@ -125,6 +125,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "super_epoch": 5,  # online: later super-epoch length
         "min_weight": 0.05,  # regularised rule: weight of a head whose ΔG <= 0 (a guard, not a knob: <= 0.05 in all)
         "evidence_z": 2.0,  # online: a later estimate in which no head's ΔG exceeds z·SE(ΔG) keeps the weights in force (0: always re-weight)
+        "keep_noise_bound": False,  # online: so does a later estimate in which the noise guard sets a generalising head's ΔO² (|ΔO| < SE(ΔO))
         "estimate_from": [],  # offline: run folders (uni-modal per modality + naive, one or more seeds) to read Algorithm 2's terms from
     },
     "methods": {  # G-Blend's successors (`gblend train-method`; gblend_cli/policies/): the papers' defaults, fixed a priori

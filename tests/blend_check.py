@@ -7,8 +7,9 @@
   the weights are a distribution;
 - the rows sit where Algorithm 2 / 3 estimates: offline once at epoch 0 for estimate_epochs (or
   the whole run), online at 0, then every super-epoch after the warm-up one;
-- online, a later row whose every ΔG is within gblend.evidence_z SE(ΔG) of 0 (and only such a
-  row) keeps the weights of the estimate in force: its w and flags are that row's, its `kept_from`
+- online, a later row whose every ΔG is within gblend.evidence_z SE(ΔG) of 0, or (with
+  gblend.keep_noise_bound) in which a generalising head's |ΔO| is below SE(ΔO) — and only such a
+  row — keeps the weights of the estimate in force (`kept_why` says which): its w and flags are that row's, its `kept_from`
   that row's epoch, and `w_estimated` and the `<flag>_estimated` what the formula and guards gave;
 - metrics.jsonl: every trained epoch's "weights" are the w of the latest estimation at or before
   that epoch (the row of epoch e records the weights epoch e was trained with, e = 1, 2, ...);
@@ -103,10 +104,17 @@ def check_blend_run(run: Path) -> list[dict]:
         # online: a later estimate without measurable generalisation (no ΔG above z·SE(ΔG), the rule
         # restated here rather than asked of blend.shows_generalisation) keeps the weights in force, and only then
         z = cfg["gblend"]["evidence_z"]
-        keeps = cfg["gblend"]["mode"] == "online" and i > 0 and z > 0 and \
-            not any(r["delta_G"] > z * r["delta_G_se"] for r in row["heads"].values())
+        no_evidence = z > 0 and not any(r["delta_G"] > z * r["delta_G_se"] for r in row["heads"].values())
+        # ... and, with keep_noise_bound, one in which a generalising head's |ΔO| is below SE(ΔO)
+        # (the rules' own guards apart: rule formula has none)
+        in_noise = cfg["gblend"].get("keep_noise_bound", False) and cfg["gblend"]["rule"] != "formula" and \
+            any(math.isfinite(r["delta_G"]) and r["delta_G"] > 0 and r.get("delta_O_se") is not None
+                and abs(r["delta_O"]) < r["delta_O_se"]
+                for r in row["heads"].values())
+        keeps = cfg["gblend"]["mode"] == "online" and i > 0 and (no_evidence or in_noise)
         assert (row.get("kept_from") is not None) == keeps, (run, row["epoch"], row.get("kept_from"))
         if keeps:  # the weights in force, and the flags that describe them
+            assert row["kept_why"] == ("no_generalisation" if no_evidence else "noise_bound"), (run, row["epoch"])
             assert row["kept_from"] == source["epoch"] and row["equal_fallback"] == source["equal_fallback"]
             in_force = lambda r: (r["w"], r["noise_bound"], r["floored"])  # noqa: E731
             assert {h: in_force(r) for h, r in row["heads"].items()} == {h: in_force(r) for h, r in source["heads"].items()}

@@ -164,10 +164,12 @@ def test_online_schedule_has_a_warm_up_then_super_epochs():
     assert off.schedule() == {0: 4}
 
 
-def _estimate(epoch, n, gcfg, dg_se, **dg):
-    """A blend_weights row from given ΔG per head (ΔO 0.3 each, SE(ΔO) 0.05), built by blend_row."""
+def _estimate(epoch, n, gcfg, dg_se, do_se=None, **dg):
+    """A blend_weights row from given ΔG per head (ΔO 0.3 each, SE(ΔO) 0.05 or `do_se`'s {head:
+    SE}), built by blend_row."""
     rows = {h: {"LT_before": 2.0, "LV_before": 2.0, "LT_after": 2.0 - g - 0.3, "LV_after": 2.0 - g,
-                **gradient_blend_terms(2.0, 2.0, 2.0 - g - 0.3, 2.0 - g), "delta_O_se": 0.05, "delta_G_se": dg_se}
+                **gradient_blend_terms(2.0, 2.0, 2.0 - g - 0.3, 2.0 - g), "delta_O_se": (do_se or {}).get(h, 0.05),
+                "delta_G_se": dg_se}
             for h, g in dg.items()}
     return blend_row(epoch, n, gcfg, rows)
 
@@ -205,7 +207,7 @@ def test_online_keeps_the_weights_in_force_when_no_head_generalises_measurably(m
             assert first["rgb"] > first["fused"] > first["audio"]
         if epoch == 2:
             if kept:
-                assert g.weights == first and ctx.rows[1]["kept_from"] == 0
+                assert g.weights == first and ctx.rows[1]["kept_from"] == 0 and ctx.rows[1]["kept_why"] == "no_generalisation"
                 assert ctx.rows[1]["heads"]["audio"]["w_estimated"] > 0.5  # what the noise would have set
                 # the flags describe w, the weights in force (nothing moved them at epoch 0); what
                 # this estimate's guards did is *_estimated: its rgb (ΔG < 0) was floored
@@ -219,6 +221,40 @@ def test_online_keeps_the_weights_in_force_when_no_head_generalises_measurably(m
     resumed = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
     resumed.load_state_dict(GradientBlending.state_dict(g) | {"history": g.history[:2]})
     assert resumed.source_epoch == (0 if kept else 2)  # a resumed run keeps the right estimate's weights
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_online_keep_noise_bound_keeps_the_weights_when_the_guard_would_set_one(monkeypatch, keep):
+    """gblend.keep_noise_bound (off by default; README "Online estimates without evidence"): a
+    later estimate in which a head that generalises has |ΔO| below SE(ΔO) — the noise guard, not
+    the formula, would set its weight — keeps the weights in force (kept_why "noise_bound"); off, it
+    re-weights with the guard. An estimate with every ΔO measured re-weights either way, and so does
+    the first estimate, guard or not."""
+    from gblend_cli.policies import gblend as policy
+
+    gcfg = {"warmup_super_epoch": 2, "super_epoch": 2, "estimate_epochs": 0, "estimate_from": [], "rule": "regularised",
+            "min_weight": 0.05, "metric": "loss", "evidence_z": 2.0, "keep_noise_bound": keep}
+    plan = {0: ({"fused": 0.5}, dict(audio=0.05, rgb=1.0, fused=0.6)),  # the first: sets the weights, guard or not
+            2: ({"fused": 0.5}, dict(audio=0.05, rgb=0.8, fused=0.6)),  # ΔG measured, fused's ΔO 0.3 ± 0.5
+            4: ({}, dict(audio=0.05, rgb=0.2, fused=0.9))}             # every ΔO measured
+    monkeypatch.setattr(policy, "estimate_blend_weights",
+                        lambda ctx, e, n, g: _estimate(e, n, g, 0.1, plan[e][0], **plan[e][1]))
+    g = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
+    ctx = _Ctx()
+    for epoch in range(6):
+        g.before_epoch(epoch, ctx)
+        if epoch == 0:
+            first = dict(g.weights)
+            assert ctx.rows[0]["heads"]["fused"]["noise_bound"] and ctx.rows[0].get("kept_from") is None
+    second = ctx.rows[1]
+    assert second["heads"]["fused"][f"noise_bound{'_estimated' if keep else ''}"]  # what the estimate's guard did
+    if keep:
+        assert second["kept_from"] == 0 and second["kept_why"] == "noise_bound"
+        assert {h: r["w"] for h, r in second["heads"].items()} == first
+    else:
+        assert second.get("kept_from") is None and {h: r["w"] for h, r in second["heads"].items()} != first
+    assert ctx.rows[2].get("kept_from") is None and g.weights == {h: r["w"] for h, r in ctx.rows[2]["heads"].items()}
+    assert g.weights["fused"] > g.weights["rgb"]
 
 
 def test_the_estimate_in_force_is_the_one_a_kept_row_points_to(tmp_path):

@@ -6,8 +6,8 @@ generalises measurably keeps the weights in force: `blend.keep_weights`)."""
 
 from __future__ import annotations
 
-from ..blend import (blend_row, estimate_blend_weights, keep_weights, row_flags, show_weights_table,
-                     shows_generalisation, terms_from_runs)
+from ..blend import (blend_row, estimate_blend_weights, keep_weights, noise_bound_heads, row_flags,
+                     show_weights_table, shows_generalisation, terms_from_runs)
 
 
 class GradientBlending:
@@ -43,11 +43,10 @@ class GradientBlending:
             row = blend_row(epoch, n, self.gcfg, terms, source="runs", runs=names)
         else:
             row = estimate_blend_weights(ctx, epoch, n, self.gcfg)
-        z = self.gcfg["evidence_z"]
         source = epoch
-        if self.mode == "online" and self.history and z > 0 and not shows_generalisation(row, z):
+        if why := self.keep_reason(row):  # nothing to re-weight by
             source = self.source_epoch
-            row = keep_weights(row, self.weights, source, self.history[-1].get("flags"))  # nothing to re-weight by
+            row = keep_weights(row, self.weights, source, self.history[-1].get("flags"), why)
         old = dict(self.weights)
         self.weights = {h: row["heads"][h]["w"] for h in self.heads}
         self.history.append({"epoch": epoch, "weights": dict(self.weights), "source_epoch": source,
@@ -55,6 +54,20 @@ class GradientBlending:
         ctx.record(row)
         if ctx.is_main and (old != self.weights or row.get("kept_from") is not None):
             show_weights_table(row)
+
+    def keep_reason(self, row: dict) -> str | None:
+        """Why an online estimate after the first keeps the weights in force (None: it re-weights):
+        "no_generalisation" (no head's ΔG above gblend.evidence_z standard errors), or, with
+        gblend.keep_noise_bound, "noise_bound" (a generalising head's |ΔO| below SE(ΔO): the
+        guard, not the formula, would set its weight)."""
+        if self.mode != "online" or not self.history:
+            return None
+        z = self.gcfg["evidence_z"]
+        if z > 0 and not shows_generalisation(row, z):
+            return "no_generalisation"
+        if self.gcfg.get("keep_noise_bound") and noise_bound_heads(row):
+            return "noise_bound"
+        return None
 
     @property
     def source_epoch(self) -> int | None:
