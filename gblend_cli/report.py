@@ -10,6 +10,7 @@ there is shown as missing, with the command that would produce it.
 
 from __future__ import annotations
 
+import math
 import statistics
 from functools import cached_property
 from pathlib import Path
@@ -292,6 +293,29 @@ def claims(mx: Matrix) -> list[str]:
     return out
 
 
+CLEAR_Z = 2.0  # a margin check's verdict is "clear" when no difference within this many SEs would change it
+
+
+def _difference(a: dict, b: dict) -> tuple[float, float | None]:
+    """a − b of two rows' means (`_stats` dicts) and its standard error, sqrt(s_a²/n_a + s_b²/n_b):
+    the runs are taken as independent (not paired by seed), which errs towards calling a verdict
+    noise. None where either row has fewer than 2 seeds (no spread measured)."""
+    if a["n"] < 2 or b["n"] < 2:
+        return a["mean"] - b["mean"], None
+    return a["mean"] - b["mean"], math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+
+
+def _clear(conditions: list[tuple[float, float | None, float, float]]) -> bool | None:
+    """Whether a check that holds when every value lies in its [lo, hi] keeps its verdict for every
+    value within CLEAR_Z standard errors of the measured one; conditions are (value, SE, lo, hi).
+    None where an SE is unknown."""
+    if any(se is None for _, se, _, _ in conditions):
+        return None
+    inside = [lo - TOL <= v - CLEAR_Z * se and v + CLEAR_Z * se <= hi + TOL for v, se, lo, hi in conditions]
+    outside = [v + CLEAR_Z * se < lo - TOL or v - CLEAR_Z * se > hi + TOL for v, se, lo, hi in conditions]
+    return all(inside) or any(outside)
+
+
 def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
     """The paper's claims on every combination, as data (report.json "checks"; the markdown and
     terminal reports print them), with the margins of the demo's target (issue 19): naive below the
@@ -301,7 +325,12 @@ def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
     train-val gap and OGR); and every G-Blend weight within 0.05 of the formula's w_raw (of the
     estimation in force at the end, every seed). Video top-1, means over the seeds found; the best
     uni-modal model over the combination's seeds. A check the recipe's matrix asks for whose runs
-    are missing has `holds` None (CANNOT BE CHECKED)."""
+    are missing has `holds` None (CANNOT BE CHECKED).
+
+    The margin checks (Table 1's and G-Blend's) also give each difference's standard error over
+    the seeds (`_difference`; values "... se") and `clear`: whether the verdict would stand for any
+    difference within 2 standard errors of the measured one (None with one seed a row); with three
+    seeds a training seed's spread is often larger than the margin asked for."""
     out = []
 
     def unmeasured(check: str, combo: str) -> None:  # a check the recipe's matrix asks for, its runs missing
@@ -310,29 +339,36 @@ def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
     v1 = {m: mx.metric("unimodal", m, "video_top1")["mean"] for m in ("audio", "rgb", "flow")}
     for combo in mx.combos():
         label, best = paper.combo_label(combo), mx.best_unimodal(combo)
-        naive = mx.metric("naive", combo, "video_top1")["mean"]
-        uni = mx.unimodal_metric(best, combo, "video_top1")["mean"] if best else None
+        naive_s = mx.metric("naive", combo, "video_top1")
+        uni_s = mx.unimodal_metric(best, combo, "video_top1") if best else None
+        naive, uni = naive_s["mean"], uni_s["mean"] if uni_s else None
         table1_check = "naive below the best uni-modal model by 1 to 8 points"
         if naive is not None and uni is not None:
+            drop, drop_se = _difference(uni_s, naive_s)
             out.append({"check": table1_check, "combo": label,
                         "holds": 1 - TOL <= uni - naive <= 8 + TOL,
                         "values": {"naive": round(naive, 2), f"best uni-modal ({paper.combo_label(best)})": round(uni, 2),
-                                   "difference": round(naive - uni, 2)}})
+                                   "difference": round(naive - uni, 2), "difference se": _round(drop_se)},
+                        "clear": _clear([(drop, drop_se, 1, 8)])})
         elif combo in mx.seeds:
             unmeasured(table1_check, label)
         expected = [f"gblend-{m}" for m in mx.modes.get(combo, [])]
         found = [v for (v, c) in mx.by_key if c == combo and v in ("gblend-offline", "gblend-online")]
         for variant in sorted(set(expected + found)):
-            gb = mx.metric(variant, combo, "video_top1")["mean"]
+            gb_s = mx.metric(variant, combo, "video_top1")
+            gb = gb_s["mean"]
             margin = 2 if combo == mx.main else 1
             margin_check = (f"{METHOD_LABELS[variant]} at least {margin} point{'s' if margin > 1 else ''} "
                             f"above naive and the best uni-modal model")
             if gb is not None and naive is not None and uni is not None:
-                values = {"gblend": round(gb, 2), "over naive": round(gb - naive, 2), "over best uni-modal": round(gb - uni, 2)}
+                (over_n, se_n), (over_u, se_u) = _difference(gb_s, naive_s), _difference(gb_s, uni_s)
+                values = {"gblend": round(gb, 2), "over naive": round(gb - naive, 2), "over best uni-modal": round(gb - uni, 2),
+                          "over naive se": _round(se_n), "over best uni-modal se": _round(se_u)}
                 if (oracle := mx.oracle.get(combo)) is not None:  # the demo: how far above any model can go
                     values["oracle"] = oracle
                 out.append({"check": margin_check, "combo": label,
-                            "holds": gb >= naive + margin - TOL and gb >= uni + margin - TOL, "values": values})
+                            "holds": gb >= naive + margin - TOL and gb >= uni + margin - TOL, "values": values,
+                            "clear": _clear([(over_n, se_n, margin, math.inf), (over_u, se_u, margin, math.inf)])})
             elif variant in expected:
                 unmeasured(margin_check, label)
             deviations = [abs(v["w"] - v["w_raw"]) if v.get("w_raw") is not None else float("inf")
@@ -359,7 +395,27 @@ def checks(mx: Matrix, overfit_rows: list[dict]) -> list[dict]:
 
 def check_lines(rows: list[dict]) -> list[str]:
     verdict = {True: "HOLDS", False: "DOES NOT HOLD", None: "CANNOT BE CHECKED"}
-    return [f"{r['combo']}: {r['check']}: {verdict[r['holds']]} ({_values(r['values'])})" for r in rows]
+    noise = {True: "; clear of 2 SE", False: "; within 2 SE: not decided by these seeds", None: ""}
+    return [f"{r['combo']}: {r['check']}: {verdict[r['holds']]} ({_values(r['values'])}"
+            f"{noise[r.get('clear') if r['holds'] is not None else None]})" for r in rows]
+
+
+def checks_summary(rows: list[dict]) -> str:
+    """One line: how many checks hold, and how many margin verdicts either way stand clear of 2
+    standard errors."""
+    held = [r for r in rows if r["holds"] is True]
+    failed = [r for r in rows if r["holds"] is False]
+    margins = [r for r in held + failed if r.get("clear") is not None]
+    clear = lambda group: sum(r.get("clear") is True for r in group)  # noqa: E731
+    line = f"{len(held)} of {len(held) + len(failed)} checks hold"
+    if margins:
+        line += (f"; of the {len(margins)} margin checks, {clear(held)} hold and {clear(failed)} fail clear of 2 "
+                 f"standard errors, {len(margins) - clear(margins)} are within them (not decided by these seeds)")
+    return line + "."
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
 
 
 def _values(v) -> str:

@@ -8,7 +8,7 @@ import json
 from rich.markup import escape
 
 from . import methods_table, paper_tables
-from .report import ALL_TITLES, TABLES, check_lines
+from .report import ALL_TITLES, TABLES, check_lines, checks_summary
 from .storage import finite_or_null
 
 
@@ -115,7 +115,7 @@ def render(report: dict, fmt: str) -> str:
         parts.append("\n".join(f"- {c}" for c in report["claims"]))
     if report.get("checks") and fmt == "markdown":
         parts.append("The paper's claims on every combination (means over seeds):\n\n"
-                     + "\n".join(f"- {c}" for c in check_lines(report["checks"])))
+                     + "\n".join(f"- {c}" for c in check_lines(report["checks"])) + f"\n\n{checks_summary(report['checks'])}")
     return "\n\n".join(parts) + "\n"
 
 
@@ -170,3 +170,4 @@ def print_rich(report: dict) -> None:
         out.print("The paper's claims on every combination (means over seeds):", markup=False)
         for c in check_lines(report["checks"]):
             out.print(f"  {c}", soft_wrap=True, markup=False)
+        out.print(checks_summary(report["checks"]), soft_wrap=True, markup=False)

@@ -19,7 +19,7 @@ import pytest
 
 from gblend_cli import paper
 from gblend_cli.config import load_config
-from gblend_cli.report import TITLES, build
+from gblend_cli.report import TITLES, build, check_lines
 from gblend_cli.report_render import render, render_csv
 from gblend_cli.experiment import RunKey
 
@@ -607,6 +607,47 @@ def test_checks_do_not_fail_on_float32_noise(tmp_path, cfg):
     by = {r["check"]: r for r in build(results, ["overfit"], cfg)["checks"] if r["combo"] == "A+RGB"}
     assert by["naive below the best uni-modal model by 1 to 8 points"]["holds"] is True
     assert by["G-Blend offline at least 2 points above naive and the best uni-modal model"]["holds"] is True
+
+
+@pytest.mark.parametrize("naive_videos,clear", [((74, 75, 76), True),      # drop 4 ± 0.82: inside [1, 8]
+                                                ((76, 77.5, 79), False),   # drop 1.5 ± 1.15: 1 is within 2 SE
+                                                ((79.5, 80, 80.5), True)])  # drop −1 ± 0.65: clearly not 1 below
+def test_margin_checks_say_whether_the_seeds_decide_them(tmp_path, cfg, naive_videos, clear):
+    """Each margin check gives its difference's standard error over the seeds (runs taken as
+    independent: sqrt(s_a²/n_a + s_b²/n_b)) and `clear`: whether the verdict stands for every
+    difference within 2 SE; one seed a row measures no spread (se and clear null). The report's
+    lines and its summary say it."""
+    import statistics
+
+    from gblend_cli.report import checks_summary
+
+    results = tmp_path / "r"
+    rgb, gb = (78, 79, 80), (86, 88, 90)
+    for seed in (0, 1, 2):
+        write_run(results, "unimodal", ["audio"], seed, video=50.0, clip=50, top5=90, train=99)
+        write_run(results, "unimodal", ["rgb"], seed, video=rgb[seed], clip=70, top5=90, train=90)
+        write_run(results, "naive", AR, seed, video=naive_videos[seed], clip=70, top5=90, train=95)
+        write_run(results, "gblend", AR, seed, video=gb[seed], clip=70, top5=90, train=95, mode="offline")
+    write_run(results, "unimodal", ["flow"], 0, video=60.0, clip=50, top5=90, train=90)
+    write_run(results, "naive", ["rgb", "flow"], 0, video=77.0, clip=70, top5=90, train=95)
+    rep = build(results, ["overfit"], cfg)
+    by = {(r["combo"], r["check"]): r for r in rep["checks"]}
+    t1 = by[("A+RGB", "naive below the best uni-modal model by 1 to 8 points")]
+    se = math.sqrt(statistics.variance(rgb) / 3 + statistics.variance(naive_videos) / 3)
+    assert t1["values"]["difference se"] == pytest.approx(round(se, 2))
+    assert t1["clear"] is clear and t1["holds"] is (1 <= 79 - statistics.fmean(naive_videos) <= 8)
+    off = by[("A+RGB", "G-Blend offline at least 2 points above naive and the best uni-modal model")]
+    se_u = math.sqrt(statistics.variance(gb) / 3 + statistics.variance(rgb) / 3)  # 88 − 79 = 9 ± 1.29: clear
+    assert off["holds"] and off["clear"] is True and off["values"]["over best uni-modal se"] == pytest.approx(round(se_u, 2))
+    rf = by[("RGB+OF", "naive below the best uni-modal model by 1 to 8 points")]  # one seed: no spread
+    assert rf["values"]["difference se"] is None and rf["clear"] is None
+    lines = {line.split(":")[0] + ":" + line.split(":")[1]: line for line in check_lines(rep["checks"])}
+    table1 = lines["A+RGB: naive below the best uni-modal model by 1 to 8 points"]
+    assert table1.endswith("; clear of 2 SE)" if clear else "; within 2 SE: not decided by these seeds)")
+    assert "2 SE" not in lines["RGB+OF: naive below the best uni-modal model by 1 to 8 points"]
+    held = sum(r["holds"] is True for r in rep["checks"])
+    assert checks_summary(rep["checks"]).startswith(f"{held} of {sum(r['holds'] is not None for r in rep['checks'])} checks hold")
+    assert f"{1 + (t1['holds'] and clear)} hold and {int(not t1['holds'] and clear)} fail clear" in checks_summary(rep["checks"])
 
 
 def test_best_unimodal_is_compared_over_the_rows_seeds(results, cfg):
