@@ -359,8 +359,35 @@ def measure_ogr(
 TableChoice = Literal["1", "4", "overfit", "3", "5", "fig1", "all", "methods"]
 
 
+def _pooled_checks(rep: dict, results: Path, pool: list[Path], recipe: Optional[Path], sets) -> dict:
+    """report --pool: every folder's checks (each read with the recipe `reproduce` ran there, like
+    RESULTS), pooled (`checks.pooled`)."""
+    from . import checks
+    from .report import build
+    from .reproduce import RAN_WITH
+
+    if "checks" not in rep:
+        raise UserError("--pool pools the checks, which come with the overfitting comparison: give --table overfit, "
+                        "core or all, or no --table")
+    folders = [results, *pool]
+    where = [f.resolve() for f in folders]
+    for i, a in enumerate(where):
+        if not folders[i].is_dir():
+            raise UserError(f"{folders[i]}: no such results folder (--pool)")
+        for j, b in enumerate(where):
+            if i != j and (a == b or b in a.parents):
+                raise UserError(f"--pool {folders[i]}: {'is' if a == b else 'lies inside'} {folders[j]}, whose runs "
+                                f"would count twice; pool folders of different data, none inside another")
+    per_folder = [rep["checks"]]
+    for f in pool:
+        cfg = _config(f / RAN_WITH if recipe is None and (f / RAN_WITH).exists() else recipe, sets)
+        per_folder.append(build(f, ["overfit"], cfg, str(recipe or ""), sets or [])["checks"])
+    return {"pooled_checks": checks.pooled(per_folder), "pooled_folders": [str(f) for f in folders]}
+
+
 @app.command("report", epilog="Examples:\n\n  gblend report --table 4 > table4.txt\n\n"
-             "  gblend report --results results/k400 --table all --format latex --out tables.tex")
+             "  gblend report --results results/k400 --table all --format latex --out tables.tex\n\n"
+             "  gblend report --results results/demo --pool results/d11 --pool results/d12   # checks over three data seeds")
 @command
 def report(
     table: Optional[TableChoice] = typer.Option(None, "--table", "-t", help="Which table: 1, 4, overfit (Fig. 4), 3, 5, fig1 (the paper's other experiments), all (every table of the paper) or methods (G-Blend's successors) " + escape("[default: 1, 4 and overfit].")),
@@ -368,6 +395,7 @@ def report(
     fmt: Optional[Literal["markdown", "csv", "latex", "json"]] = typer.Option(None, "--format", "-f", help="Text format " + escape("[default: tables for the terminal]") + ". csv: one table per file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the formatted tables here (csv with several tables: OUT_table1.csv, ...)."),
     figure: Optional[Path] = typer.Option(None, "--figure", help="Where to write the Fig. 4 PNG " + escape("[default: RESULTS/report/overfitting.png]") + "; the Fig. 1 bar chart goes beside it (fig1.png)."),
+    pool: Optional[List[Path]] = typer.Option(None, "--pool", help="Another results folder of the same matrix on other data, e.g. another demo data seed (repeatable): the checks are also given pooled over RESULTS and these, each difference the mean of the folders' means ± its SE over the folders."),
     recipe: Optional[Path] = RecipeOpt, sets: Optional[List[str]] = SetOpt,
 ):
     """The paper's tables from run folders only (paper numbers beside): Table 1, Table 4 and the overfitting comparison; Table 3, Table 5 and Figure 1 with --table 3|5|fig1|all (all: every table of the paper); --table methods: G-Blend's successors beside naive, G-Blend and the best uni-modal model, with their diagnostics.
@@ -395,6 +423,8 @@ def report(
         raise UserError("--format csv writes one table per file: give --table 1|4|overfit|3|5|fig1|methods, or --out FILE.csv "
                         "(then FILE_table1.csv, FILE_table4.csv, ...)")
     rep = build(results, tables, cfg, recipe_arg, sets or [])
+    if pool:
+        rep |= _pooled_checks(rep, results, pool, recipe, sets)
 
     def draw(make, *args) -> None:
         """A figure beside the tables. Asked for (--figure): a write that fails is the command's

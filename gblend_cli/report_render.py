@@ -8,7 +8,8 @@ import json
 from rich.markup import escape
 
 from . import methods_table, paper_tables
-from .report import ALL_TITLES, TABLES, check_lines, checks_summary
+from . import checks
+from .report import ALL_TITLES, TABLES
 from .storage import finite_or_null
 
 
@@ -84,13 +85,18 @@ def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]
     return headers, body
 
 
+POOLED_TITLE = ("The same claims pooled over the results folders (each value the mean of the folders' means, its SE "
+                "over the folders; weights and ranking: in every folder)")
+
+
 def render(report: dict, fmt: str) -> str:
     """markdown | latex | json text of the tables in `report` (csv: `render_csv`, one table at a time)."""
     from tabulate import tabulate
 
     tables = [k for k in TABLES if k in report]
     if fmt == "json":
-        doc = {k: report[k] for k in tables} | {k: report[k] for k in ("claims", "checks") if k in report}
+        doc = {k: report[k] for k in tables} | {k: report[k] for k in ("claims", "checks", "pooled_checks", "pooled_folders")
+                                                if k in report}
         if set(report) & set(paper_tables.TITLES):
             doc["findings"] = paper_tables.findings(report)
         return json.dumps(finite_or_null(doc), indent=2, allow_nan=False)
@@ -115,7 +121,11 @@ def render(report: dict, fmt: str) -> str:
         parts.append("\n".join(f"- {c}" for c in report["claims"]))
     if report.get("checks") and fmt == "markdown":
         parts.append("The paper's claims on every combination (means over seeds):\n\n"
-                     + "\n".join(f"- {c}" for c in check_lines(report["checks"])) + f"\n\n{checks_summary(report['checks'])}")
+                     + "\n".join(f"- {c}" for c in checks.lines(report["checks"])) + f"\n\n{checks.summary(report['checks'])}")
+    if report.get("pooled_checks") and fmt == "markdown":
+        parts.append(f"{POOLED_TITLE} ({', '.join(report['pooled_folders'])}):\n\n"
+                     + "\n".join(f"- {c}" for c in checks.lines(report["pooled_checks"], "folders"))
+                     + f"\n\n{checks.summary(report['pooled_checks'], 'folders')}")
     return "\n\n".join(parts) + "\n"
 
 
@@ -168,6 +178,11 @@ def print_rich(report: dict) -> None:
         out.print(c, soft_wrap=True, markup=False)
     if report.get("checks"):
         out.print("The paper's claims on every combination (means over seeds):", markup=False)
-        for c in check_lines(report["checks"]):
+        for c in checks.lines(report["checks"]):
             out.print(f"  {c}", soft_wrap=True, markup=False)
-        out.print(checks_summary(report["checks"]), soft_wrap=True, markup=False)
+        out.print(checks.summary(report["checks"]), soft_wrap=True, markup=False)
+    if report.get("pooled_checks"):
+        out.print(f"{POOLED_TITLE} ({', '.join(report['pooled_folders'])}):", soft_wrap=True, markup=False)
+        for c in checks.lines(report["pooled_checks"], "folders"):
+            out.print(f"  {c}", soft_wrap=True, markup=False)
+        out.print(checks.summary(report["pooled_checks"], "folders"), soft_wrap=True, markup=False)

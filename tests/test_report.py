@@ -19,7 +19,8 @@ import pytest
 
 from gblend_cli import paper
 from gblend_cli.config import load_config
-from gblend_cli.report import TITLES, build, check_lines
+from gblend_cli.checks import lines as check_lines
+from gblend_cli.report import TITLES, build
 from gblend_cli.report_render import render, render_csv
 from gblend_cli.experiment import RunKey
 
@@ -619,7 +620,7 @@ def test_margin_checks_say_whether_the_seeds_decide_them(tmp_path, cfg, naive_vi
     lines and its summary say it."""
     import statistics
 
-    from gblend_cli.report import checks_summary
+    from gblend_cli.checks import summary as checks_summary
 
     results = tmp_path / "r"
     rgb, gb = (78, 79, 80), (86, 88, 90)
@@ -648,6 +649,82 @@ def test_margin_checks_say_whether_the_seeds_decide_them(tmp_path, cfg, naive_vi
     held = sum(r["holds"] is True for r in rep["checks"])
     assert checks_summary(rep["checks"]).startswith(f"{held} of {sum(r['holds'] is not None for r in rep['checks'])} checks hold")
     assert f"{1 + (t1['holds'] and clear)} hold and {int(not t1['holds'] and clear)} fail clear" in checks_summary(rep["checks"])
+
+
+def _ar_folder(root, rgb, naive, gb, flow_seed0=None):
+    """A+RGB rows of three seeds (audio far behind), plus RGB+OF of one seed when flow_seed0 is given."""
+    for seed in (0, 1, 2):
+        write_run(root, "unimodal", ["audio"], seed, video=50.0, clip=50, top5=90, train=99)
+        write_run(root, "unimodal", ["rgb"], seed, video=rgb[seed], clip=70, top5=90, train=90)
+        write_run(root, "naive", AR, seed, video=naive[seed], clip=70, top5=90, train=95)
+        write_run(root, "gblend", AR, seed, video=gb[seed], clip=70, top5=90, train=95, mode="offline")
+    if flow_seed0 is not None:
+        write_run(root, "unimodal", ["flow"], 0, video=flow_seed0, clip=50, top5=90, train=90)
+        write_run(root, "naive", ["rgb", "flow"], 0, video=77.0, clip=70, top5=90, train=95)
+    return root
+
+
+def test_pooled_checks_average_the_folders_and_judge_by_the_same_conditions(tmp_path, cfg):
+    """checks.pooled over three folders: a margin check's value is the mean of the folders' values,
+    its SE stdev/sqrt(3) over the folders, and holds/clear follow the check's own conditions (Table
+    1: difference in [-8, -1]); a check some folder cannot measure is CANNOT BE CHECKED; any other
+    check holds where it holds in every folder."""
+    import statistics
+
+    from gblend_cli.checks import pooled
+
+    drops = (-0.5, -3.0, -4.0)  # naive − RGB per folder: one folder fails Table 1, the mean holds
+    folders = []
+    for i, d in enumerate(drops):
+        rgb = (78.0, 79.0, 80.0)
+        root = _ar_folder(tmp_path / f"f{i}", rgb, tuple(x + d for x in rgb), (88.0, 89.0, 90.0),
+                          flow_seed0=60.0 if i < 2 else None)  # the third folder has no RGB+OF runs
+        folders.append(build(root, ["overfit"], cfg)["checks"])
+    assert [r["holds"] for r in folders[0] if r["check"].startswith("naive below") and r["combo"] == "A+RGB"] == [False]
+    rows = {(r["combo"], r["check"]): r for r in pooled(folders)}
+    t1 = rows[("A+RGB", "naive below the best uni-modal model by 1 to 8 points")]
+    mean, se = statistics.fmean(drops), statistics.stdev(drops) / math.sqrt(3)
+    assert t1["values"]["difference"] == pytest.approx(round(mean, 2)) and t1["values"]["difference se"] == pytest.approx(round(se, 2))
+    assert t1["values"]["difference per folder"] == list(drops)
+    assert t1["holds"] is (-8 <= mean <= -1) and t1["held_in"] == 2 and t1["folders"] == 3
+    assert t1["clear"] is (mean + 2 * se <= -1)  # [-4.5, -1.5] ± 2·1.0: not clear
+    off = rows[("A+RGB", "G-Blend offline at least 2 points above naive and the best uni-modal model")]
+    assert off["holds"] and off["values"]["over best uni-modal"] == pytest.approx(10.0)
+    assert off["values"]["over best uni-modal se"] == 0.0 and off["clear"] is True  # the same lead in every folder
+    rf = rows[("RGB+OF", "naive below the best uni-modal model by 1 to 8 points")]
+    assert rf["holds"] is None and "2 of 3" in rf["values"]["measured in"]
+    # the ranking needs flow: the third folder has no such check at all (not even unmeasured)
+    rank = rows[("uni-modal", "uni-modal ranking: RGB, then flow, then audio, which overfits most")]
+    per = [r["holds"] for f in folders for r in f if r["combo"] == "uni-modal"]
+    assert len(per) == 2 and rank["holds"] is None and rank["held_in"] == sum(per)
+    two = {(r["combo"], r["check"]): r for r in pooled(folders[:2])}
+    assert two[("uni-modal", "uni-modal ranking: RGB, then flow, then audio, which overfits most")]["holds"] is all(per)
+    assert two[("uni-modal", "uni-modal ranking: RGB, then flow, then audio, which overfits most")]["values"] == \
+        {"held in": f"{sum(per)} of 2 folders"}
+
+
+def test_cli_report_pool_adds_pooled_checks_and_refuses_counting_a_folder_twice(tmp_path, run_gblend):
+    """`report --pool` puts pooled_checks and pooled_folders beside each folder's checks (json), a
+    section in markdown; the same folder twice, a folder inside another, or --pool without the
+    checks (--table 1) is one line and exit 2."""
+    a = _ar_folder(tmp_path / "a", (78.0, 79.0, 80.0), (75.0, 76.0, 77.0), (88.0, 89.0, 90.0))
+    b = _ar_folder(tmp_path / "b", (78.0, 79.0, 80.0), (74.0, 75.0, 76.0), (87.0, 88.0, 89.0))
+    proc = run_gblend("report", "--results", a, "--pool", b, "--format", "json", "--figure", tmp_path / "f.png")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    js = json.loads(proc.stdout)
+    assert js["pooled_folders"] == [str(a), str(b)]
+    t1 = next(r for r in js["pooled_checks"] if r["combo"] == "A+RGB" and r["check"].startswith("naive below"))
+    assert t1["values"]["difference per folder"] == [-3.0, -4.0] and t1["values"]["difference"] == -3.5 and t1["holds"]
+    md = run_gblend("report", "--results", a, "--pool", b, "--format", "markdown", "--figure", tmp_path / "f.png")
+    section = md.stdout.split("pooled over the results folders")[1]
+    assert "- A+RGB: naive below the best uni-modal model by 1 to 8 points: HOLDS (difference -3.5, difference se 0.5, " \
+           "difference per folder [-3, -4]; clear of 2 SE)" in section  # −3.5 ± 2·0.5 lies inside [−8, −1]
+    for args, needle in ((["--pool", a], "count twice"), (["--pool", a / "naive-audio+rgb-s0"], "lies inside"),
+                         (["--pool", b, "--table", "1"], "--pool pools the checks"),
+                         (["--pool", tmp_path / "nowhere"], "nowhere")):
+        bad = run_gblend("report", "--results", a, *args, "--figure", tmp_path / "f.png")
+        assert bad.returncode == 2, bad.stderr[-2000:]
+        assert needle in _one_line_error(bad)
 
 
 def test_best_unimodal_is_compared_over_the_rows_seeds(results, cfg):
