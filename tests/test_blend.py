@@ -184,38 +184,43 @@ class _Ctx:
         self.rows.append(row)
 
 
+def _run_online(monkeypatch, gcfg, estimate):
+    """An online GradientBlending over 6 epochs (estimates at 0, 2, 4) whose Algorithm 1 is
+    `estimate(epoch)`: (policy, context with its logged rows)."""
+    from gblend_cli.policies import gblend as policy
+
+    monkeypatch.setattr(policy, "estimate_blend_weights", lambda ctx, e, n, g: estimate(e))
+    g = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
+    ctx = _Ctx()
+    for epoch in range(6):
+        g.before_epoch(epoch, ctx)
+    return g, ctx
+
+
 @pytest.mark.parametrize("z,kept", [(2.0, True), (0.0, False)])
 def test_online_keeps_the_weights_in_force_when_no_head_generalises_measurably(monkeypatch, z, kept):
     """Online (Algorithm 3): a later estimate whose every ΔG is within evidence_z SE(ΔG) of 0
     keeps the weights in force — logged with kept_from and the estimate's own w_estimated — and
     one with a measurable ΔG re-weights; evidence_z = 0 re-weights at every estimate. The first
     estimate always sets the weights."""
-    from gblend_cli.policies import gblend as policy
-
     gcfg = {"warmup_super_epoch": 2, "super_epoch": 2, "estimate_epochs": 0, "estimate_from": [], "rule": "regularised",
             "min_weight": 0.05, "metric": "loss", "evidence_z": z}
     plan = {0: dict(audio=0.05, rgb=1.0, fused=0.6),     # RGB and fused generalise clearly
             2: dict(audio=0.15, rgb=-0.05, fused=0.02),  # within 2 SE (0.1) of 0: noise
             4: dict(audio=0.05, rgb=0.5, fused=0.1)}     # RGB generalises again
-    monkeypatch.setattr(policy, "estimate_blend_weights", lambda ctx, e, n, g: _estimate(e, n, g, 0.1, **plan[e]))
-    g = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
-    ctx = _Ctx()
-    for epoch in range(6):
-        g.before_epoch(epoch, ctx)
-        if epoch == 0:
-            first = dict(g.weights)
-            assert first["rgb"] > first["fused"] > first["audio"]
-        if epoch == 2:
-            if kept:
-                assert g.weights == first and ctx.rows[1]["kept_from"] == 0 and ctx.rows[1]["kept_why"] == "no_generalisation"
-                assert ctx.rows[1]["heads"]["audio"]["w_estimated"] > 0.5  # what the noise would have set
-                # the flags describe w, the weights in force (nothing moved them at epoch 0); what
-                # this estimate's guards did is *_estimated: its rgb (ΔG < 0) was floored
-                rgb = ctx.rows[1]["heads"]["rgb"]
-                assert not rgb["floored"] and rgb["floored_estimated"] and not ctx.rows[0]["heads"]["rgb"]["floored"]
-                assert ctx.rows[1]["equal_fallback"] is False and ctx.rows[1]["equal_fallback_estimated"] is False
-            else:
-                assert ctx.rows[1].get("kept_from") is None and g.weights["audio"] > 0.5
+    g, ctx = _run_online(monkeypatch, gcfg, lambda e: _estimate(e, 2, gcfg, 0.1, **plan[e]))
+    first, second = ({h: r["w"] for h, r in row["heads"].items()} for row in ctx.rows[:2])  # the weights of epochs 0-1, 2-3
+    assert first["rgb"] > first["fused"] > first["audio"]
+    if kept:
+        assert second == first and ctx.rows[1]["kept_from"] == 0 and ctx.rows[1]["kept_why"] == "no_generalisation"
+        assert ctx.rows[1]["heads"]["audio"]["w_estimated"] > 0.5  # what the noise would have set
+        # the flags describe w, the weights in force (nothing moved them at epoch 0); what
+        # this estimate's guards did is *_estimated: its rgb (ΔG < 0) was floored
+        rgb = ctx.rows[1]["heads"]["rgb"]
+        assert not rgb["floored"] and rgb["floored_estimated"] and not ctx.rows[0]["heads"]["rgb"]["floored"]
+        assert ctx.rows[1]["equal_fallback"] is False and ctx.rows[1]["equal_fallback_estimated"] is False
+    else:
+        assert ctx.rows[1].get("kept_from") is None and second["audio"] > 0.5
     assert [r.get("kept_from") for r in ctx.rows] == [None, 0 if kept else None, None]
     assert g.weights == {h: v["w"] for h, v in ctx.rows[2]["heads"].items()} and g.weights["rgb"] > 0.5
     resumed = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
@@ -230,22 +235,14 @@ def test_online_keep_noise_bound_keeps_the_weights_when_the_guard_would_set_one(
     the formula, would set its weight — keeps the weights in force (kept_why "noise_bound"); off, it
     re-weights with the guard. An estimate with every ΔO measured re-weights either way, and so does
     the first estimate, guard or not."""
-    from gblend_cli.policies import gblend as policy
-
     gcfg = {"warmup_super_epoch": 2, "super_epoch": 2, "estimate_epochs": 0, "estimate_from": [], "rule": "regularised",
             "min_weight": 0.05, "metric": "loss", "evidence_z": 2.0, "keep_noise_bound": keep}
     plan = {0: ({"fused": 0.5}, dict(audio=0.05, rgb=1.0, fused=0.6)),  # the first: sets the weights, guard or not
             2: ({"fused": 0.5}, dict(audio=0.05, rgb=0.8, fused=0.6)),  # ΔG measured, fused's ΔO 0.3 ± 0.5
             4: ({}, dict(audio=0.05, rgb=0.2, fused=0.9))}             # every ΔO measured
-    monkeypatch.setattr(policy, "estimate_blend_weights",
-                        lambda ctx, e, n, g: _estimate(e, n, g, 0.1, plan[e][0], **plan[e][1]))
-    g = GradientBlending({"gblend": gcfg, "train": {"epochs": 6}}, "online", ["audio", "rgb", "fused"])
-    ctx = _Ctx()
-    for epoch in range(6):
-        g.before_epoch(epoch, ctx)
-        if epoch == 0:
-            first = dict(g.weights)
-            assert ctx.rows[0]["heads"]["fused"]["noise_bound"] and ctx.rows[0].get("kept_from") is None
+    g, ctx = _run_online(monkeypatch, gcfg, lambda e: _estimate(e, 2, gcfg, 0.1, plan[e][0], **plan[e][1]))
+    first = {h: r["w"] for h, r in ctx.rows[0]["heads"].items()}
+    assert ctx.rows[0]["heads"]["fused"]["noise_bound"] and ctx.rows[0].get("kept_from") is None
     second = ctx.rows[1]
     assert second["heads"]["fused"][f"noise_bound{'_estimated' if keep else ''}"]  # what the estimate's guard did
     if keep:
