@@ -4,8 +4,8 @@ several data seeds).
 
 A margin check (Table 1's drop, G-Blend's lead) states its conditions once — each a shown value
 (a difference of two rows' video top-1 means) that must lie in [lo, hi] — and its verdict, its
-standard errors and whether the verdict is clear of them all follow from those conditions, in one
-folder (over its training seeds) and pooled (over the folders)."""
+standard errors and whether the verdict is clear of their 95% intervals (Student's t) all follow
+from those conditions, in one folder (over its training seeds) and pooled (over the folders)."""
 
 from __future__ import annotations
 
@@ -17,51 +17,109 @@ from . import paper
 # Accuracies are stored from float32 (77.6% reads 77.59999...): a difference this small is that,
 # not a measurement, so the checks' bounds (1 point, 2 points, "below") allow it.
 TOL = 1e-4
-CLEAR_Z = 2.0  # a margin verdict is "clear" when no value within this many standard errors would change it
+LEVEL = 0.95  # a margin verdict is "clear" when no value in its two-sided 95% interval would change it
 VERDICT = {True: "HOLDS", False: "DOES NOT HOLD", None: "CANNOT BE CHECKED"}
 
 
-def difference(a: dict, b: dict) -> tuple[float, float | None]:
-    """a − b of two rows' means ({"mean", "std", "n"}) and its standard error, sqrt(s_a²/n_a +
-    s_b²/n_b): the runs are taken as independent (not paired by seed), which errs towards calling a
-    verdict noise. None where either row has fewer than 2 seeds (no spread measured)."""
+def difference(a: dict, b: dict) -> tuple[float, float | None, float | None]:
+    """a − b of two rows' means ({"mean", "std", "n"}), its standard error sqrt(s_a²/n_a + s_b²/n_b)
+    and the Welch-Satterthwaite degrees of freedom: the runs are taken as independent (not paired
+    by seed), which errs towards calling a verdict noise. SE and df None where either row has
+    fewer than 2 seeds (no spread measured)."""
+    d = a["mean"] - b["mean"]
     if a["n"] < 2 or b["n"] < 2:
-        return a["mean"] - b["mean"], None
-    return a["mean"] - b["mean"], math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+        return d, None, None
+    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+    if va + vb == 0:
+        return d, 0.0, float(a["n"] + b["n"] - 2)
+    df = (va + vb) ** 2 / (va ** 2 / (a["n"] - 1) + vb ** 2 / (b["n"] - 1))
+    return d, math.sqrt(va + vb), df
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile (p > 0.5), by bisection on its CDF (`_t_cdf`); df need not be whole."""
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for t >= 0: 1 − I_x(df/2, 1/2) / 2 with x = df / (df + t²)."""
+    return 1.0 - 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b) (continued fraction, modified Lentz)."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, f, c, d = 1e-300, 1.0, 1.0, 0.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2 == 0:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-14:
+            break
+    return front * (f - 1.0)
+
+
+def half_width(se: float, df: float) -> float:
+    """Half the two-sided LEVEL interval of a value with this standard error and df."""
+    return 0.0 if se == 0 else t_quantile(0.5 + LEVEL / 2, df) * se
 
 
 def _bound(x: float | None, default: float) -> float:
     return default if x is None else x
 
 
-def holds(measured: list[tuple[float, float | None]], conditions: list[dict]) -> bool:
+Measured = tuple[float, float | None, float | None]  # (value, its standard error, degrees of freedom)
+
+
+def holds(measured: list[Measured], conditions: list[dict]) -> bool:
     """Every value in its [lo, hi] (None: open), within TOL."""
     return all(_bound(c["lo"], -math.inf) - TOL <= v <= _bound(c["hi"], math.inf) + TOL
-               for (v, _), c in zip(measured, conditions))
+               for (v, _, _), c in zip(measured, conditions))
 
 
-def clear(measured: list[tuple[float, float | None]], conditions: list[dict]) -> bool | None:
-    """Whether the verdict stands for every value within CLEAR_Z standard errors of the measured
-    one: every interval inside its bounds, or one wholly outside. None where an SE is unknown."""
-    if any(se is None for _, se in measured):
+def clear(measured: list[Measured], conditions: list[dict]) -> bool | None:
+    """Whether the verdict stands for every value in the measured one's two-sided 95% interval
+    (Student's t with its df): every interval inside its bounds, or one wholly outside. None where
+    an SE is unknown."""
+    if any(se is None for _, se, _ in measured):
         return None
     inside, outside = [], []
-    for (v, se), c in zip(measured, conditions):
-        lo, hi = _bound(c["lo"], -math.inf), _bound(c["hi"], math.inf)
-        inside.append(lo - TOL <= v - CLEAR_Z * se and v + CLEAR_Z * se <= hi + TOL)
-        outside.append(v + CLEAR_Z * se < lo - TOL or v - CLEAR_Z * se > hi + TOL)
+    for (v, se, df), c in zip(measured, conditions):
+        lo, hi, w = _bound(c["lo"], -math.inf), _bound(c["hi"], math.inf), half_width(se, df)
+        inside.append(lo - TOL <= v - w and v + w <= hi + TOL)
+        outside.append(v + w < lo - TOL or v - w > hi + TOL)
     return all(inside) or any(outside)
 
 
-def margin_check(check: str, combo: str, shown: dict, measured: dict[str, tuple[float, float | None]],
-                 conditions: list[dict]) -> dict:
-    """A margin check's row: `shown` values, then per condition its value and "<value> se" (rounded
-    to 2 decimals; verdicts are taken on the unrounded ones), `holds`, `clear` and `conditions`."""
+def margin_check(check: str, combo: str, shown: dict, measured: dict[str, Measured], conditions: list[dict]) -> dict:
+    """A margin check's row: `shown` values, then per condition its value, "<value> se" and
+    "<value> df" (rounded; verdicts are taken on the unrounded ones), `holds`, `clear` and
+    `conditions`."""
     m = [measured[c["value"]] for c in conditions]
     values = dict(shown)
-    for c, (v, se) in zip(conditions, m):
+    for c, (v, se, df) in zip(conditions, m):
         values[c["value"]] = round(v, 2)
         values[f"{c['value']} se"] = None if se is None else round(se, 2)
+        values[f"{c['value']} df"] = None if df is None else round(df, 1)
     return {"check": check, "combo": combo, "holds": holds(m, conditions), "values": values, "clear": clear(m, conditions),
             "conditions": conditions}
 
@@ -76,9 +134,9 @@ def checks(mx, overfit_rows: list[dict], labels: dict[str, str]) -> list[dict]:
     Video top-1, means over the seeds found; the best uni-modal model over the combination's seeds.
     A check the recipe's matrix asks for whose runs are missing has `holds` None (CANNOT BE CHECKED).
 
-    The margin checks also give each difference's standard error over the seeds (`difference`)
-    and `clear` (None with one seed a row): with three seeds a training seed's spread is often
-    larger than the margin asked for."""
+    The margin checks also give each difference's standard error and degrees of freedom over the
+    seeds (`difference`) and `clear` (None with one seed a row): with three seeds a training seed's
+    spread is often larger than the margin asked for."""
     out = []
 
     def unmeasured(check: str, combo: str) -> None:  # a check the recipe's matrix asks for, its runs missing
@@ -143,8 +201,8 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
 
     A margin check measured in every folder: each condition's value is the mean of the folders'
     values (each a mean over that folder's seeds), its standard error that of a mean over the
-    folders, stdev/sqrt(n) (n >= 2); `holds` and `clear` are the check's own conditions applied to
-    them, and "<value> per folder" lists the folders' values. Any other check (weights, ranking)
+    folders, stdev/sqrt(n) with n − 1 df (n >= 2); `holds` and `clear` are the check's own
+    conditions applied to them, and "<value> per folder" lists the folders' values. Any other check (weights, ranking)
     holds where it holds in every folder. `held_in`: in how many folders it held; a check some
     folder could not measure is CANNOT BE CHECKED (holds None)."""
     keyed = [{(r["combo"], r["check"]): r for r in rows} for rows in folders]
@@ -163,8 +221,9 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
             for c in conditions:
                 xs = [r["values"][c["value"]] for r in measured]
                 mean, se = statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
-                m.append((mean, se))
-                values |= {c["value"]: round(mean, 2), f"{c['value']} se": round(se, 2), f"{c['value']} per folder": xs}
+                m.append((mean, se, len(xs) - 1))
+                values |= {c["value"]: round(mean, 2), f"{c['value']} se": round(se, 2), f"{c['value']} df": len(xs) - 1,
+                           f"{c['value']} per folder": xs}
             out.append(row | {"holds": holds(m, conditions), "values": values, "clear": clear(m, conditions),
                               "conditions": conditions})
         else:
@@ -174,24 +233,25 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
 
 
 def lines(rows: list[dict], over: str = "seeds") -> list[str]:
-    """One line per check: verdict, values, and for a margin check whether it is clear of 2 SE (of
-    the spread over `over`: the seeds, or the pooled folders)."""
-    noise = {True: "; clear of 2 SE", False: f"; within 2 SE: not decided by these {over}", None: ""}
+    """One line per check: verdict, values, and for a margin check whether it is clear of its 95%
+    interval (of the spread over `over`: the seeds, or the pooled folders)."""
+    noise = {True: "; clear of its 95% interval", False: f"; within its 95% interval: not decided by these {over}",
+             None: ""}
     return [f"{r['combo']}: {r['check']}: {VERDICT[r['holds']]} ({_values(r['values'])}"
             f"{noise[r.get('clear') if r['holds'] is not None else None]})" for r in rows]
 
 
 def summary(rows: list[dict], over: str = "seeds") -> str:
-    """One line: how many checks hold, and how many margin verdicts either way stand clear of 2
-    standard errors."""
+    """One line: how many checks hold, and how many margin verdicts either way stand clear of their
+    95% intervals."""
     held = [r for r in rows if r["holds"] is True]
     failed = [r for r in rows if r["holds"] is False]
     margins = [r for r in held + failed if r.get("clear") is not None]
     n_clear = lambda group: sum(r.get("clear") is True for r in group)  # noqa: E731
     line = f"{len(held)} of {len(held) + len(failed)} checks hold"
     if margins:
-        line += (f"; of the {len(margins)} margin checks, {n_clear(held)} hold and {n_clear(failed)} fail clear of 2 "
-                 f"standard errors, {len(margins) - n_clear(margins)} are within them (not decided by these {over})")
+        line += (f"; of the {len(margins)} margin checks, {n_clear(held)} hold and {n_clear(failed)} fail clear of their "
+                 f"95% intervals, {len(margins) - n_clear(margins)} are within them (not decided by these {over})")
     return line + "."
 
 

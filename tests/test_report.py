@@ -610,14 +610,14 @@ def test_checks_do_not_fail_on_float32_noise(tmp_path, cfg):
     assert by["G-Blend offline at least 2 points above naive and the best uni-modal model"]["holds"] is True
 
 
-@pytest.mark.parametrize("naive_videos,clear", [((74, 75, 76), True),      # drop 4 ± 0.82: inside [1, 8]
-                                                ((76, 77.5, 79), False),   # drop 1.5 ± 1.15: 1 is within 2 SE
-                                                ((79.5, 80, 80.5), True)])  # drop −1 ± 0.65: clearly not 1 below
+@pytest.mark.parametrize("naive_videos,clear", [((74, 75, 76), True),      # drop 4 ± 2.78·0.82 (df 4): inside [1, 8]
+                                                ((76, 77.5, 79), False),   # drop 1.5 ± 3.0·1.04 (df 3.5): 1 is inside
+                                                ((80.5, 81, 81.5), True)])  # drop −2 ± 3.2·0.65 (df 2.9): clearly not 1 below
 def test_margin_checks_say_whether_the_seeds_decide_them(tmp_path, cfg, naive_videos, clear):
     """Each margin check gives its difference's standard error over the seeds (runs taken as
-    independent: sqrt(s_a²/n_a + s_b²/n_b)) and `clear`: whether the verdict stands for every
-    difference within 2 SE; one seed a row measures no spread (se and clear null). The report's
-    lines and its summary say it."""
+    independent: sqrt(s_a²/n_a + s_b²/n_b)) with Welch's degrees of freedom, and `clear`: whether
+    the verdict stands for every difference in its two-sided 95% Student-t interval; one seed a
+    row measures no spread (se, df and clear null). The report's lines and its summary say it."""
     import statistics
 
     from gblend_cli.checks import summary as checks_summary
@@ -634,8 +634,9 @@ def test_margin_checks_say_whether_the_seeds_decide_them(tmp_path, cfg, naive_vi
     rep = build(results, ["overfit"], cfg)
     by = {(r["combo"], r["check"]): r for r in rep["checks"]}
     t1 = by[("A+RGB", "naive below the best uni-modal model by 1 to 8 points")]
-    se = math.sqrt(statistics.variance(rgb) / 3 + statistics.variance(naive_videos) / 3)
-    assert t1["values"]["difference se"] == pytest.approx(round(se, 2))
+    va, vb = statistics.variance(rgb) / 3, statistics.variance(naive_videos) / 3
+    se, df = math.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    assert t1["values"]["difference se"] == pytest.approx(round(se, 2)) and t1["values"]["difference df"] == round(df, 1)
     assert t1["clear"] is clear and t1["holds"] is (1 <= 79 - statistics.fmean(naive_videos) <= 8)
     off = by[("A+RGB", "G-Blend offline at least 2 points above naive and the best uni-modal model")]
     se_u = math.sqrt(statistics.variance(gb) / 3 + statistics.variance(rgb) / 3)  # 88 − 79 = 9 ± 1.29: clear
@@ -644,8 +645,8 @@ def test_margin_checks_say_whether_the_seeds_decide_them(tmp_path, cfg, naive_vi
     assert rf["values"]["difference se"] is None and rf["clear"] is None
     lines = {line.split(":")[0] + ":" + line.split(":")[1]: line for line in check_lines(rep["checks"])}
     table1 = lines["A+RGB: naive below the best uni-modal model by 1 to 8 points"]
-    assert table1.endswith("; clear of 2 SE)" if clear else "; within 2 SE: not decided by these seeds)")
-    assert "2 SE" not in lines["RGB+OF: naive below the best uni-modal model by 1 to 8 points"]
+    assert table1.endswith("; clear of its 95% interval)" if clear else "; within its 95% interval: not decided by these seeds)")
+    assert "95%" not in lines["RGB+OF: naive below the best uni-modal model by 1 to 8 points"]
     held = sum(r["holds"] is True for r in rep["checks"])
     assert checks_summary(rep["checks"]).startswith(f"{held} of {sum(r['holds'] is not None for r in rep['checks'])} checks hold")
     assert f"{1 + (t1['holds'] and clear)} hold and {int(not t1['holds'] and clear)} fail clear" in checks_summary(rep["checks"])
@@ -662,6 +663,22 @@ def _ar_folder(root, rgb, naive, gb, flow_seed0=None):
         write_run(root, "unimodal", ["flow"], 0, video=flow_seed0, clip=50, top5=90, train=90)
         write_run(root, "naive", ["rgb", "flow"], 0, video=77.0, clip=70, top5=90, train=95)
     return root
+
+
+def test_student_t_quantiles_and_welch_degrees_of_freedom():
+    """checks.t_quantile against the printed table (two-sided 95%: the 0.975 quantile; df need not
+    be whole), and checks.difference's Welch-Satterthwaite df: n_a + n_b − 2 for equal spreads and
+    sizes, n − 1 of the noisier row when the other has (almost) none."""
+    from gblend_cli.checks import difference, t_quantile
+
+    for df, table in ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042), (1e6, 1.960)):
+        assert t_quantile(0.975, df) == pytest.approx(table, abs=1e-3), df
+    assert t_quantile(0.95, 5) == pytest.approx(2.015, abs=1e-3)
+    assert 3.182 < t_quantile(0.975, 2.5) < 4.303
+    row = lambda mean, std, n: {"mean": mean, "std": std, "n": n}  # noqa: E731
+    assert difference(row(80, 1, 3), row(78, 1, 3)) == pytest.approx((2, math.sqrt(2 / 3), 4))
+    assert difference(row(80, 3, 3), row(78, 1e-6, 3))[2] == pytest.approx(2)
+    assert difference(row(80, 1, 1), row(78, 1, 3)) == (2, None, None)
 
 
 def test_pooled_checks_average_the_folders_and_judge_by_the_same_conditions(tmp_path, cfg):
@@ -687,7 +704,7 @@ def test_pooled_checks_average_the_folders_and_judge_by_the_same_conditions(tmp_
     assert t1["values"]["difference"] == pytest.approx(round(mean, 2)) and t1["values"]["difference se"] == pytest.approx(round(se, 2))
     assert t1["values"]["difference per folder"] == list(drops)
     assert t1["holds"] is (-8 <= mean <= -1) and t1["held_in"] == 2 and t1["folders"] == 3
-    assert t1["clear"] is (mean + 2 * se <= -1)  # [-4.5, -1.5] ± 2·1.0: not clear
+    assert t1["values"]["difference df"] == 2 and t1["clear"] is False  # −2.5 ± 4.30·1.04 reaches past −1
     off = rows[("A+RGB", "G-Blend offline at least 2 points above naive and the best uni-modal model")]
     assert off["holds"] and off["values"]["over best uni-modal"] == pytest.approx(10.0)
     assert off["values"]["over best uni-modal se"] == 0.0 and off["clear"] is True  # the same lead in every folder
@@ -718,7 +735,8 @@ def test_cli_report_pool_adds_pooled_checks_and_refuses_counting_a_folder_twice(
     md = run_gblend("report", "--results", a, "--pool", b, "--format", "markdown", "--figure", tmp_path / "f.png")
     section = md.stdout.split("pooled over the results folders")[1]
     assert "- A+RGB: naive below the best uni-modal model by 1 to 8 points: HOLDS (difference -3.5, difference se 0.5, " \
-           "difference per folder [-3, -4]; clear of 2 SE)" in section  # −3.5 ± 2·0.5 lies inside [−8, −1]
+           "difference df 1, difference per folder [-3, -4]; within its 95% interval: not decided by these folders)" \
+           in section  # two folders: −3.5 ± 12.7·0.5 (df 1) reaches past −1
     for args, needle in ((["--pool", a], "count twice"), (["--pool", a / "naive-audio+rgb-s0"], "lies inside"),
                          (["--pool", b, "--table", "1"], "--pool pools the checks"),
                          (["--pool", tmp_path / "nowhere"], "nowhere")):
