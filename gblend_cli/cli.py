@@ -376,8 +376,9 @@ def _pooled_checks(rep: dict, results: Path, pool: list[Path], recipe: Optional[
             raise UserError(f"{folders[i]}: no such results folder (--pool)")
         for j, b in enumerate(where):
             if i != j and (a == b or b in a.parents):
-                raise UserError(f"--pool {folders[i]}: {'is' if a == b else 'lies inside'} {folders[j]}, whose runs "
-                                f"would count twice; pool folders of different data, none inside another")
+                where_ = "given twice" if a == b else f"lies inside {folders[j]}"
+                raise UserError(f"--pool {folders[i]}: {where_}, so its runs would count twice; "
+                                f"pool folders of different data, none inside another")
     per_folder = [rep["checks"]]
     for f in pool:
         cfg = _config(f / RAN_WITH if recipe is None and (f / RAN_WITH).exists() else recipe, sets)
