@@ -250,7 +250,9 @@ def row_flags(row: dict) -> dict:
 
 def keep_weights(row: dict, weights: dict[str, float], source_epoch: int, flags: dict | None,
                  why: str = "no_generalisation") -> dict:
-    """An estimate that showed no generalisation (online, Algorithm 3): the weights in force stay.
+    """An estimate that showed nothing to re-weight by (online, Algorithm 3; `why`, logged as
+    `kept_why`: "no_generalisation", or "noise_bound" under gblend.keep_noise_bound): the weights
+    in force stay.
     Each head's `w` becomes the weight kept (what training uses), `w_estimated` what this estimate
     gave; `kept_from` is the epoch of the estimate whose weights stay. The flags follow `w`: they
     become those of the weights in force (`flags`, `row_flags` of their row; None where they are not

@@ -202,9 +202,10 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
     A margin check measured in every folder: each condition's value is the mean of the folders'
     values (each a mean over that folder's seeds), its standard error that of a mean over the
     folders, stdev/sqrt(n) with n − 1 df (n >= 2); `holds` and `clear` are the check's own
-    conditions applied to them, and "<value> per folder" lists the folders' values. Any other check (weights, ranking)
-    holds where it holds in every folder. `held_in`: in how many folders it held; a check some
-    folder could not measure is CANNOT BE CHECKED (holds None)."""
+    conditions applied to them, and "<value> per folder" lists the folders' values (as their rows
+    show them, to 2 decimals). Any other check (weights, ranking) holds where it holds in every
+    folder. `held_in`: in how many folders it held; a check some folder could not measure is
+    CANNOT BE CHECKED (holds None)."""
     keyed = [{(r["combo"], r["check"]): r for r in rows} for rows in folders]
     keys = list(dict.fromkeys(k for rows in keyed for k in rows))
     out = []

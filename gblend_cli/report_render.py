@@ -7,8 +7,7 @@ import json
 
 from rich.markup import escape
 
-from . import methods_table, paper_tables
-from . import checks
+from . import checks, methods_table, paper_tables
 from .report import ALL_TITLES, TABLES
 from .storage import finite_or_null
 
