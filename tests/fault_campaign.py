@@ -220,6 +220,8 @@ class Campaign:
             row["identical"] = self.identical(kind, folder)
             end = safe_check(folder)
             row["whole_at_end"] = end["error"] is None and not end["locks"] and not end["temps"]
+            if not row["whole_at_end"]:  # what is left, for the report and a failing test's message
+                row["left_at_end"] = end["error"] or [str(Path(p).relative_to(folder)) for p in end["locks"] + end["temps"]]
         self.log(json.dumps(row))
         return row
 

@@ -5,6 +5,8 @@ same files as an uninterrupted run. ~50 s on 2 cores: slow."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import fault_campaign
@@ -18,4 +20,4 @@ def test_quick_fault_campaign(tmp_path):
     # the estimation lasts epochs: that kill always lands; another moment may fall after a command ended
     assert ("train-gblend", "estimation") in {(r["kind"], r["aim"]) for r in killed}, rows
     for r in killed:
-        assert r["whole_after_kill"] and r["resumed"] and r["identical"] and r["whole_at_end"], r
+        assert r["whole_after_kill"] and r["resumed"] and r["identical"] and r["whole_at_end"], json.dumps(r)
