@@ -610,6 +610,19 @@ def test_checks_do_not_fail_on_float32_noise(tmp_path, cfg):
     assert by["G-Blend offline at least 2 points above naive and the best uni-modal model"]["holds"] is True
 
 
+def _ar_folder(root, rgb, naive, gb, flow_seed0=None):
+    """A+RGB rows of three seeds (audio far behind), plus RGB+OF of one seed when flow_seed0 is given."""
+    for seed in (0, 1, 2):
+        write_run(root, "unimodal", ["audio"], seed, video=50.0, clip=50, top5=90, train=99)
+        write_run(root, "unimodal", ["rgb"], seed, video=rgb[seed], clip=70, top5=90, train=90)
+        write_run(root, "naive", AR, seed, video=naive[seed], clip=70, top5=90, train=95)
+        write_run(root, "gblend", AR, seed, video=gb[seed], clip=70, top5=90, train=95, mode="offline")
+    if flow_seed0 is not None:
+        write_run(root, "unimodal", ["flow"], 0, video=flow_seed0, clip=50, top5=90, train=90)
+        write_run(root, "naive", ["rgb", "flow"], 0, video=77.0, clip=70, top5=90, train=95)
+    return root
+
+
 @pytest.mark.parametrize("naive_videos,clear", [((74, 75, 76), True),      # drop 4 ± 2.78·0.82 (df 4): inside [1, 8]
                                                 ((76, 77.5, 79), False),   # drop 1.5 ± 3.0·1.04 (df 3.5): 1 is inside
                                                 ((80.5, 81, 81.5), True)])  # drop −2 ± 3.2·0.65 (df 2.9): clearly not 1 below
@@ -622,15 +635,8 @@ def test_margin_checks_say_whether_the_seeds_decide_them(tmp_path, cfg, naive_vi
 
     from gblend_cli.checks import summary as checks_summary
 
-    results = tmp_path / "r"
     rgb, gb = (78, 79, 80), (86, 88, 90)
-    for seed in (0, 1, 2):
-        write_run(results, "unimodal", ["audio"], seed, video=50.0, clip=50, top5=90, train=99)
-        write_run(results, "unimodal", ["rgb"], seed, video=rgb[seed], clip=70, top5=90, train=90)
-        write_run(results, "naive", AR, seed, video=naive_videos[seed], clip=70, top5=90, train=95)
-        write_run(results, "gblend", AR, seed, video=gb[seed], clip=70, top5=90, train=95, mode="offline")
-    write_run(results, "unimodal", ["flow"], 0, video=60.0, clip=50, top5=90, train=90)
-    write_run(results, "naive", ["rgb", "flow"], 0, video=77.0, clip=70, top5=90, train=95)
+    results = _ar_folder(tmp_path / "r", rgb, naive_videos, gb, flow_seed0=60.0)
     rep = build(results, ["overfit"], cfg)
     by = {(r["combo"], r["check"]): r for r in rep["checks"]}
     t1 = by[("A+RGB", "naive below the best uni-modal model by 1 to 8 points")]
@@ -650,19 +656,6 @@ def test_margin_checks_say_whether_the_seeds_decide_them(tmp_path, cfg, naive_vi
     held = sum(r["holds"] is True for r in rep["checks"])
     assert checks_summary(rep["checks"]).startswith(f"{held} of {sum(r['holds'] is not None for r in rep['checks'])} checks hold")
     assert f"{1 + (t1['holds'] and clear)} hold and {int(not t1['holds'] and clear)} fail clear" in checks_summary(rep["checks"])
-
-
-def _ar_folder(root, rgb, naive, gb, flow_seed0=None):
-    """A+RGB rows of three seeds (audio far behind), plus RGB+OF of one seed when flow_seed0 is given."""
-    for seed in (0, 1, 2):
-        write_run(root, "unimodal", ["audio"], seed, video=50.0, clip=50, top5=90, train=99)
-        write_run(root, "unimodal", ["rgb"], seed, video=rgb[seed], clip=70, top5=90, train=90)
-        write_run(root, "naive", AR, seed, video=naive[seed], clip=70, top5=90, train=95)
-        write_run(root, "gblend", AR, seed, video=gb[seed], clip=70, top5=90, train=95, mode="offline")
-    if flow_seed0 is not None:
-        write_run(root, "unimodal", ["flow"], 0, video=flow_seed0, clip=50, top5=90, train=90)
-        write_run(root, "naive", ["rgb", "flow"], 0, video=77.0, clip=70, top5=90, train=95)
-    return root
 
 
 def test_student_t_quantiles_and_welch_degrees_of_freedom():
