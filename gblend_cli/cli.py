@@ -370,14 +370,14 @@ def _pooled_checks(rep: dict, results: Path, pool: list[Path], recipe: Optional[
         raise UserError("--pool pools the checks, which come with the overfitting comparison: give --table overfit, "
                         "core or all, or no --table")
     folders = [results, *pool]
-    where = [f.resolve() for f in folders]
-    for i, a in enumerate(where):
+    resolved = [f.resolve() for f in folders]
+    for i, a in enumerate(resolved):
         if not folders[i].is_dir():
             raise UserError(f"{folders[i]}: no such results folder (--pool)")
-        for j, b in enumerate(where):
+        for j, b in enumerate(resolved):
             if i != j and (a == b or b in a.parents):
-                where_ = "given twice" if a == b else f"lies inside {folders[j]}"
-                raise UserError(f"--pool {folders[i]}: {where_}, so its runs would count twice; "
+                how = "given twice" if a == b else f"lies inside {folders[j]}"
+                raise UserError(f"--pool {folders[i]}: {how}, so its runs would count twice; "
                                 f"pool folders of different data, none inside another")
     per_folder = [rep["checks"]]
     for f in pool:
