@@ -110,18 +110,33 @@ def clear(measured: list[Measured], conditions: list[dict]) -> bool | None:
     return all(inside) or any(outside)
 
 
-def margin_check(check: str, combo: str, shown: dict, measured: dict[str, Measured], conditions: list[dict]) -> dict:
+def margin_check(check: str, combo: str, shown: dict, measured: dict[str, Measured], conditions: list[dict],
+                 paper_rows: dict[str, float] | None = None) -> dict:
     """A margin check's row: `shown` values, then per condition its value, "<value> se" and
     "<value> df" (rounded; verdicts are taken on the unrounded ones), `holds`, `clear` and
-    `conditions`."""
+    `conditions`; and `paper`, the same conditions applied to the paper's own Kinetics numbers
+    (`paper_rows`, paper.compared), where the paper has the rows: a margin the paper itself does
+    not reach says more about the margin than about the demo."""
     m = [measured[c["value"]] for c in conditions]
     values = dict(shown)
     for c, (v, se, df) in zip(conditions, m):
         values[c["value"]] = round(v, 2)
         values[f"{c['value']} se"] = None if se is None else round(se, 2)
         values[f"{c['value']} df"] = None if df is None else round(df, 1)
-    return {"check": check, "combo": combo, "holds": holds(m, conditions), "values": values, "clear": clear(m, conditions),
-            "conditions": conditions}
+    row = {"check": check, "combo": combo, "holds": holds(m, conditions), "values": values, "clear": clear(m, conditions),
+           "conditions": conditions}
+    if paper_rows is not None:
+        theirs = _paper_values(paper_rows)
+        row["paper"] = {"holds": holds([(theirs[c["value"]], None, None) for c in conditions], conditions),
+                        "values": {c["value"]: round(theirs[c["value"]], 2) for c in conditions}}
+    return row
+
+
+def _paper_values(rows: dict[str, float]) -> dict[str, float]:
+    """The differences the margin checks name, from the paper's rows (paper.compared)."""
+    if "gblend" not in rows:
+        return {"difference": rows["naive"] - rows["best uni-modal"]}
+    return {"over naive": rows["gblend"] - rows["naive"], "over best uni-modal": rows["gblend"] - rows["best uni-modal"]}
 
 
 def checks(mx, overfit_rows: list[dict], labels: dict[str, str]) -> list[dict]:
@@ -153,7 +168,7 @@ def checks(mx, overfit_rows: list[dict], labels: dict[str, str]) -> list[dict]:
             out.append(margin_check(table1_check, label,
                                     {"naive": round(naive, 2), f"best uni-modal ({paper.combo_label(best)})": round(uni, 2)},
                                     {"difference": difference(naive_s, uni_s)},
-                                    [{"value": "difference", "lo": -8, "hi": -1}]))
+                                    [{"value": "difference", "lo": -8, "hi": -1}], paper.compared("naive", combo)))
         elif combo in mx.seeds:
             unmeasured(table1_check, label)
         expected = [f"gblend-{m}" for m in mx.modes.get(combo, [])]
@@ -167,7 +182,8 @@ def checks(mx, overfit_rows: list[dict], labels: dict[str, str]) -> list[dict]:
                 row = margin_check(check, label, shown,
                                    {"over naive": difference(gb_s, naive_s), "over best uni-modal": difference(gb_s, uni_s)},
                                    [{"value": "over naive", "lo": margin, "hi": None},
-                                    {"value": "over best uni-modal", "lo": margin, "hi": None}])
+                                    {"value": "over best uni-modal", "lo": margin, "hi": None}],
+                                   paper.compared(variant, combo))
                 if (oracle := mx.oracle.get(combo)) is not None:  # the demo: how far above any model can go
                     row["values"]["oracle"] = oracle
                 out.append(row)
@@ -226,7 +242,7 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
                 values |= {c["value"]: round(mean, 2), f"{c['value']} se": round(se, 2), f"{c['value']} df": len(xs) - 1,
                            f"{c['value']} per folder": xs}
             out.append(row | {"holds": holds(m, conditions), "values": values, "clear": clear(m, conditions),
-                              "conditions": conditions})
+                              "conditions": conditions} | ({"paper": measured[0]["paper"]} if "paper" in measured[0] else {}))
         else:
             out.append(row | {"holds": all(r["holds"] for r in measured),
                               "values": {"held in": f"{row['held_in']} of {len(folders)} folders"}})
@@ -239,7 +255,12 @@ def lines(rows: list[dict], over: str = "seeds") -> list[str]:
     noise = {True: "; clear of its 95% interval", False: f"; within its 95% interval: not decided by these {over}",
              None: ""}
     return [f"{r['combo']}: {r['check']}: {VERDICT[r['holds']]} ({_values(r['values'])}"
-            f"{noise[r.get('clear') if r['holds'] is not None else None]})" for r in rows]
+            f"{noise[r.get('clear') if r['holds'] is not None else None]}{_paper(r)})" for r in rows]
+
+
+def _paper(row: dict) -> str:
+    theirs = row.get("paper")
+    return "" if theirs is None else f"; the paper's Kinetics numbers: {VERDICT[theirs['holds']]} ({_values(theirs['values'])})"
 
 
 def summary(rows: list[dict], over: str = "seeds") -> str:
@@ -253,6 +274,9 @@ def summary(rows: list[dict], over: str = "seeds") -> str:
     if margins:
         line += (f"; of the {len(margins)} margin checks, {n_clear(held)} hold and {n_clear(failed)} fail clear of their "
                  f"95% intervals, {len(margins) - n_clear(margins)} are within them (not decided by these {over})")
+    theirs = [r["paper"]["holds"] for r in held + failed if r.get("paper")]
+    if theirs:
+        line += f"; the paper's own Kinetics numbers meet {sum(theirs)} of those {len(theirs)} margins"
     return line + "."
 
 

@@ -34,6 +34,22 @@ SHORT = {"audio": "A", "rgb": "RGB", "flow": "OF"}
 def combo_label(combo: str) -> str:
     return "+".join(SHORT[m] for m in combo.split("+"))
 
+
+def compared(variant: str, combo: str) -> dict[str, float] | None:
+    """The paper's video top-1 of the rows a report check compares on `combo` ("naive", "best
+    uni-modal", and "gblend" for a G-Blend variant), from the table that reports that comparison:
+    Table 1 for naive fusion, Table 4 for offline G-Blend, Table 2 for online (A+RGB only; its naive
+    reads 71.7, Table 1's 71.4). None where the paper has no such row."""
+    if variant == "naive" and combo in TABLE1:
+        t = TABLE1[combo]
+        return {"naive": t["late_fusion"], "best uni-modal": t["best_unimodal_video_top1"]}
+    if variant == "gblend-offline" and combo in TABLE4:
+        t = TABLE4[combo]
+        return {"naive": t["naive"][1], "best uni-modal": t["best_unimodal"][1], "gblend": t["gblend"][1]}
+    if variant == "gblend-online" and combo == "audio+rgb":
+        return {"naive": TABLE2["naive"][1], "best uni-modal": TABLE2["rgb"][1], "gblend": TABLE2["gblend-online"][1]}
+    return None
+
 # Table 5: A+RGB on Kinetics (clip top-1 / video top-1 / video top-5), by row id (experiment.table_keys);
 # the paper's mini-Sports column beside it
 TABLE5 = {"audio": (13.9, 19.7, 33.6), "rgb": (63.5, 72.6, 90.1), "pretrain": (61.9, 71.7, 89.6),
