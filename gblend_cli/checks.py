@@ -111,12 +111,12 @@ def clear(measured: list[Measured], conditions: list[dict]) -> bool | None:
 
 
 def margin_check(check: str, combo: str, shown: dict, measured: dict[str, Measured], conditions: list[dict],
-                 paper_rows: dict[str, float] | None = None) -> dict:
+                 paper_values: dict[str, float] | None = None) -> dict:
     """A margin check's row: `shown` values, then per condition its value, "<value> se" and
     "<value> df" (rounded; verdicts are taken on the unrounded ones), `holds`, `clear` and
     `conditions`; and `paper`, the same conditions applied to the paper's own Kinetics numbers
-    (`paper_rows`, paper.compared), where the paper has the rows: a margin the paper itself does
-    not reach says more about the margin than about the demo."""
+    (`paper_values`: the same values, from paper.compared's rows), where the paper has the rows:
+    a margin the paper itself does not reach says more about the margin than about the demo."""
     m = [measured[c["value"]] for c in conditions]
     values = dict(shown)
     for c, (v, se, df) in zip(conditions, m):
@@ -125,18 +125,10 @@ def margin_check(check: str, combo: str, shown: dict, measured: dict[str, Measur
         values[f"{c['value']} df"] = None if df is None else round(df, 1)
     row = {"check": check, "combo": combo, "holds": holds(m, conditions), "values": values, "clear": clear(m, conditions),
            "conditions": conditions}
-    if paper_rows is not None:
-        theirs = _paper_values(paper_rows)
-        row["paper"] = {"holds": holds([(theirs[c["value"]], None, None) for c in conditions], conditions),
-                        "values": {c["value"]: round(theirs[c["value"]], 2) for c in conditions}}
+    if paper_values is not None:
+        row["paper"] = {"holds": holds([(paper_values[c["value"]], None, None) for c in conditions], conditions),
+                        "values": {c["value"]: round(paper_values[c["value"]], 2) for c in conditions}}
     return row
-
-
-def _paper_values(rows: dict[str, float]) -> dict[str, float]:
-    """The differences the margin checks name, from the paper's rows (paper.compared)."""
-    if "gblend" not in rows:
-        return {"difference": rows["naive"] - rows["best uni-modal"]}
-    return {"over naive": rows["gblend"] - rows["naive"], "over best uni-modal": rows["gblend"] - rows["best uni-modal"]}
 
 
 def checks(mx, overfit_rows: list[dict], labels: dict[str, str]) -> list[dict]:
@@ -165,10 +157,12 @@ def checks(mx, overfit_rows: list[dict], labels: dict[str, str]) -> list[dict]:
         naive, uni = naive_s["mean"], uni_s["mean"] if uni_s else None
         table1_check = "naive below the best uni-modal model by 1 to 8 points"
         if naive is not None and uni is not None:
+            theirs = paper.compared("naive", combo)
             out.append(margin_check(table1_check, label,
                                     {"naive": round(naive, 2), f"best uni-modal ({paper.combo_label(best)})": round(uni, 2)},
                                     {"difference": difference(naive_s, uni_s)},
-                                    [{"value": "difference", "lo": -8, "hi": -1}], paper.compared("naive", combo)))
+                                    [{"value": "difference", "lo": -8, "hi": -1}],
+                                    theirs and {"difference": theirs["naive"] - theirs["best uni-modal"]}))
         elif combo in mx.seeds:
             unmeasured(table1_check, label)
         expected = [f"gblend-{m}" for m in mx.modes.get(combo, [])]
@@ -178,12 +172,13 @@ def checks(mx, overfit_rows: list[dict], labels: dict[str, str]) -> list[dict]:
             margin = 2 if combo == mx.main else 1
             check = f"{labels[variant]} at least {margin} point{'s' if margin > 1 else ''} above naive and the best uni-modal model"
             if gb_s["mean"] is not None and naive is not None and uni is not None:
-                shown = {"gblend": round(gb_s["mean"], 2)}
+                shown, theirs = {"gblend": round(gb_s["mean"], 2)}, paper.compared(variant, combo)
                 row = margin_check(check, label, shown,
                                    {"over naive": difference(gb_s, naive_s), "over best uni-modal": difference(gb_s, uni_s)},
                                    [{"value": "over naive", "lo": margin, "hi": None},
                                     {"value": "over best uni-modal", "lo": margin, "hi": None}],
-                                   paper.compared(variant, combo))
+                                   theirs and {"over naive": theirs["gblend"] - theirs["naive"],
+                                               "over best uni-modal": theirs["gblend"] - theirs["best uni-modal"]})
                 if (oracle := mx.oracle.get(combo)) is not None:  # the demo: how far above any model can go
                     row["values"]["oracle"] = oracle
                 out.append(row)

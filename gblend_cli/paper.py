@@ -50,6 +50,7 @@ def compared(variant: str, combo: str) -> dict[str, float] | None:
         return {"naive": TABLE2["naive"][1], "best uni-modal": TABLE2["rgb"][1], "gblend": TABLE2["gblend-online"][1]}
     return None
 
+
 # Table 5: A+RGB on Kinetics (clip top-1 / video top-1 / video top-5), by row id (experiment.table_keys);
 # the paper's mini-Sports column beside it
 TABLE5 = {"audio": (13.9, 19.7, 33.6), "rgb": (63.5, 72.6, 90.1), "pretrain": (61.9, 71.7, 89.6),
