@@ -30,7 +30,8 @@ class Job:
 
 def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets: list[str], *,
          threads: int | None = 1, include_complete: bool = False) -> list[Job]:
-    """A job per unfinished run (every run with `include_complete`), in matrix order, which puts
+    """A job per unfinished run (every run with `include_complete`; a finished one that a kill left
+    its lock or temps in, to tidy them), in matrix order, which puts
     each run after the runs it depends on. With `reproduce.offline_from_runs`, an offline G-Blend
     run reads its terms from its estimator runs (experiment.estimators: every seed of its row with
     `reproduce.offline_pool`) and waits for them; UMT and
@@ -39,8 +40,8 @@ def plan(cfg: dict, keys: list[RunKey], results: Path, data: Path, recipe, sets:
     jobs = []
     for k in keys:
         folder = RunFolder(results / k.name)
-        if folder.is_complete() and not include_complete:
-            continue
+        if folder.is_complete() and not include_complete and not folder.left_by_a_kill():
+            continue  # (a finished run a kill left a lock or temps in is resumed: --resume tidies it)
         ests = estimators(cfg, k)
         sources = k.source_keys()
         deps = dependencies(cfg, k)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 import tomllib
@@ -213,6 +214,20 @@ class RunFolder:
         if upto and (self.path / "metrics.jsonl").exists():
             self._metrics = None
             self._write_summary_csv()
+
+    def left_by_a_kill(self) -> bool:
+        """What a run killed after its last write but before releasing the folder leaves beside its
+        files: the `.lock` file (harmless to flock, but a stale lock to the lock-file fallback of
+        file systems without flock) or atomic-write temps. Only where this process could remove them."""
+        return os.access(self.path, os.W_OK) and ((self.path / ".lock").exists() or
+                                                   any(any(d.glob(".*.tmp")) for d in (self.path, self.checkpoints)))
+
+    def tidy_finished(self) -> list[str]:
+        """A finished run made whole again (call while holding its lock, whose release removes
+        `.lock`): damaged journals rewritten from last.pt's copy (`repair_journals`), stale temps
+        removed. Returns the journals rewritten."""
+        remove_stale_temps(self.path, self.checkpoints)
+        return self.repair_journals()
 
     def repair_journals(self) -> list[str]:
         """A finished run's damaged journals rewritten from last.pt's copy; the names repaired."""

@@ -64,11 +64,18 @@ def train(cfg: dict, method: str, modalities, *, data: Path | None = None, out: 
                         f"(nothing was changed)")
     if resume and folder.is_complete():
         folder.check_same_recipe(cfg)  # a different recipe is a different run, not this finished one
-        if folder.writer and folder.damaged_journals():
-            with folder_lock(folder.path, "training run"):
-                repaired = folder.repair_journals()
-            stdout.print(f"{folder.path}: already complete; rewrote {', '.join(repaired)} from {folder.last}")
-            return folder.final()
+        damaged = folder.writer and folder.damaged_journals()
+        if damaged or (folder.writer and folder.left_by_a_kill()):
+            try:
+                with folder_lock(folder.path, "training run"):
+                    repaired = folder.tidy_finished()
+            except UserError:
+                if damaged:
+                    raise
+                repaired = []  # only a leftover to tidy, and the folder is locked by someone else: leave it
+            if repaired:
+                stdout.print(f"{folder.path}: already complete; rewrote {', '.join(repaired)} from {folder.last}")
+                return folder.final()
         stdout.print(f"{folder.path}: already complete (final.json); nothing to resume")
         return folder.final()
     if resume and not folder.has_checkpoint():

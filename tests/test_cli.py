@@ -67,6 +67,15 @@ def test_resume_is_honest(tiny_demo, tmp_path, run_gblend):
     assert p.returncode == 0 and "already complete" in p.stdout
     assert (tmp_path / "r" / "final.json").read_bytes() == final
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "r").rglob("*") if f.is_file()} == mtimes
+    # killed after final.json, before releasing the folder: its .lock and a temp stay; --resume tidies
+    # them (under the lock) and touches nothing else (the fault campaign caught the lock left)
+    from reliability import write_stale_lock
+
+    write_stale_lock(tmp_path / "r")
+    (tmp_path / "r" / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"cut short")
+    p = run_gblend(*args, "--out", tmp_path / "r", "--resume")
+    assert p.returncode == 0 and "already complete" in p.stdout, p.stderr[-2000:]
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "r").rglob("*") if f.is_file()} == mtimes
 
 
 def test_results_go_to_stdout_and_progress_to_stderr(tiny_demo, tmp_path, run_gblend):
@@ -147,6 +156,10 @@ def test_print_commands_and_the_batch_script_run_the_recipes_matrix(tiny_demo, t
     (done / "final.json").write_text(json.dumps({"method": "naive", "modalities": ["audio", "rgb"], "seed": 7}))
     lines = run_gblend("reproduce", "--print-commands", "--recipe", recipe, "--seeds", "7").stdout.strip().splitlines()
     assert "naive-audio+rgb-s7" not in out_folders(lines) and len(lines) == 7
+    (done / ".lock").write_text("{}")  # killed after final.json, before its release: resumed, to tidy it
+    lines = run_gblend("reproduce", "--print-commands", "--recipe", recipe, "--seeds", "7").stdout.strip().splitlines()
+    assert len(lines) == 8 and [x for x in lines if "naive-audio+rgb-s7" in x][0].endswith("--resume")
+    (done / ".lock").unlink()
     lines = run_gblend("reproduce", "--print-commands", "--recipe", recipe, "--seeds", "7", "--all",
                        "--launcher", "torchrun -m gblend_cli").stdout.strip().splitlines()
     assert len(lines) == 8 and all(x.startswith("torchrun -m gblend_cli train-") for x in lines)
