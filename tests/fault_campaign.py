@@ -310,6 +310,7 @@ def summarise(kills: list[dict]) -> dict:
         "whole_after_kill": sum(k["whole_after_kill"] for k in tried),
         "resumed": sum(k["resumed"] for k in tried),
         "identical": sum(bool(k.get("identical")) for k in tried),
+        "whole_at_end": sum(bool(k.get("whole_at_end")) for k in tried),
         "per_command": {kind: {"tried": sum(k["kind"] == kind for k in tried),
                                "resumed": sum(k["kind"] == kind and k["resumed"] for k in tried),
                                "identical": sum(k["kind"] == kind and bool(k.get("identical")) for k in tried)}
@@ -323,6 +324,7 @@ def table(fig: dict) -> str:
              k["kills_tried"], k["identical"], k["kills_tried"] - k["identical"],
              f"{k['whole_after_kill']}/{k['kills_tried']} folders whole right after the kill; "
              f"{k['resumed']} resumed; identical = same final files as an uninterrupted run"
+             + (f"; {k['whole_at_end']}/{k['kills_tried']} left no lock or temp file at the end" if "whole_at_end" in k else "")
              + (f"; {k['finished_before_kill']} more drawn kill moments fell after the command had finished"
                 if k["finished_before_kill"] else ""))]
     tests = fig.get("tests", {})
