@@ -258,6 +258,43 @@ def _paper(row: dict) -> str:
     return "" if theirs is None else f"; the paper's Kinetics numbers: {VERDICT[theirs['holds']]} ({_values(theirs['values'])})"
 
 
+def glance(rows: list[dict], pooled_rows: list[dict] | None = None) -> tuple[list[str], list[list[str]]]:
+    """The checks as one table (headers, body): per check its verdict with each margin's value ±
+    standard error and whether the seeds decide it, the same pooled over the folders where
+    `pooled_rows` are given, and the paper's own numbers against the same conditions."""
+    pooled = {(r["combo"], r["check"]): r for r in pooled_rows or []}
+    headers = ["Combo", "Check", "Over the seeds"] + (["Pooled over the folders"] if pooled_rows else []) + ["The paper"]
+    body = []
+    for r in rows:
+        cells = [r["combo"], r["check"], _cell(r)]
+        if pooled_rows:
+            p = pooled.get((r["combo"], r["check"]))
+            cells.append("-" if p is None else _cell(p))
+        theirs = r.get("paper")
+        cells.append("" if theirs is None else
+                     f"{VERDICT[theirs['holds']]}: " + " / ".join(_signed(v) for v in theirs["values"].values()))
+        body.append(cells)
+    return headers, body
+
+
+def _cell(r: dict) -> str:
+    """One check's verdict in a few words: a margin's values ± SE and whether decided; a weights
+    check's largest deviation; a pooled check's count of folders."""
+    if r["holds"] is None or "conditions" not in r:
+        worst = r["values"].get("largest |w - w_raw|")
+        extra = f"w off w_raw by up to {_values(worst)}" if "largest |w - w_raw|" in r["values"] else \
+            f"in {r['held_in']} of {r['folders']} folders" if "held_in" in r else None
+        return VERDICT[r["holds"]] + ("" if r["holds"] is None or extra is None else f" ({extra})")
+    v = r["values"]
+    shown = " / ".join(_signed(v[c["value"]]) + ("" if v[f"{c['value']} se"] is None else f" ± {v[c['value'] + ' se']:.1f}")
+                       for c in r["conditions"])
+    return f"{VERDICT[r['holds']]}: {shown}" + {True: ", decided", False: ", not decided", None: ""}[r.get("clear")]
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.1f}"
+
+
 def summary(rows: list[dict], over: str = "seeds") -> str:
     """One line: how many checks hold, and how many margin verdicts either way stand clear of their
     95% intervals."""

@@ -84,6 +84,8 @@ def display_rows(name: str, rows: list[dict]) -> tuple[list[str], list[list[str]
     return headers, body
 
 
+GLANCE_TITLE = ("The paper's claims at a glance (margins: difference ± standard error, decided where the verdict "
+                "stands for every value in its 95% interval; the paper: its Kinetics numbers, same conditions)")
 POOLED_TITLE = ("The same claims pooled over the results folders (each value the mean of the folders' means, its SE "
                 "over the folders; weights and ranking: in every folder)")
 
@@ -119,6 +121,8 @@ def render(report: dict, fmt: str) -> str:
     if "claims" in report and fmt == "markdown":
         parts.append("\n".join(f"- {c}" for c in report["claims"]))
     if report.get("checks") and fmt == "markdown":
+        headers, body = checks.glance(report["checks"], report.get("pooled_checks"))
+        parts.append(f"### {GLANCE_TITLE}\n\n" + tabulate(body, headers=headers, tablefmt="github"))
         parts.append("The paper's claims on every combination (means over seeds):\n\n"
                      + "\n".join(f"- {c}" for c in checks.lines(report["checks"])) + f"\n\n{checks.summary(report['checks'])}")
     if report.get("pooled_checks") and fmt == "markdown":
@@ -176,6 +180,13 @@ def print_rich(report: dict) -> None:
     for c in report.get("claims", []) + (paper_tables.findings(report) if set(report) & set(paper_tables.TITLES) else []):
         out.print(c, soft_wrap=True, markup=False)
     if report.get("checks"):
+        headers, body = checks.glance(report["checks"], report.get("pooled_checks"))
+        t = Table(title=GLANCE_TITLE, title_justify="left")
+        for h in headers:
+            t.add_column(h, justify="left")
+        for row in body:
+            t.add_row(*map(escape, row))
+        out.print(t)
         out.print("The paper's claims on every combination (means over seeds):", markup=False)
         for c in checks.lines(report["checks"]):
             out.print(f"  {c}", soft_wrap=True, markup=False)

@@ -689,6 +689,35 @@ def test_margin_checks_hold_the_papers_own_numbers_to_the_same_conditions(tmp_pa
     assert pooled_t1["paper"] == t1["paper"]
 
 
+def test_checks_at_a_glance_one_row_per_check_in_every_format(tmp_path, cfg, results):
+    """checks.glance: one row per check — its verdict, each margin's value ± SE and whether the
+    seeds decide it, the pooled verdict with --pool, the paper's — rendered as a markdown table
+    whose rows keep their columns (no cell holds a '|')."""
+    import statistics
+
+    from gblend_cli.checks import glance, pooled
+
+    ar = _ar_folder(tmp_path / "r", (78, 79, 80), (74, 75, 76), (86, 88, 90), flow_seed0=60.0)
+    rep = build(ar, ["overfit"], cfg)
+    headers, body = glance(rep["checks"])
+    assert headers == ["Combo", "Check", "Over the seeds", "The paper"] and len(body) == len(rep["checks"])
+    cell = {(r[0], r[1]): r for r in body}
+    t1 = cell[("A+RGB", "naive below the best uni-modal model by 1 to 8 points")]
+    se = math.sqrt(statistics.variance((78, 79, 80)) / 3 + statistics.variance((74, 75, 76)) / 3)
+    assert t1[2] == f"HOLDS: -4.0 ± {se:.1f}, decided" and t1[3] == "HOLDS: -1.2"
+    assert cell[("RGB+OF", "naive below the best uni-modal model by 1 to 8 points")][2] == "HOLDS: -1.0"  # one seed (77 against RGB seed 0's 78): no spread
+    assert cell[("A+RGB", "G-Blend offline weights within 0.05 of w_raw")][2:] == ["CANNOT BE CHECKED", ""]  # no blend rows
+    w = {(r[0], r[1]): r for r in glance(build(results, ["overfit"], cfg)["checks"])[1]}[
+        ("A+RGB", "G-Blend offline weights within 0.05 of w_raw")]  # seed 1's weights 0.2 off w_raw
+    assert w[2:] == ["DOES NOT HOLD (w off w_raw by up to 0.2)", ""]
+    headers, body = glance(rep["checks"], pooled([rep["checks"], rep["checks"]]))
+    assert headers[3] == "Pooled over the folders" and all(len(r) == 5 for r in body)
+    assert {r[3] for r in body if "ranking" in r[1]} == {"HOLDS (in 2 of 2 folders)"}
+    text = render(rep, "markdown")
+    table = [ln for ln in text.split("at a glance")[1].split("\n\n")[1].splitlines()]
+    assert len(table) == 2 + len(rep["checks"]) and len({ln.count("|") for ln in table}) == 1
+
+
 def test_student_t_quantiles_and_welch_degrees_of_freedom():
     """checks.t_quantile against the printed table (two-sided 95%: the 0.975 quantile; df need not
     be whole), and checks.difference's Welch-Satterthwaite df: n_a + n_b − 2 for equal spreads and
