@@ -281,9 +281,11 @@ def _cell(r: dict) -> str:
     """One check's verdict in a few words: a margin's values ± SE and whether decided; a weights
     check's largest deviation; a pooled check's count of folders."""
     if r["holds"] is None or "conditions" not in r:
-        worst = r["values"].get("largest |w - w_raw|")
-        extra = f"w off w_raw by up to {_values(worst)}" if "largest |w - w_raw|" in r["values"] else \
-            f"in {r['held_in']} of {r['folders']} folders" if "held_in" in r else None
+        extra = None
+        if "largest |w - w_raw|" in r["values"]:
+            extra = f"w off w_raw by up to {_values(r['values']['largest |w - w_raw|'])}"
+        elif "held_in" in r:
+            extra = f"in {r['held_in']} of {r['folders']} folders"
         return VERDICT[r["holds"]] + ("" if r["holds"] is None or extra is None else f" ({extra})")
     v = r["values"]
     shown = " / ".join(_signed(v[c["value"]]) + ("" if v[f"{c['value']} se"] is None else f" ± {v[c['value'] + ' se']:.1f}")

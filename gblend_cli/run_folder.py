@@ -35,8 +35,8 @@ from .errors import UserError
 from .experiment import RunKey
 from .integrity import state_checksum
 from .run_schema import names_earlier_estimate, final_problem, row_problem
-from .storage import (append_jsonl, read_jsonl, remove_stale_temps, require_known_format, rewrite_jsonl_atomic,
-                      torch_save_atomic, write_json_atomic, write_text_atomic)
+from .storage import (LOCK_FILE, append_jsonl, read_jsonl, remove_stale_temps, require_known_format, rewrite_jsonl_atomic,
+                      stale_temps, torch_save_atomic, write_json_atomic, write_text_atomic)
 
 # recipe keys that may differ on --resume: where and how fast a run executes, not what it computes
 RESUME_MAY_CHANGE = {("train", "workers"), ("train", "threads"), ("train", "device"), ("prepare", "workers"),
@@ -219,8 +219,8 @@ class RunFolder:
         """What a run killed after its last write but before releasing the folder leaves beside its
         files: the `.lock` file (harmless to flock, but a stale lock to the lock-file fallback of
         file systems without flock) or atomic-write temps. Only where this process could remove them."""
-        return os.access(self.path, os.W_OK) and ((self.path / ".lock").exists() or
-                                                   any(any(d.glob(".*.tmp")) for d in (self.path, self.checkpoints)))
+        return os.access(self.path, os.W_OK) and ((self.path / LOCK_FILE).exists() or
+                                                   bool(stale_temps(self.path, self.checkpoints)))
 
     def tidy_finished(self) -> list[str]:
         """A finished run made whole again (call while holding its lock, whose release removes

@@ -102,16 +102,24 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None], sync_d
         _fsync_dir(path.parent)
 
 
+def stale_temps(*folders: Path) -> list[Path]:
+    """Temp files of atomic writes (`.<name>.<random>.tmp`) in `folders`: with no writer running,
+    what a killed process left."""
+    return [p for folder in folders for p in Path(folder).glob(".*.tmp")]
+
+
 def remove_stale_temps(*folders: Path) -> int:
-    """Temp files of atomic writes a killed process left (`.<name>.<random>.tmp`) in `folders`;
-    call only while holding the folder's lock (no writer is using them). Returns how many."""
+    """`stale_temps` removed; call only while holding the folder's lock (no writer is using them).
+    Returns how many."""
     n = 0
-    for folder in folders:
-        for p in Path(folder).glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                p.unlink()
-                n += 1
+    for p in stale_temps(*folders):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            n += 1
     return n
+
+
+LOCK_FILE = ".lock"  # folder_lock's file in the folder it locks
 
 
 def write_bytes_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
@@ -265,7 +273,7 @@ def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / ".lock"
+    lock = folder / LOCK_FILE
     if not _flock_works(folder):  # a file system without flock (Lustre without -o flock, some NFS setups)
         try:
             with _exclusive_file_lock(folder, lock, what):
