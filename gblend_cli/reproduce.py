@@ -16,7 +16,7 @@ from .config import data_dir, results_dir, saved_value, to_toml
 from .errors import UserError
 from .experiment import RunKey, dependencies, estimators, tables_matrix
 from .run_folder import RunFolder
-from .storage import write_text_atomic
+from .storage import folder_lock, remove_stale_temps, write_text_atomic
 from .ui import console, progress
 
 
@@ -138,13 +138,15 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     rep = build(results, tables, cfg, recipe_arg, sets)
     out_dir = results / "report"
     stem = "report_methods" if methods_only else "report"  # the paper's tables' report stays as it is
-    for fmt, name in (("markdown", f"{stem}.md"), ("json", f"{stem}.json")):
-        write_text_atomic(out_dir / name, render(rep, fmt))
     csvs = [f"report_{k}.csv" for k in TABLES if k in rep]
-    for k, name in zip([k for k in TABLES if k in rep], csvs):
-        write_text_atomic(out_dir / name, render_csv(rep, k))
-    figs = [overfit_figure(rep["_matrix"], out_dir / "overfitting.png") if "overfit" in rep else None,
-            fig1_figure(rep["fig1"], out_dir / "fig1.png") if "fig1" in rep else None]
+    with folder_lock(out_dir, "reproduce report"):  # one writer; then what a killed one left can go
+        remove_stale_temps(out_dir)
+        for fmt, name in (("markdown", f"{stem}.md"), ("json", f"{stem}.json")):
+            write_text_atomic(out_dir / name, render(rep, fmt))
+        for k, name in zip([k for k in TABLES if k in rep], csvs):
+            write_text_atomic(out_dir / name, render_csv(rep, k))
+        figs = [overfit_figure(rep["_matrix"], out_dir / "overfitting.png") if "overfit" in rep else None,
+                fig1_figure(rep["fig1"], out_dir / "fig1.png") if "fig1" in rep else None]
     print_rich(rep)
     console.print(f"report written to {out_dir}/ ({stem}.md, {stem}.json, {', '.join(csvs)}"
                   f"{''.join(f', {f.name}' for f in figs if f)}) in {time.perf_counter() - t0:.0f} s")

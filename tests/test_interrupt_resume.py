@@ -328,6 +328,20 @@ def test_reproduce_rerun_after_kills_completes_with_the_report(reproduce_chain):
     assert not [p for p in rep.iterdir() if is_temp(p.name)]
 
 
+def test_reproduce_rerun_removes_what_a_kill_left_in_its_report_folder(reproduce_chain):
+    """A reproduce killed while writing its report leaves that write's temp in results/report/ (the
+    fault campaign found `.overfitting.png.<random>.tmp`); the next reproduce — every run done, so
+    only the report — writes it under the report folder's lock and removes the leftover."""
+    tmp, results, recipe, _ = reproduce_chain
+    left = results / "report" / ".overfitting.png.x1y2z3.tmp"
+    left.write_bytes(b"\x89PNG cut short")
+    p = Proc(["reproduce", "--recipe", recipe], tmp, "tidy_report")
+    assert p.wait() == 0, p.stderr[-3000:]
+    assert "0 to run" in p.stdout + p.stderr
+    assert not left.exists() and not (results / "report" / ".lock").exists()
+    assert check_outputs(results / "report")["temps"] == []
+
+
 # `gblend report` whose atomic write of one file (named by GBLEND_TEST_TARGET) stops inside the
 # write - half the bytes in the temp file ("mid_write") or all of them, not yet renamed
 # ("before_rename") - signals it (GBLEND_TEST_MARKER: the full length) and waits to be killed.
