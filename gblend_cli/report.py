@@ -27,8 +27,6 @@ METHOD_LABELS = {"unimodal": "uni-modal", "naive": "naive", "gblend-offline": "G
                  "gblend-fixed": "G-Blend fixed w"} | methods_table.LABELS
 
 
-
-
 def _stats(values: list[float]) -> dict:
     if not values:
         return {"mean": None, "std": None, "n": 0}

@@ -123,13 +123,22 @@ def render(report: dict, fmt: str) -> str:
     if report.get("checks") and fmt == "markdown":
         headers, body = checks.glance(report["checks"], report.get("pooled_checks"))
         parts.append(f"### {GLANCE_TITLE}\n\n" + tabulate(body, headers=headers, tablefmt="github"))
-        parts.append("The paper's claims on every combination (means over seeds):\n\n"
-                     + "\n".join(f"- {c}" for c in checks.lines(report["checks"])) + f"\n\n{checks.summary(report['checks'])}")
-    if report.get("pooled_checks") and fmt == "markdown":
-        parts.append(f"{POOLED_TITLE} ({', '.join(report['pooled_folders'])}):\n\n"
-                     + "\n".join(f"- {c}" for c in checks.lines(report["pooled_checks"], "folders"))
-                     + f"\n\n{checks.summary(report['pooled_checks'], 'folders')}")
+        parts += [f"{heading}\n\n" + "\n".join(f"- {c}" for c in lines) + f"\n\n{count}"
+                  for heading, lines, count in _check_sections(report)]
     return "\n\n".join(parts) + "\n"
+
+
+def _check_sections(report: dict) -> list[tuple[str, list[str], str]]:
+    """(heading, a line per check, the count line) of the checks and, with --pool, of the pooled
+    checks: what the markdown and the terminal reports print under the table at a glance."""
+    out = []
+    if report.get("checks"):
+        out.append(("The paper's claims on every combination (means over seeds):", checks.lines(report["checks"]),
+                    checks.summary(report["checks"])))
+    if report.get("pooled_checks"):
+        out.append((f"{POOLED_TITLE} ({', '.join(report['pooled_folders'])}):",
+                    checks.lines(report["pooled_checks"], "folders"), checks.summary(report["pooled_checks"], "folders")))
+    return out
 
 
 def render_csv(report: dict, table: str) -> str:
@@ -187,12 +196,8 @@ def print_rich(report: dict) -> None:
         for row in body:
             t.add_row(*map(escape, row))
         out.print(t)
-        out.print("The paper's claims on every combination (means over seeds):", markup=False)
-        for c in checks.lines(report["checks"]):
+    for heading, lines, count in _check_sections(report):
+        out.print(heading, soft_wrap=True, markup=False)
+        for c in lines:
             out.print(f"  {c}", soft_wrap=True, markup=False)
-        out.print(checks.summary(report["checks"]), soft_wrap=True, markup=False)
-    if report.get("pooled_checks"):
-        out.print(f"{POOLED_TITLE} ({', '.join(report['pooled_folders'])}):", soft_wrap=True, markup=False)
-        for c in checks.lines(report["pooled_checks"], "folders"):
-            out.print(f"  {c}", soft_wrap=True, markup=False)
-        out.print(checks.summary(report["pooled_checks"], "folders"), soft_wrap=True, markup=False)
+        out.print(count, soft_wrap=True, markup=False)
