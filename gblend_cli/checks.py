@@ -216,7 +216,8 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
     conditions applied to them, and "<value> per folder" lists the folders' values (as their rows
     show them, to 2 decimals). Any other check (weights, ranking) holds where it holds in every
     folder. `held_in`: in how many folders it held; a check some folder could not measure is
-    CANNOT BE CHECKED (holds None)."""
+    CANNOT BE CHECKED (holds None). A margin check the paper has numbers for also carries
+    `at_paper_effect`: the folders' spread moved to the paper's values (`at_paper_effect`)."""
     keyed = [{(r["combo"], r["check"]): r for r in rows} for rows in folders]
     keys = list(dict.fromkeys(k for rows in keyed for k in rows))
     out = []
@@ -236,12 +237,35 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
                 m.append((mean, se, len(xs) - 1))
                 values |= {c["value"]: round(mean, 2), f"{c['value']} se": round(se, 2), f"{c['value']} df": len(xs) - 1,
                            f"{c['value']} per folder": xs}
-            out.append(row | {"holds": holds(m, conditions), "values": values, "clear": clear(m, conditions),
-                              "conditions": conditions} | ({"paper": measured[0]["paper"]} if "paper" in measured[0] else {}))
+            row |= {"holds": holds(m, conditions), "values": values, "clear": clear(m, conditions), "conditions": conditions}
+            if "paper" in measured[0]:
+                row |= {"paper": measured[0]["paper"], "at_paper_effect": at_paper_effect(measured, m, conditions)}
+            out.append(row)
         else:
             out.append(row | {"holds": all(r["holds"] for r in measured),
                               "values": {"held in": f"{row['held_in']} of {len(folders)} folders"}})
     return out
+
+
+def at_paper_effect(measured: list[dict], pooled_values: list[Measured], conditions: list[dict]) -> dict:
+    """Would these folders have shown the paper's effect, had the demo had it? Each folder's value
+    is moved by (the paper's value − the pooled mean), so it keeps its own deviation from the mean
+    (its data seed's and training seeds' luck) about the paper's size instead of ours, and the
+    check's conditions are applied to it: `held_in` folders of `folders`, `per_folder` in the
+    folders' order; and `every_folder_needs`, per condition the [lo, hi] (None: open) the mean
+    would have to lie in for the check to hold in every folder (None where the spread is wider
+    than the condition's window). A rough power estimate: deviations from the sample mean
+    understate the spread a little (by sqrt((n−1)/n)), which errs towards holding."""
+    theirs = measured[0]["paper"]["values"]
+    per_folder = [holds([(r["values"][c["value"]] - mean + theirs[c["value"]], None, None)
+                         for c, (mean, _, _) in zip(conditions, pooled_values)], conditions) for r in measured]
+    needs = {}
+    for c, (mean, _, _) in zip(conditions, pooled_values):
+        dev = [r["values"][c["value"]] - mean for r in measured]
+        lo, hi = _bound(c["lo"], -math.inf) - min(dev), _bound(c["hi"], math.inf) - max(dev)
+        needs[c["value"]] = None if lo > hi + TOL else [None if math.isinf(lo) else round(lo, 2),
+                                                        None if math.isinf(hi) else round(hi, 2)]
+    return {"held_in": sum(per_folder), "folders": len(measured), "per_folder": per_folder, "every_folder_needs": needs}
 
 
 def lines(rows: list[dict], over: str = "seeds") -> list[str]:
@@ -254,22 +278,29 @@ def lines(rows: list[dict], over: str = "seeds") -> list[str]:
 
 
 def _paper(row: dict) -> str:
-    theirs = row.get("paper")
-    return "" if theirs is None else f"; the paper's Kinetics numbers: {VERDICT[theirs['holds']]} ({_values(theirs['values'])})"
+    theirs, at = row.get("paper"), row.get("at_paper_effect")
+    return ("" if theirs is None else f"; the paper's Kinetics numbers: {VERDICT[theirs['holds']]} ({_values(theirs['values'])})") + \
+        ("" if at is None else f"; at the paper's size with these folders' spread: held in {at['held_in']} of {at['folders']} folders")
 
 
 def glance(rows: list[dict], pooled_rows: list[dict] | None = None) -> tuple[list[str], list[list[str]]]:
     """The checks as one table (headers, body): per check its verdict with each margin's value ±
     standard error and whether the seeds decide it, the same pooled over the folders where
-    `pooled_rows` are given, and the paper's own numbers against the same conditions."""
+    `pooled_rows` are given (and in how many folders it would have held at the paper's size:
+    `at_paper_effect`), and the paper's own numbers against the same conditions."""
     pooled = {(r["combo"], r["check"]): r for r in pooled_rows or []}
-    headers = ["Combo", "Check", "Over the seeds"] + (["Pooled over the folders"] if pooled_rows else []) + ["The paper"]
+    power = any("at_paper_effect" in r for r in pooled.values())
+    headers = ["Combo", "Check", "Over the seeds"] + (["Pooled over the folders"] if pooled_rows else []) + \
+        (["At the paper's size"] if power else []) + ["The paper"]
     body = []
     for r in rows:
         cells = [r["combo"], r["check"], _cell(r)]
         if pooled_rows:
             p = pooled.get((r["combo"], r["check"]))
             cells.append("-" if p is None else _cell(p))
+        if power:
+            at = (p or {}).get("at_paper_effect")
+            cells.append("" if at is None else f"held in {at['held_in']} of {at['folders']} folders")
         theirs = r.get("paper")
         cells.append("" if theirs is None else
                      f"{VERDICT[theirs['holds']]}: " + " / ".join(_signed(v) for v in theirs["values"].values()))
@@ -311,6 +342,12 @@ def summary(rows: list[dict], over: str = "seeds") -> str:
     theirs = [r["paper"]["holds"] for r in held + failed if r.get("paper")]
     if theirs:
         line += f"; the paper's own Kinetics numbers meet {sum(theirs)} of those {len(theirs)} margins"
+    met = [r["at_paper_effect"]["per_folder"] for r in held + failed if r.get("at_paper_effect") and r["paper"]["holds"]]
+    if met:
+        per_folder = [sum(col) for col in zip(*met)]
+        line += (f"; had each margin the paper's size with these {over}' spread about it, those {len(met)} would all "
+                 f"have held in {per_folder.count(len(met))} of {len(per_folder)} {over} (per {over[:-1]}: "
+                 f"{', '.join(map(str, per_folder))})")
     return line + "."
 
 

@@ -711,7 +711,7 @@ def test_checks_at_a_glance_one_row_per_check_in_every_format(tmp_path, cfg, res
         ("A+RGB", "G-Blend offline weights within 0.05 of w_raw")]  # seed 1's weights 0.2 off w_raw
     assert w[2:] == ["DOES NOT HOLD (w off w_raw by up to 0.2)", ""]
     headers, body = glance(rep["checks"], pooled([rep["checks"], rep["checks"]]))
-    assert headers[3] == "Pooled over the folders" and all(len(r) == 5 for r in body)
+    assert headers[3:] == ["Pooled over the folders", "At the paper's size", "The paper"] and all(len(r) == 6 for r in body)
     assert {r[3] for r in body if "ranking" in r[1]} == {"HOLDS (in 2 of 2 folders)"}
     text = render(rep, "markdown")
     table = [ln for ln in text.split("at a glance")[1].split("\n\n")[1].splitlines()]
@@ -773,6 +773,45 @@ def test_pooled_checks_average_the_folders_and_judge_by_the_same_conditions(tmp_
         {"held in": f"{sum(per)} of 2 folders"}
 
 
+def test_pooled_checks_say_whether_the_folders_would_show_the_papers_effect(tmp_path, cfg):
+    """checks.at_paper_effect: each folder keeps its deviation from the pooled mean about the
+    paper's value instead of ours. Table 1 on A+RGB: drops −1.5, −3, −4.5 hold in all three folders
+    (mean −3); moved to the paper's −1.2 they read +0.3, −1.2, −2.7, so the first folder fails.
+    G-Blend's lead over naive (10.5, 12, 13.5) moved to the paper's 3.3 reads 1.8 in the first
+    folder (< 2). The summary counts the folders in which every margin the paper meets would have
+    held; the glance table gives each check's count."""
+    from gblend_cli.checks import at_paper_effect, glance, pooled, summary as checks_summary
+
+    folders = []
+    for i, d in enumerate((-1.5, -3.0, -4.5)):
+        rgb = (78.0, 79.0, 80.0)
+        folders.append(build(_ar_folder(tmp_path / f"f{i}", rgb, tuple(x + d for x in rgb), (86.0, 88.0, 90.0)),
+                             ["overfit"], cfg)["checks"])
+    rows = {(r["combo"], r["check"]): r for r in pooled(folders)}
+    t1 = rows[("A+RGB", "naive below the best uni-modal model by 1 to 8 points")]
+    assert t1["held_in"] == 3 and t1["at_paper_effect"] == {
+        "held_in": 2, "folders": 3, "per_folder": [False, True, True],
+        "every_folder_needs": {"difference": [-6.5, -2.5]}}  # deviations ±1.5 about the mean: [−8 + 1.5, −1 − 1.5]
+    off = rows[("A+RGB", "G-Blend offline at least 2 points above naive and the best uni-modal model")]
+    assert off["values"]["over naive per folder"] == [10.5, 12.0, 13.5] and off["held_in"] == 3
+    assert off["at_paper_effect"]["per_folder"] == [False, True, True]  # over RGB: 9 everywhere, moved to 2.1: holds
+    assert off["at_paper_effect"]["every_folder_needs"] == {"over naive": [3.5, None], "over best uni-modal": [2.0, None]}
+    assert "at_paper_effect" not in rows[("A+RGB", "G-Blend offline weights within 0.05 of w_raw")]
+    assert checks_summary(list(rows.values()), "folders").endswith(
+        "; had each margin the paper's size with these folders' spread about it, those 2 would all have held in "
+        "2 of 3 folders (per folder: 0, 2, 2).")
+    assert "had each margin" not in checks_summary(folders[0])  # one folder: no spread to move
+    wide = [{"values": {"difference": d}, "paper": {"values": {"difference": -1.2}}} for d in (0.0, -9.0)]
+    assert at_paper_effect(wide, [(-4.5, None, None)], [{"value": "difference", "lo": -8, "hi": -1}]) == {
+        "held_in": 1, "folders": 2, "per_folder": [False, True],  # −1.2 ± 4.5
+        "every_folder_needs": {"difference": None}}  # a spread of 9 points fits no 7-point window
+    headers, body = glance(folders[0], list(rows.values()))
+    assert headers[4] == "At the paper's size"
+    cell = {(r[0], r[1]): r[4] for r in body}
+    assert cell[("A+RGB", "naive below the best uni-modal model by 1 to 8 points")] == "held in 2 of 3 folders"
+    assert cell[("A+RGB", "G-Blend offline weights within 0.05 of w_raw")] == ""
+
+
 def test_cli_report_pool_adds_pooled_checks_and_refuses_counting_a_folder_twice(tmp_path, run_gblend):
     """`report --pool` puts pooled_checks and pooled_folders beside each folder's checks (json), a
     section in markdown; the same folder twice, a folder inside another, or --pool without the
@@ -789,7 +828,8 @@ def test_cli_report_pool_adds_pooled_checks_and_refuses_counting_a_folder_twice(
     section = md.stdout.split("pooled over the results folders")[1]
     assert "- A+RGB: naive below the best uni-modal model by 1 to 8 points: HOLDS (difference -3.5, difference se 0.5, " \
            "difference df 1, difference per folder [-3, -4]; within its 95% interval: not decided by these folders; " \
-           "the paper's Kinetics numbers: HOLDS (difference -1.2))" in section  # two folders: −3.5 ± 12.7·0.5 (df 1) reaches past −1
+           "the paper's Kinetics numbers: HOLDS (difference -1.2); at the paper's size with these folders' spread: " \
+           "held in 1 of 2 folders)" in section  # two folders: −3.5 ± 12.7·0.5 (df 1) reaches past −1; −1.2 ± 0.5: −0.7, −1.7
     for args, needle in ((["--pool", a], "count twice"), (["--pool", a / "naive-audio+rgb-s0"], "lies inside"),
                          (["--pool", b, "--table", "1"], "--pool pools the checks"),
                          (["--pool", tmp_path / "nowhere"], "nowhere")):
