@@ -6,6 +6,7 @@ one Typer parses — is one line on stderr naming the option, with exit code 2."
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import sys
@@ -408,7 +409,7 @@ def report(
     from .report import build, empty_tables, overfit_figure, parse_tables
     from .report_render import print_rich, render, render_csv
     from .reproduce import RAN_WITH
-    from .storage import write_text_atomic
+    from .storage import REPORT_WAIT_S, folder_lock, remove_stale_temps, write_text_atomic
 
     cfg = _config(recipe, sets)
     results = results or results_dir(cfg)
@@ -442,12 +443,27 @@ def report(
         if fig:
             console.print(f"figure: {fig}")
 
+    fig_dir = figure.parent if figure else results / "report"
+    figures = {}  # file name -> (how to draw it, from what)
     if "overfit" in rep:
-        draw(overfit_figure, rep["_matrix"], figure or results / "report" / "overfitting.png")
+        figures[figure.name if figure else "overfitting.png"] = (overfit_figure, rep["_matrix"])
     if "fig1" in rep:
         from .paper_tables import fig1_figure
 
-        draw(fig1_figure, rep["fig1"], (figure.parent if figure else results / "report") / "fig1.png")
+        figures["fig1.png"] = (fig1_figure, rep["fig1"])
+    with contextlib.ExitStack() as held:
+        if figure is None and figures:  # RESULTS/report, where reproduce writes too: one writer at a time,
+            try:                        # and then what a killed one left of these figures can go
+                held.enter_context(folder_lock(fig_dir, "report", wait_s=REPORT_WAIT_S))
+                remove_stale_temps(fig_dir, of=figures)
+            except OSError:
+                pass  # a results folder we cannot write to: each figure's own warning says so
+            except UserError as e:
+                console.print(f"warning: figures not written ({e}); --figure PATH writes them elsewhere",
+                              soft_wrap=True, markup=False)
+                figures = {}
+        for name, (make, data) in figures.items():
+            draw(make, data, fig_dir / name)
     if fmt is None and out is None:
         print_rich(rep)
     elif fmt == "csv" and len(tables) > 1:

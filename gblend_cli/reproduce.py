@@ -16,7 +16,7 @@ from .config import data_dir, results_dir, saved_value, to_toml
 from .errors import UserError
 from .experiment import RunKey, dependencies, estimators, tables_matrix
 from .run_folder import RunFolder
-from .storage import folder_lock, remove_stale_temps, write_text_atomic
+from .storage import REPORT_WAIT_S, folder_lock, remove_stale_temps, write_text_atomic
 from .ui import console, progress
 
 
@@ -139,7 +139,7 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     out_dir = results / "report"
     stem = "report_methods" if methods_only else "report"  # the paper's tables' report stays as it is
     csvs = [f"report_{k}.csv" for k in TABLES if k in rep]
-    with folder_lock(out_dir, "reproduce report"):  # one writer; then what a killed one left can go
+    with folder_lock(out_dir, "reproduce report", wait_s=REPORT_WAIT_S):  # one writer; then what a killed one left can go
         remove_stale_temps(out_dir)
         for fmt, name in (("markdown", f"{stem}.md"), ("json", f"{stem}.json")):
             write_text_atomic(out_dir / name, render(rep, fmt))

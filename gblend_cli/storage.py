@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -102,17 +103,18 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None], sync_d
         _fsync_dir(path.parent)
 
 
-def stale_temps(*folders: Path) -> list[Path]:
-    """Temp files of atomic writes (`.<name>.<random>.tmp`) in `folders`: with no writer running,
-    what a killed process left."""
-    return [p for folder in folders for p in Path(folder).glob(".*.tmp")]
+def stale_temps(*folders: Path, of: Iterable[str] | None = None) -> list[Path]:
+    """Temp files of atomic writes (`.<name>.<random>.tmp`) in `folders` — only those of the files
+    named in `of`, where given: with no writer running, what a killed process left."""
+    patterns = [".*.tmp"] if of is None else [f".{name}.*.tmp" for name in of]
+    return [p for folder in folders for pattern in patterns for p in Path(folder).glob(pattern)]
 
 
-def remove_stale_temps(*folders: Path) -> int:
+def remove_stale_temps(*folders: Path, of: Iterable[str] | None = None) -> int:
     """`stale_temps` removed; call only while holding the folder's lock (no writer is using them).
     Returns how many."""
     n = 0
-    for p in stale_temps(*folders):
+    for p in stale_temps(*folders, of=of):
         with contextlib.suppress(OSError):
             p.unlink()
             n += 1
@@ -120,6 +122,7 @@ def remove_stale_temps(*folders: Path) -> int:
 
 
 LOCK_FILE = ".lock"  # folder_lock's file in the folder it locks
+REPORT_WAIT_S = 30.0  # how long a report's writer waits for another on RESULTS/report (each holds it for seconds)
 
 
 def write_bytes_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
@@ -263,20 +266,23 @@ def rewrite_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
+def folder_lock(folder: Path, what: str = "run", wait_s: float = 0.0) -> Iterator[None]:
     """Exclusive lock on an output folder: an flock on `<folder>/.lock`, which also records the
-    owner's host and pid for the message. A second command on the same folder refuses; the kernel
-    drops the lock of a process that dies, so a stale `.lock` file is simply taken over. A folder
-    this call created and left empty (the command failed before writing) is removed again."""
+    owner's host and pid for the message. A second command on the same folder refuses (after
+    waiting up to `wait_s` seconds for the first to finish: for writers that hold a folder only
+    for a moment, such as the report's); the kernel drops the lock of a process that dies, so a
+    stale `.lock` file is simply taken over. A folder this call created and left empty (the
+    command failed before writing) is removed again."""
     import fcntl
 
+    deadline = time.monotonic() + wait_s
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     if not _flock_works(folder):  # a file system without flock (Lustre without -o flock, some NFS setups)
         try:
-            with _exclusive_file_lock(folder, lock, what):
+            with _exclusive_file_lock(folder, lock, what, deadline):
                 yield
         finally:
             if created:
@@ -284,7 +290,14 @@ def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
                     folder.rmdir()
         return
     while True:
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except FileNotFoundError:  # the writer we waited for created the folder and, leaving it empty, removed it
+            if folder.exists():
+                raise
+            folder.mkdir(parents=True, exist_ok=True)
+            created = True
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -293,6 +306,9 @@ def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
             except (OSError, json.JSONDecodeError):
                 owner = {}
             os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
             raise UserError(f"{folder}: another gblend {what} (pid {owner.get('pid', '?')} on {owner.get('host', '?')}) "
                             f"is writing this folder ({lock}); wait for it to finish") from None
         try:  # the file may have been unlinked by its previous owner between our open and flock
@@ -363,15 +379,22 @@ def _pid_alive(pid) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive_file_lock(folder: Path, lock: Path, what: str) -> Iterator[None]:
+def _exclusive_file_lock(folder: Path, lock: Path, what: str, deadline: float = 0.0) -> Iterator[None]:
     """The fallback where flock is not available: `.lock` created with O_EXCL (atomic on NFSv3+
     and Lustre), holding host and pid. Its owner is known alive only on the same host: a lock
     from a dead pid on this host is taken over, one from another host is never stolen (remove
-    it by hand when that process is gone)."""
+    it by hand when that process is gone). A live owner on this host is waited for until
+    `deadline` (time.monotonic())."""
     me = socket.gethostname()
-    for _ in range(3):
+    takeovers = 0
+    while takeovers < 3:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileNotFoundError:  # the writer we waited for created the folder and, leaving it empty, removed it
+            if folder.exists():
+                raise
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
         except FileExistsError:
             try:
                 owner = json.loads(lock.read_text() or "{}")
@@ -379,11 +402,18 @@ def _exclusive_file_lock(folder: Path, lock: Path, what: str) -> Iterator[None]:
                 owner = {}
             if not isinstance(owner, dict):
                 owner = {}
+            if not owner and time.monotonic() < deadline:  # its owner has not written its name yet
+                time.sleep(0.1)
+                continue
             if owner.get("host") == me and not _pid_alive(owner.get("pid")):
                 # a stale lock of a dead process here: move it aside atomically, then retry
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(lock, lock.with_name(f".lock.stale.{os.getpid()}"))
                     os.unlink(lock.with_name(f".lock.stale.{os.getpid()}"))
+                takeovers += 1
+                continue
+            if owner.get("host") == me and time.monotonic() < deadline:
+                time.sleep(0.1)
                 continue
             if owner.get("host") == me:
                 raise UserError(f"{folder}: another gblend {what} (pid {owner.get('pid', '?')} on {me}) is writing this "

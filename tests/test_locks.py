@@ -168,3 +168,45 @@ def test_lock_file_replaced_between_open_and_flock_is_not_trusted(tmp_path, monk
         if raced:
             b.__exit__(None, None, None)
     assert not (d / ".lock").exists()
+
+
+@pytest.mark.parametrize("flock", [True, False], ids=["flock", "lock-file fallback"])
+def test_a_waiting_lock_gets_the_folder_once_its_writer_lets_go(tmp_path, monkeypatch, flock):
+    """folder_lock(wait_s=...) — for writers that hold a folder for seconds, such as the report's —
+    waits for a live writer on this host instead of refusing, takes the folder once that writer
+    lets go, and refuses as before when the writer keeps it past the wait. With and without flock."""
+    import errno
+    import fcntl
+    import threading
+    import time
+
+    from gblend_cli.errors import UserError
+    from gblend_cli.storage import folder_lock
+
+    if not flock:
+        def no_flock(fd, op):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        monkeypatch.setattr(fcntl, "flock", no_flock)
+    d = tmp_path / "report"
+    held, release, released_at = threading.Event(), threading.Event(), []
+
+    def writer():
+        with folder_lock(d, "report"):
+            held.set()
+            release.wait(30)
+            released_at.append(time.monotonic())
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert held.wait(30)
+    with pytest.raises(UserError, match="another gblend report"):  # kept past the wait: refused
+        with folder_lock(d, "report", wait_s=0.3):
+            pass
+    threading.Timer(0.5, release.set).start()
+    with folder_lock(d, "report", wait_s=30):
+        got_at = time.monotonic()
+        assert json.loads((d / ".lock").read_text())["pid"] == os.getpid()
+    t.join(30)
+    assert released_at and got_at >= released_at[0]  # only after the writer let go
+    assert not (d / ".lock").exists()

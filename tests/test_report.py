@@ -535,6 +535,41 @@ def test_cli_out_file_and_default_figure(results, run_gblend, tmp_path):
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
 
 
+def test_cli_report_figures_wait_for_the_report_folder_and_remove_a_killed_writers_temps(results, run_gblend, tmp_path):
+    """The default figures go to RESULTS/report, where `reproduce` writes its report too: `report`
+    takes that folder's lock — waiting while another writer holds it, not refusing — and then
+    removes what a killed writer left of its own figures (the fault campaign's
+    `.overfitting.png.<random>.tmp`); another file's temp there is not its to remove."""
+    import threading
+    import time
+
+    from gblend_cli.storage import folder_lock
+
+    folder = results / "report"
+    folder.mkdir(exist_ok=True)
+    left = folder / ".overfitting.png.k1ll3d.tmp"
+    left.write_bytes(b"\x89PNG cut short")
+    other = folder / ".notes.md.s0meone.tmp"
+    other.write_text("not the report's")
+    held, released_at = threading.Event(), []
+
+    def writer():  # a reproduce writing its report for a few seconds
+        with folder_lock(folder, "reproduce report"):
+            held.set()
+            time.sleep(6)
+            released_at.append(time.time())
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert held.wait(30)
+    proc = run_gblend("report", "--results", results, "--format", "json", "--out", tmp_path / "t.json")
+    t.join(60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    png = folder / "overfitting.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_mtime >= released_at[0] - 0.01  # written after the wait
+    assert not left.exists() and other.exists() and not (folder / ".lock").exists()
+
+
 def test_cli_overfit_json_with_figure_path(results, run_gblend, tmp_path):
     fig = tmp_path / "figs" / "fig4.png"
     proc = run_gblend("report", "--results", results, "--table", "overfit", "--format", "json", "--figure", fig)
