@@ -13,6 +13,7 @@ their shared fixtures in conftest.py: `import reliability` / `from reliability i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -223,6 +225,30 @@ def write_stale_lock(folder: Path) -> int:
     pid = dead_pid()
     (folder / ".lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
     return pid
+
+
+@contextlib.contextmanager
+def folder_held(folder: Path, what: str, release: threading.Event):
+    """Another writer on `folder` (folder_lock in a thread of this process) until `release` is
+    set; yields the list that then gets the time.time() of its release."""
+    from gblend_cli.storage import folder_lock
+
+    held, released_at = threading.Event(), []
+
+    def writer():
+        with folder_lock(folder, what):
+            held.set()
+            release.wait(60)
+            released_at.append(time.time())
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert held.wait(30), f"could not hold {folder}"
+    try:
+        yield released_at
+    finally:
+        release.set()
+        t.join(60)
 
 
 def lock_owner(folder: Path) -> int | None:

@@ -14,7 +14,7 @@ import socket
 import pytest
 
 from conftest import seed_demo_media
-from reliability import Proc, assert_one_line_error, hold_while_stopped, write_stale_lock
+from reliability import Proc, assert_one_line_error, folder_held, hold_while_stopped, write_stale_lock
 
 
 def test_stale_train_lock_is_taken_over(train_lock_scenario):
@@ -188,25 +188,14 @@ def test_a_waiting_lock_gets_the_folder_once_its_writer_lets_go(tmp_path, monkey
             raise OSError(errno.ENOLCK, "No locks available")
 
         monkeypatch.setattr(fcntl, "flock", no_flock)
-    d = tmp_path / "report"
-    held, release, released_at = threading.Event(), threading.Event(), []
-
-    def writer():
-        with folder_lock(d, "report"):
-            held.set()
-            release.wait(30)
-            released_at.append(time.monotonic())
-
-    t = threading.Thread(target=writer)
-    t.start()
-    assert held.wait(30)
-    with pytest.raises(UserError, match="another gblend report"):  # kept past the wait: refused
-        with folder_lock(d, "report", wait_s=0.3):
-            pass
-    threading.Timer(0.5, release.set).start()
-    with folder_lock(d, "report", wait_s=30):
-        got_at = time.monotonic()
-        assert json.loads((d / ".lock").read_text())["pid"] == os.getpid()
-    t.join(30)
+    d, release = tmp_path / "report", threading.Event()
+    with folder_held(d, "report", release) as released_at:
+        with pytest.raises(UserError, match="another gblend report"):  # kept past the wait: refused
+            with folder_lock(d, "report", wait_s=0.3):
+                pass
+        threading.Timer(0.5, release.set).start()
+        with folder_lock(d, "report", wait_s=30):
+            got_at = time.time()
+            assert json.loads((d / ".lock").read_text())["pid"] == os.getpid()
     assert released_at and got_at >= released_at[0]  # only after the writer let go
     assert not (d / ".lock").exists()

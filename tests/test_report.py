@@ -541,9 +541,8 @@ def test_cli_report_figures_wait_for_the_report_folder_and_remove_a_killed_write
     removes what a killed writer left of its own figures (the fault campaign's
     `.overfitting.png.<random>.tmp`); another file's temp there is not its to remove."""
     import threading
-    import time
 
-    from gblend_cli.storage import folder_lock
+    from reliability import folder_held
 
     folder = results / "report"
     folder.mkdir(exist_ok=True)
@@ -551,19 +550,10 @@ def test_cli_report_figures_wait_for_the_report_folder_and_remove_a_killed_write
     left.write_bytes(b"\x89PNG cut short")
     other = folder / ".notes.md.s0meone.tmp"
     other.write_text("not the report's")
-    held, released_at = threading.Event(), []
-
-    def writer():  # a reproduce writing its report for a few seconds
-        with folder_lock(folder, "reproduce report"):
-            held.set()
-            time.sleep(6)
-            released_at.append(time.time())
-
-    t = threading.Thread(target=writer)
-    t.start()
-    assert held.wait(30)
-    proc = run_gblend("report", "--results", results, "--format", "json", "--out", tmp_path / "t.json")
-    t.join(60)
+    release = threading.Event()
+    with folder_held(folder, "reproduce report", release) as released_at:  # a reproduce writing its report
+        threading.Timer(6, release.set).start()
+        proc = run_gblend("report", "--results", results, "--format", "json", "--out", tmp_path / "t.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     png = folder / "overfitting.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_mtime >= released_at[0] - 0.01  # written after the wait
