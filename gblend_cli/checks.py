@@ -217,7 +217,7 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
     show them, to 2 decimals). Any other check (weights, ranking) holds where it holds in every
     folder. `held_in`: in how many folders it held; a check some folder could not measure is
     CANNOT BE CHECKED (holds None). A margin check the paper has numbers for also carries
-    `at_paper_effect`: the folders' spread moved to the paper's values (`at_paper_effect`)."""
+    `at_paper_effect`: the same check on the folders' values moved about the paper's."""
     keyed = [{(r["combo"], r["check"]): r for r in rows} for rows in folders]
     keys = list(dict.fromkeys(k for rows in keyed for k in rows))
     out = []
