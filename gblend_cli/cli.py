@@ -406,7 +406,7 @@ def report(
     table without any data exits with code 2. Without --recipe, a results folder `gblend reproduce`
     ran into is read with the recipe it ran (RESULTS/reproduce_config.toml: its --seeds and --set)."""
     from .config import results_dir
-    from .report import build, empty_tables, overfit_figure, parse_tables
+    from .report import FIGURE_FILES, REPORT_DIR, build, empty_tables, overfit_figure, parse_tables
     from .report_render import print_rich, render, render_csv
     from .reproduce import RAN_WITH
     from .storage import REPORT_WAIT_S, folder_lock, remove_stale_temps, write_text_atomic
@@ -443,14 +443,14 @@ def report(
         if fig:
             console.print(f"figure: {fig}")
 
-    fig_dir = figure.parent if figure else results / "report"
+    fig_dir = figure.parent if figure else results / REPORT_DIR
     figures = {}  # file name -> (how to draw it, from what)
     if "overfit" in rep:
-        figures[figure.name if figure else "overfitting.png"] = (overfit_figure, rep["_matrix"])
+        figures[figure.name if figure else FIGURE_FILES["overfit"]] = (overfit_figure, rep["_matrix"])
     if "fig1" in rep:
         from .paper_tables import fig1_figure
 
-        figures["fig1.png"] = (fig1_figure, rep["fig1"])
+        figures[FIGURE_FILES["fig1"]] = (fig1_figure, rep["fig1"])
     with contextlib.ExitStack() as held:
         if figure is None and figures:  # RESULTS/report, where reproduce writes too: one writer at a time,
             try:                        # and then what a killed one left of these figures can go

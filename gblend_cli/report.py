@@ -356,6 +356,8 @@ def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = 
 
 
 TABLES = ("table1", "table4", "overfit", "table5", "fig1", "table3", "methods")
+REPORT_DIR = "report"  # RESULTS/report: reproduce's report files (report*.md|json|csv) and the default figures
+FIGURE_FILES = {"overfit": "overfitting.png", "fig1": "fig1.png"}  # each figure's file name there
 HAS_DATA = {"table1": ("naive_video_top1", "best_unimodal_video_top1"), "table4": ("video_top1",),
             "overfit": ("train_top1",), "table5": ("video_top1",), "fig1": ("video_top1",), "table3": ("video_top1",),
             "methods": ("video_top1",)}

@@ -112,7 +112,7 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     """`entry(argv)` runs one `gblend` command line in a child process (the CLI passes its own)."""
     from .prepare import prepare_dataset
     from .paper_tables import fig1_figure
-    from .report import TABLES, build, overfit_figure
+    from .report import FIGURE_FILES, REPORT_DIR, TABLES, build, overfit_figure
     from .report_render import print_rich, render, render_csv
 
     data = data_dir(cfg)
@@ -136,17 +136,17 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     failed = _run_jobs(jobs, cfg["reproduce"]["jobs"], results, entry)
     console.print("[bold]3/3 report")
     rep = build(results, tables, cfg, recipe_arg, sets)
-    out_dir = results / "report"
+    out_dir = results / REPORT_DIR
     stem = "report_methods" if methods_only else "report"  # the paper's tables' report stays as it is
     csvs = [f"report_{k}.csv" for k in TABLES if k in rep]
     with folder_lock(out_dir, "reproduce report", wait_s=REPORT_WAIT_S):  # one writer; then what a killed one left can go
-        remove_stale_temps(out_dir)
+        remove_stale_temps(out_dir, of=["report*", *FIGURE_FILES.values()])  # ours only: --out may write there too
         for fmt, name in (("markdown", f"{stem}.md"), ("json", f"{stem}.json")):
             write_text_atomic(out_dir / name, render(rep, fmt))
         for k, name in zip([k for k in TABLES if k in rep], csvs):
             write_text_atomic(out_dir / name, render_csv(rep, k))
-        figs = [overfit_figure(rep["_matrix"], out_dir / "overfitting.png") if "overfit" in rep else None,
-                fig1_figure(rep["fig1"], out_dir / "fig1.png") if "fig1" in rep else None]
+        figs = [overfit_figure(rep["_matrix"], out_dir / FIGURE_FILES["overfit"]) if "overfit" in rep else None,
+                fig1_figure(rep["fig1"], out_dir / FIGURE_FILES["fig1"]) if "fig1" in rep else None]
     print_rich(rep)
     console.print(f"report written to {out_dir}/ ({stem}.md, {stem}.json, {', '.join(csvs)}"
                   f"{''.join(f', {f.name}' for f in figs if f)}) in {time.perf_counter() - t0:.0f} s")

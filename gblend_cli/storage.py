@@ -105,7 +105,8 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None], sync_d
 
 def stale_temps(*folders: Path, of: Iterable[str] | None = None) -> list[Path]:
     """Temp files of atomic writes (`.<name>.<random>.tmp`) in `folders` — only those of the files
-    named in `of`, where given: with no writer running, what a killed process left."""
+    `of` names (names or glob patterns), where given: with no writer running, what a killed
+    process left."""
     patterns = [".*.tmp"] if of is None else [f".{name}.*.tmp" for name in of]
     return [p for folder in folders for pattern in patterns for p in Path(folder).glob(pattern)]
 

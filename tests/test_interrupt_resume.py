@@ -331,14 +331,19 @@ def test_reproduce_rerun_after_kills_completes_with_the_report(reproduce_chain):
 def test_reproduce_rerun_removes_what_a_kill_left_in_its_report_folder(reproduce_chain):
     """A reproduce killed while writing its report leaves that write's temp in results/report/ (the
     fault campaign found `.overfitting.png.<random>.tmp`); the next reproduce — every run done, so
-    only the report — writes it under the report folder's lock and removes the leftover."""
+    only the report — writes it under the report folder's lock and removes the leftover; another
+    file's temp there (`report --out` may write into that folder) is not its to remove."""
     tmp, results, recipe, _ = reproduce_chain
     left = results / "report" / ".overfitting.png.x1y2z3.tmp"
     left.write_bytes(b"\x89PNG cut short")
+    other = results / "report" / ".my_tables.md.a1b2c3.tmp"
+    other.write_text("someone else's write")
     p = Proc(["reproduce", "--recipe", recipe], tmp, "tidy_report")
     assert p.wait() == 0, p.stderr[-3000:]
     assert "0 to run" in p.stdout + p.stderr
     assert not left.exists() and not (results / "report" / ".lock").exists()
+    assert other.exists()
+    other.unlink()
     assert check_outputs(results / "report")["temps"] == []
 
 
