@@ -406,10 +406,10 @@ def report(
     table without any data exits with code 2. Without --recipe, a results folder `gblend reproduce`
     ran into is read with the recipe it ran (RESULTS/reproduce_config.toml: its --seeds and --set)."""
     from .config import results_dir
-    from .report import FIGURE_FILES, REPORT_DIR, build, empty_tables, overfit_figure, parse_tables
+    from .report import FIGURE_FILES, REPORT_DIR, build, empty_tables, figures, parse_tables, report_folder
     from .report_render import print_rich, render, render_csv
     from .reproduce import RAN_WITH
-    from .storage import REPORT_WAIT_S, folder_lock, remove_stale_temps, write_text_atomic
+    from .storage import write_text_atomic
 
     cfg = _config(recipe, sets)
     results = results or results_dir(cfg)
@@ -428,42 +428,35 @@ def report(
     if pool:
         rep |= _pooled_checks(rep, results, pool, recipe, sets)
 
-    def draw(make, *args) -> None:
+    def draw(make, path: Path) -> None:
         """A figure beside the tables. Asked for (--figure): a write that fails is the command's
         error; by default (RESULTS/report) it is a warning, and the tables still come out (a report
         read from someone else's read-only results folder)."""
         try:
-            fig = make(*args)
+            fig = make(path)
         except OSError as e:
             if figure is not None:
                 raise
-            console.print(f"warning: figure not written ({e.strerror or e}: {e.filename or args[-1]}); "
+            console.print(f"warning: figure not written ({e.strerror or e}: {e.filename or path}); "
                           f"--figure PATH writes it elsewhere", soft_wrap=True, markup=False)
             return
         if fig:
             console.print(f"figure: {fig}")
 
     fig_dir = figure.parent if figure else results / REPORT_DIR
-    figures = {}  # file name -> (how to draw it, from what)
-    if "overfit" in rep:
-        figures[figure.name if figure else FIGURE_FILES["overfit"]] = (overfit_figure, rep["_matrix"])
-    if "fig1" in rep:
-        from .paper_tables import fig1_figure
-
-        figures[FIGURE_FILES["fig1"]] = (fig1_figure, rep["fig1"])
+    drawn = figures(rep, figure.name if figure else FIGURE_FILES["overfit"])
     with contextlib.ExitStack() as held:
-        if figure is None and figures:  # RESULTS/report, where reproduce writes too: one writer at a time,
-            try:                        # and then what a killed one left of these figures can go
-                held.enter_context(folder_lock(fig_dir, "report", wait_s=REPORT_WAIT_S))
-                remove_stale_temps(fig_dir, of=figures)
+        if figure is None and drawn:  # RESULTS/report, where reproduce writes too
+            try:
+                held.enter_context(report_folder(fig_dir, "report"))
             except OSError:
                 pass  # a results folder we cannot write to: each figure's own warning says so
             except UserError as e:
                 console.print(f"warning: figures not written ({e}); --figure PATH writes them elsewhere",
                               soft_wrap=True, markup=False)
-                figures = {}
-        for name, (make, data) in figures.items():
-            draw(make, data, fig_dir / name)
+                drawn = {}
+        for name, make in drawn.items():
+            draw(make, fig_dir / name)
     if fmt is None and out is None:
         print_rich(rep)
     elif fmt == "csv" and len(tables) > 1:

@@ -10,9 +10,11 @@ there is shown as missing, with the command that would produce it.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from functools import cached_property
 from pathlib import Path
+from typing import Callable, Iterator
 
 from . import checks, methods_table, paper, paper_tables
 from .checks import TOL
@@ -20,7 +22,7 @@ from .errors import UserError
 from .experiment import RunKey, matrix
 from .ogr import evaluated_epochs, ogr_between
 from .run_folder import RunFolder, estimate_in_force
-from .storage import save_figure_atomic
+from .storage import folder_lock, remove_stale_temps, save_figure_atomic
 
 METHOD_LABELS = {"unimodal": "uni-modal", "naive": "naive", "gblend-offline": "G-Blend offline",
                  "gblend-online": "G-Blend online", "gblend-equal": "auxiliary loss (equal w)",
@@ -288,6 +290,33 @@ def claims(mx: Matrix) -> list[str]:
     return out
 
 
+# --- RESULTS/report: reproduce's report files (report*.md|json|csv) and the default figures -----
+REPORT_DIR = "report"
+FIGURE_FILES = {"overfit": "overfitting.png", "fig1": "fig1.png"}  # each figure's file name there
+REPORT_WAIT_S = 30.0  # how long a writer there waits for another (each holds the folder for seconds)
+
+
+@contextlib.contextmanager
+def report_folder(folder: Path, what: str) -> Iterator[None]:
+    """RESULTS/report for one writer at a time (reproduce's report, report's default figures: a
+    second waits up to REPORT_WAIT_S instead of refusing), who first removes what a killed writer
+    left of the report's files there — and nothing else (`report --out` may write there too)."""
+    with folder_lock(folder, what, wait_s=REPORT_WAIT_S):
+        remove_stale_temps(folder, of=["report*", *FIGURE_FILES.values()])
+        yield
+
+
+def figures(rep: dict, overfit_name: str = FIGURE_FILES["overfit"]) -> dict[str, Callable[[Path], Path | None]]:
+    """The figures `rep` has, by file name (Fig. 4's may be renamed: report --figure): each a
+    function that draws it to a path and returns that path (None: nothing to draw)."""
+    out = {}
+    if "overfit" in rep:
+        out[overfit_name] = lambda path: overfit_figure(rep["_matrix"], path)
+    if "fig1" in rep:
+        out[FIGURE_FILES["fig1"]] = lambda path: paper_tables.fig1_figure(rep["fig1"], path)
+    return out
+
+
 def overfit_figure(mx: Matrix, path: Path) -> Path | None:
     """Train (dashed) and validation (solid) error per epoch for the uni-modal runs and naive and
     G-Blend on the main combination (first seed), like the paper's Figure 4."""
@@ -356,8 +385,6 @@ def build(results: Path, tables: list[str], cfg: dict | None, recipe_arg: str = 
 
 
 TABLES = ("table1", "table4", "overfit", "table5", "fig1", "table3", "methods")
-REPORT_DIR = "report"  # RESULTS/report: reproduce's report files (report*.md|json|csv) and the default figures
-FIGURE_FILES = {"overfit": "overfitting.png", "fig1": "fig1.png"}  # each figure's file name there
 HAS_DATA = {"table1": ("naive_video_top1", "best_unimodal_video_top1"), "table4": ("video_top1",),
             "overfit": ("train_top1",), "table5": ("video_top1",), "fig1": ("video_top1",), "table3": ("video_top1",),
             "methods": ("video_top1",)}

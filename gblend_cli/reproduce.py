@@ -16,7 +16,7 @@ from .config import data_dir, results_dir, saved_value, to_toml
 from .errors import UserError
 from .experiment import RunKey, dependencies, estimators, tables_matrix
 from .run_folder import RunFolder
-from .storage import REPORT_WAIT_S, folder_lock, remove_stale_temps, write_text_atomic
+from .storage import write_text_atomic
 from .ui import console, progress
 
 
@@ -111,8 +111,7 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
               tables: list[str] | None = None, recipe_arg: str = "") -> dict:
     """`entry(argv)` runs one `gblend` command line in a child process (the CLI passes its own)."""
     from .prepare import prepare_dataset
-    from .paper_tables import fig1_figure
-    from .report import FIGURE_FILES, REPORT_DIR, TABLES, build, overfit_figure
+    from .report import REPORT_DIR, TABLES, build, figures, report_folder
     from .report_render import print_rich, render, render_csv
 
     data = data_dir(cfg)
@@ -139,14 +138,12 @@ def reproduce(cfg: dict, entry, recipe: Path | None, sets: list[str], results: P
     out_dir = results / REPORT_DIR
     stem = "report_methods" if methods_only else "report"  # the paper's tables' report stays as it is
     csvs = [f"report_{k}.csv" for k in TABLES if k in rep]
-    with folder_lock(out_dir, "reproduce report", wait_s=REPORT_WAIT_S):  # one writer; then what a killed one left can go
-        remove_stale_temps(out_dir, of=["report*", *FIGURE_FILES.values()])  # ours only: --out may write there too
+    with report_folder(out_dir, "reproduce report"):
         for fmt, name in (("markdown", f"{stem}.md"), ("json", f"{stem}.json")):
             write_text_atomic(out_dir / name, render(rep, fmt))
         for k, name in zip([k for k in TABLES if k in rep], csvs):
             write_text_atomic(out_dir / name, render_csv(rep, k))
-        figs = [overfit_figure(rep["_matrix"], out_dir / FIGURE_FILES["overfit"]) if "overfit" in rep else None,
-                fig1_figure(rep["fig1"], out_dir / FIGURE_FILES["fig1"]) if "fig1" in rep else None]
+        figs = [draw(out_dir / name) for name, draw in figures(rep).items()]
     print_rich(rep)
     console.print(f"report written to {out_dir}/ ({stem}.md, {stem}.json, {', '.join(csvs)}"
                   f"{''.join(f', {f.name}' for f in figs if f)}) in {time.perf_counter() - t0:.0f} s")

@@ -123,7 +123,6 @@ def remove_stale_temps(*folders: Path, of: Iterable[str] | None = None) -> int:
 
 
 LOCK_FILE = ".lock"  # folder_lock's file in the folder it locks
-REPORT_WAIT_S = 30.0  # how long a report's writer waits for another on RESULTS/report (each holds it for seconds)
 
 
 def write_bytes_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
