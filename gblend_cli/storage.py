@@ -281,11 +281,12 @@ def folder_lock(folder: Path, what: str = "run", wait_s: float = 0.0) -> Iterato
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     if not _flock_works(folder):  # a file system without flock (Lustre without -o flock, some NFS setups)
+        recreated: list[bool] = []
         try:
-            with _exclusive_file_lock(folder, lock, what, deadline):
+            with _exclusive_file_lock(folder, lock, what, deadline, recreated):
                 yield
         finally:
-            if created:
+            if created or recreated:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         return
@@ -379,12 +380,14 @@ def _pid_alive(pid) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive_file_lock(folder: Path, lock: Path, what: str, deadline: float = 0.0) -> Iterator[None]:
+def _exclusive_file_lock(folder: Path, lock: Path, what: str, deadline: float = 0.0,
+                         recreated: list[bool] | None = None) -> Iterator[None]:
     """The fallback where flock is not available: `.lock` created with O_EXCL (atomic on NFSv3+
     and Lustre), holding host and pid. Its owner is known alive only on the same host: a lock
     from a dead pid on this host is taken over, one from another host is never stolen (remove
     it by hand when that process is gone). A live owner on this host is waited for until
-    `deadline` (time.monotonic())."""
+    `deadline` (time.monotonic()); a folder it removed meanwhile is made again (noted in
+    `recreated`, so that the caller removes it again if it stays empty)."""
     me = socket.gethostname()
     takeovers = 0
     while takeovers < 3:
@@ -394,6 +397,8 @@ def _exclusive_file_lock(folder: Path, lock: Path, what: str, deadline: float = 
             if folder.exists():
                 raise
             folder.mkdir(parents=True, exist_ok=True)
+            if recreated is not None:
+                recreated.append(True)
             continue
         except FileExistsError:
             try:
