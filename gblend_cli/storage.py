@@ -281,22 +281,18 @@ def folder_lock(folder: Path, what: str = "run", wait_s: float = 0.0) -> Iterato
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     if not _flock_works(folder):  # a file system without flock (Lustre without -o flock, some NFS setups)
-        recreated: list[bool] = []
+        remade = False
         try:
-            with _exclusive_file_lock(folder, lock, what, deadline, recreated):
+            with _exclusive_file_lock(folder, lock, what, deadline) as remade:
                 yield
         finally:
-            if created or recreated:
+            if created or remade:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         return
     while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-        except FileNotFoundError:  # the writer we waited for created the folder and, leaving it empty, removed it
-            if folder.exists():
-                raise
-            folder.mkdir(parents=True, exist_ok=True)
+        fd = _open_lock(folder, lock, os.O_CREAT | os.O_RDWR)
+        if fd is None:
             created = True
             continue
         try:
@@ -342,6 +338,18 @@ def folder_lock(folder: Path, what: str = "run", wait_s: float = 0.0) -> Iterato
                 folder.rmdir()  # only succeeds if nothing was written
 
 
+def _open_lock(folder: Path, lock: Path, flags: int) -> int | None:
+    """os.open of a folder's lock file; None where the folder had gone — the writer we waited for
+    created it and, leaving it empty, removed it — and has been made again: open again."""
+    try:
+        return os.open(lock, flags, 0o644)
+    except FileNotFoundError:
+        if folder.exists():
+            raise
+        folder.mkdir(parents=True, exist_ok=True)
+        return None
+
+
 def _errnos(*names: str) -> frozenset:
     import errno
 
@@ -380,26 +388,18 @@ def _pid_alive(pid) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive_file_lock(folder: Path, lock: Path, what: str, deadline: float = 0.0,
-                         recreated: list[bool] | None = None) -> Iterator[None]:
+def _exclusive_file_lock(folder: Path, lock: Path, what: str, deadline: float = 0.0) -> Iterator[bool]:
     """The fallback where flock is not available: `.lock` created with O_EXCL (atomic on NFSv3+
     and Lustre), holding host and pid. Its owner is known alive only on the same host: a lock
     from a dead pid on this host is taken over, one from another host is never stolen (remove
     it by hand when that process is gone). A live owner on this host is waited for until
-    `deadline` (time.monotonic()); a folder it removed meanwhile is made again (noted in
-    `recreated`, so that the caller removes it again if it stays empty)."""
+    `deadline` (time.monotonic()); a folder it removed meanwhile is made again. Yields whether it
+    was (the caller then removes it again if it stays empty)."""
     me = socket.gethostname()
-    takeovers = 0
+    takeovers, remade = 0, False
     while takeovers < 3:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileNotFoundError:  # the writer we waited for created the folder and, leaving it empty, removed it
-            if folder.exists():
-                raise
-            folder.mkdir(parents=True, exist_ok=True)
-            if recreated is not None:
-                recreated.append(True)
-            continue
+            fd = _open_lock(folder, lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
                 owner = json.loads(lock.read_text() or "{}")
@@ -425,6 +425,9 @@ def _exclusive_file_lock(folder: Path, lock: Path, what: str, deadline: float = 
                                 f"folder ({lock}); wait for it to finish") from None
             raise UserError(f"{folder}: locked by gblend pid {owner.get('pid', '?')} on host {owner.get('host', '?')} "
                             f"({lock}); remove {lock} if that process is gone") from None
+        if fd is None:
+            remade = True
+            continue
         try:
             os.write(fd, json.dumps({"pid": os.getpid(), "host": me, "kind": "exclusive-file"}).encode())
             os.fsync(fd)
@@ -434,7 +437,7 @@ def _exclusive_file_lock(folder: Path, lock: Path, what: str, deadline: float = 
     else:
         raise UserError(f"{folder}: could not take the lock {lock}; remove it if no gblend is running on this folder")
     try:
-        yield
+        yield remade
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
