@@ -230,16 +230,18 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
             continue
         conditions = measured[0].get("conditions")
         if conditions and len(folders) >= 2:
-            m, values = [], {}
+            m, values, columns = [], {}, []
             for c in conditions:
                 xs = [r["values"][c["value"]] for r in measured]
+                columns.append(xs)
                 mean, se = statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
                 m.append((mean, se, len(xs) - 1))
                 values |= {c["value"]: round(mean, 2), f"{c['value']} se": round(se, 2), f"{c['value']} df": len(xs) - 1,
                            f"{c['value']} per folder": xs}
             row |= {"holds": holds(m, conditions), "values": values, "clear": clear(m, conditions), "conditions": conditions}
             if "paper" in measured[0]:
-                row |= {"paper": measured[0]["paper"], "at_paper_effect": at_paper_effect(measured, m, conditions)}
+                row |= {"paper": measured[0]["paper"],
+                        "at_paper_effect": at_paper_effect(columns, conditions, measured[0]["paper"]["values"])}
             out.append(row)
         else:
             out.append(row | {"holds": all(r["holds"] for r in measured),
@@ -247,8 +249,9 @@ def pooled(folders: list[list[dict]]) -> list[dict]:
     return out
 
 
-def at_paper_effect(measured: list[dict], pooled_values: list[Measured], conditions: list[dict]) -> dict:
-    """Would these folders have shown the paper's effect, had the demo had it? Each folder's value
+def at_paper_effect(columns: list[list[float]], conditions: list[dict], theirs: dict[str, float]) -> dict:
+    """Would these folders have shown the paper's effect, had the demo had it? `columns`: per
+    condition the folders' values; `theirs`: the paper's, by value name. Each folder's value
     is moved by (the paper's value − the pooled mean), so it keeps its own deviation from the mean
     (its data seed's and training seeds' luck) about the paper's size instead of ours, and the
     check's conditions are applied to it: `held_in` folders of `folders`, `per_folder` in the
@@ -256,16 +259,15 @@ def at_paper_effect(measured: list[dict], pooled_values: list[Measured], conditi
     would have to lie in for the check to hold in every folder (None where the spread is wider
     than the condition's window). A rough power estimate: deviations from the sample mean
     understate the spread a little (by sqrt((n−1)/n)), which errs towards holding."""
-    theirs = measured[0]["paper"]["values"]
-    per_folder = [holds([(r["values"][c["value"]] - mean + theirs[c["value"]], None, None)
-                         for c, (mean, _, _) in zip(conditions, pooled_values)], conditions) for r in measured]
+    devs = [[x - statistics.fmean(xs) for x in xs] for xs in columns]  # each folder's luck about the mean
+    per_folder = [holds([(d + theirs[c["value"]], None, None) for c, d in zip(conditions, folder)], conditions)
+                  for folder in zip(*devs)]
     needs = {}
-    for c, (mean, _, _) in zip(conditions, pooled_values):
-        dev = [r["values"][c["value"]] - mean for r in measured]
+    for c, dev in zip(conditions, devs):
         lo, hi = _bound(c["lo"], -math.inf) - min(dev), _bound(c["hi"], math.inf) - max(dev)
         needs[c["value"]] = None if lo > hi + TOL else [None if math.isinf(lo) else round(lo, 2),
                                                         None if math.isinf(hi) else round(hi, 2)]
-    return {"held_in": sum(per_folder), "folders": len(measured), "per_folder": per_folder, "every_folder_needs": needs}
+    return {"held_in": sum(per_folder), "folders": len(per_folder), "per_folder": per_folder, "every_folder_needs": needs}
 
 
 def lines(rows: list[dict], over: str = "seeds") -> list[str]:

@@ -826,8 +826,7 @@ def test_pooled_checks_say_whether_the_folders_would_show_the_papers_effect(tmp_
         "; had each margin the paper's size with these folders' spread about it, those 2 would all have held in "
         "2 of 3 folders (per folder: 0, 2, 2).")
     assert "had each margin" not in checks_summary(folders[0])  # one folder: no spread to move
-    wide = [{"values": {"difference": d}, "paper": {"values": {"difference": -1.2}}} for d in (0.0, -9.0)]
-    assert at_paper_effect(wide, [(-4.5, None, None)], [{"value": "difference", "lo": -8, "hi": -1}]) == {
+    assert at_paper_effect([[0.0, -9.0]], [{"value": "difference", "lo": -8, "hi": -1}], {"difference": -1.2}) == {
         "held_in": 1, "folders": 2, "per_folder": [False, True],  # −1.2 ± 4.5
         "every_folder_needs": {"difference": None}}  # a spread of 9 points fits no 7-point window
     headers, body = glance(folders[0], list(rows.values()))
