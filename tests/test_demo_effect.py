@@ -6,7 +6,7 @@ The default recipe (data seed 10) with 200 validation videos instead of 500, one
 A+RGB only, offline G-Blend: 4 runs, ~1.5 minutes on 2 idle cores.
 
 What is asserted is what holds on the demo on every seed we measured with this recipe (README,
-"What the demo shows" and "The demo's design", item 10: 22 A+RGB runs over data seeds 0, 2 and
+"What the demo shows"; docs/DEMO_TUNING.md, item 10: 22 A+RGB runs over data seeds 0, 2 and
 10-15):
 audio memorises and overfits most (OGR, ΔO), RGB generalises better than audio, G-Blend's
 weights are the ones Algorithm 1 sets from the runs' own losses with no guard or floor moving any
